@@ -1,0 +1,193 @@
+"""Scaled dot-product attention, built from its three parts.
+
+    weights = masked_softmax(query @ key^T * scale, mask)     # attention_weights
+    output  = weights @ value                                # context_vector
+
+Dimension glossary (see ``attn_course`` for the full one)::
+
+    ...  any leading batch dimensions, e.g. (B,) or (B, H); they broadcast
+    L    number of queries            S    number of keys (= number of values)
+    d_k  query/key width              d_v  value width
+
+Shapes: ``query (..., L, d_k)``, ``key (..., S, d_k)``, ``value (..., S, d_v)``,
+``mask`` boolean broadcastable to ``(..., L, S)`` with ``True`` = may attend, ->
+``output (..., L, d_v)`` and ``weights (..., L, S)``.
+
+There is one implementation of each step (``scoring.scaled_dot_score``,
+``masking.masked_softmax``, ``context_vector``); ``scaled_dot_product_attention`` chains them.
+``attention_loop`` is a deliberately slow twin that handles one query at a time, for reading
+and for testing the vectorised version against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attn_course._checks import fmt_shape, require_floating, require_ndim, shape_error
+from attn_course.masking import _check_mask, causal_mask, masked_softmax
+from attn_course.scoring import _batch_shape, _check_query_key, scaled_dot_score
+
+__all__ = ["scaled_dot_product_attention", "attention_weights", "context_vector", "attention_loop"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_value(value: object, key: torch.Tensor, query: torch.Tensor) -> None:
+    require_floating(value, "value")
+    require_ndim(value, "value", 2, "(..., S, d_v)")
+    if value.dtype != query.dtype:
+        raise TypeError(f"value has dtype {value.dtype}; expected query's dtype {query.dtype}")
+    S = key.shape[-2]
+    if value.shape[-2] != S:
+        raise shape_error("value", value, f"(..., {S}, d_v): value's S must equal key's S = {S}")
+    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
+    try:
+        torch.broadcast_shapes(batch, value.shape[:-2])
+    except RuntimeError:
+        raise shape_error(
+            "value", value, f"(..., S, d_v) whose leading (batch) dims broadcast with {fmt_shape(batch)}"
+        ) from None
+
+
+def _combined_mask(
+    mask: torch.Tensor | None, is_causal: bool, target: tuple[int, ...], device: torch.device
+) -> torch.Tensor | None:
+    """Validate ``mask`` against the scores shape ``target`` and AND it with the causal mask."""
+    if mask is not None:
+        _check_mask(mask, target, "a boolean (..., L, S) mask (True = may attend)")
+    if not is_causal:
+        return mask
+    L, S = target[-2], target[-1]
+    causal = causal_mask(L, S, device=device)  # (L, S), upper-left aligned like torch's is_causal
+    return causal if mask is None else mask & causal  # broadcasts to at most (..., L, S)
+
+
+def _default_scale(d_k: int, scale: float | None) -> float:
+    return 1.0 / math.sqrt(d_k) if scale is None else float(scale)
+
+
+# --------------------------------------------------------------------------- the three steps
+
+
+def attention_weights(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    *,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """Attention weights ``masked_softmax(query @ key^T * scale, mask)``.
+
+    Args:
+        query: ``(..., L, d_k)``.  key: ``(..., S, d_k)``; leading dims broadcast.
+        mask: optional boolean, broadcastable to ``(..., L, S)``; ``True`` = may attend.
+        scale: score multiplier, default ``1 / sqrt(d_k)``.
+        is_causal: also apply ``causal_mask(L, S)`` (ANDed with ``mask``).
+
+    Returns:
+        weights ``(..., L, S)``; rows sum to 1, fully masked rows are all zero.
+    """
+    batch = _check_query_key(query, key, "query", "key")
+    L, S = query.shape[-2], key.shape[-2]
+    mask = _combined_mask(mask, is_causal, (*batch, L, S), query.device)
+    scores = scaled_dot_score(query, key, scale=_default_scale(query.shape[-1], scale))  # (..., L, S)
+    return masked_softmax(scores, mask, dim=-1)  # (..., L, S): normalise over the keys
+
+
+def context_vector(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of values: output row ``i`` is ``sum_j weights[..., i, j] * values[..., j, :]``.
+
+    Args:
+        weights: ``(..., L, S)``.  values: ``(..., S, d_v)``; leading dims broadcast.
+
+    Returns:
+        ``(..., L, d_v)``.
+    """
+    require_floating(weights, "weights")
+    require_floating(values, "values")
+    require_ndim(weights, "weights", 2, "(..., L, S)")
+    require_ndim(values, "values", 2, "(..., S, d_v)")
+    if values.dtype != weights.dtype:
+        raise TypeError(f"values has dtype {values.dtype}; expected weights' dtype {weights.dtype}")
+    S = weights.shape[-1]
+    if values.shape[-2] != S:
+        raise shape_error("values", values, f"(..., {S}, d_v): its S must equal weights' last dim = {S}")
+    _batch_shape(weights, "weights", values, "values", "(..., S, d_v)")
+    return weights @ values  # (..., L, S) @ (..., S, d_v) -> (..., L, d_v)
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(query @ key^T / sqrt(d_k)) @ value``, returning the output and the weights.
+
+    Agrees with ``torch.nn.functional.scaled_dot_product_attention(query, key, value,
+    attn_mask=mask, is_causal=is_causal, scale=scale)`` on every row that has at least one
+    allowed key; a fully masked row gives zero output and zero weights (torch versions differ
+    there: some give NaN). ``is_causal`` uses torch's upper-left alignment when ``L != S``
+    (see ``masking.causal_mask``) and is ANDed with ``mask``.
+
+    Args:
+        query: ``(..., L, d_k)``.  key: ``(..., S, d_k)``.  value: ``(..., S, d_v)``.
+            Leading (batch) dims broadcast, e.g. one key/value set shared by all heads.
+        mask: optional boolean broadcastable to ``(..., L, S)``; ``True`` = may attend.
+        is_causal: forbid query ``i`` from attending to keys ``j > i``.
+        scale: score multiplier, default ``1 / sqrt(d_k)``.
+
+    Returns:
+        ``(output, weights)``: ``(..., L, d_v)`` and ``(..., L, S)``.
+
+    Raises:
+        TypeError: a non-tensor, non-floating or mismatched-dtype input, or a non-boolean mask.
+        ValueError: shapes that do not fit, naming the argument, its shape and the expected one.
+    """
+    _check_query_key(query, key, "query", "key")
+    _check_value(value, key, query)
+    weights = attention_weights(query, key, mask, scale, is_causal=is_causal)  # (..., L, S)
+    return context_vector(weights, value), weights  # (..., L, d_v), (..., L, S)
+
+
+# --------------------------------------------------------------------------- the readable twin
+
+
+def attention_loop(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same result as ``scaled_dot_product_attention(query, key, value, mask)``, one query at a time.
+
+    Slow on purpose (a Python loop over the L queries, no matrix products): it spells out what
+    the vectorised version computes. Use it on small inputs only.
+
+    Returns:
+        ``(output, weights)``: ``(..., L, d_v)`` and ``(..., L, S)``.
+    """
+    batch = _check_query_key(query, key, "query", "key")
+    _check_value(value, key, query)
+    L, S, d_k = query.shape[-2], key.shape[-2], query.shape[-1]
+    if mask is not None:
+        _check_mask(mask, (*batch, L, S), "a boolean (..., L, S) mask (True = may attend)")
+        mask = mask.expand(*batch, L, S)  # a view: lets us pick row i below
+    outputs, weight_rows = [], []
+    for i in range(L):
+        q_i = query[..., i, :].unsqueeze(-2)  # (..., 1, d_k): the i-th query
+        # Score of query i against every key: a dot product per key.
+        scores_i = (q_i * key).sum(dim=-1) / math.sqrt(d_k)  # (..., 1, d_k) * (..., S, d_k) -> (..., S)
+        mask_i = None if mask is None else mask[..., i, :]  # (..., S)
+        w_i = masked_softmax(scores_i, mask_i, dim=-1)  # (..., S): how much query i takes from each key
+        # Output i: the values, each weighted by how much query i attends to it, summed.
+        out_i = (w_i.unsqueeze(-1) * value).sum(dim=-2)  # (..., S, 1) * (..., S, d_v) -> (..., d_v)
+        outputs.append(out_i)
+        weight_rows.append(w_i)
+    return torch.stack(outputs, dim=-2), torch.stack(weight_rows, dim=-2)  # (..., L, d_v), (..., L, S)

@@ -1,0 +1,97 @@
+"""Tasks and exercises: what is graded, against what, on which inputs.
+
+A *task* is one function a learner writes. Its definition lives in the package (never in
+the notebook), so a submission can change neither the reference, nor the inputs, nor the
+points it is worth.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input to try: positional args and keyword args, plus a readable name.
+
+    ``hint`` is shown when this case (and only this one) fails, e.g. for an edge case.
+    """
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One graded function.
+
+    name:       the function name the learner defines in the notebook
+    reference:  the package's implementation; its output on each case is the expected value
+    cases:      ``cases(generator) -> list[Case]``; the grader draws them with its own seed
+    points:     what the task is worth; scoring is all-or-nothing over the cases
+    hint:       a general hint, shown with any failure
+    rtol/atol:  tolerance for floating-point comparison
+    arg_names:  names of the positional arguments, used in messages ("scores: float32 (4, 7)")
+    forbidden:  dotted names the learner's function may not call (the library version of what
+                the task asks to write, e.g. "torch.softmax"), detected while it runs
+    """
+
+    name: str
+    reference: Callable[..., Any]
+    cases: Callable[[torch.Generator], list[Case]]
+    points: int = 1
+    hint: str = ""
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    arg_names: tuple[str, ...] = ()
+    forbidden: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str
+    title: str
+    tasks: tuple[Task, ...]
+
+    @property
+    def max_points(self) -> int:
+        return sum(t.points for t in self.tasks)
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# Modules under attn_course.exercises that define ``EXERCISE``; one per exercise notebook.
+EXERCISE_MODULES: tuple[str, ...] = ("ex01_softmax_attention",)
+
+
+def load_exercises() -> dict[str, Exercise]:
+    """Import every exercise definition (the grader does this once, before running anything)."""
+    out: dict[str, Exercise] = {}
+    for mod_name in EXERCISE_MODULES:
+        ex = importlib.import_module(f"attn_course.exercises.{mod_name}").EXERCISE
+        out[ex.id] = ex
+    return out
+
+
+def find_task(name: str) -> tuple[Exercise, Task]:
+    for ex in load_exercises().values():
+        for t in ex.tasks:
+            if t.name == name:
+                return ex, t
+    raise KeyError(name)
+
+
+def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    """A reproducible normal tensor drawn from ``gen`` (cases use this, never the global RNG)."""
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).mul(scale).to(dtype)
