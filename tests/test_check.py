@@ -143,3 +143,16 @@ def test_tolerance_accepts_float_noise(check):
 
     assert check("context_vector", context_vector, quiet=True).passed
     assert math.isclose(check("context_vector", context_vector, quiet=True).points, 1.0)
+
+
+def test_masked_softmax_with_nan_on_dead_rows_gets_the_hint(capsys):
+    check = Checker("ex02_masks_and_scores")
+
+    def masked_softmax(scores, mask):
+        s = scores.masked_fill(~mask, float("-inf"))
+        e = (s - s.amax(-1, keepdim=True)).exp()
+        return e / e.sum(-1, keepdim=True)
+
+    result = check("masked_softmax", masked_softmax, quiet=True)
+    assert result.status == "failed"
+    assert "a fully masked row" in result.message and "NaN" in result.message and "0/0" in result.message
