@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 # torch>=2.1, so that in Colab the install cell keeps Colab's own CUDA build.
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
-EXECUTED := _build/executed
+# nbmake skips any path with a _build folder in it, so the executed copy lives beside _build.
+EXECUTED := executed-book
 
 .PHONY: install book test test-fast lint exercises clean
 
@@ -55,4 +56,4 @@ exercises: install
 	$(BIN)/attn-course build-exercises
 
 clean:
-	rm -rf _build .pytest_cache .hypothesis
+	rm -rf _build executed-book .pytest_cache .hypothesis

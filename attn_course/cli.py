@@ -2,6 +2,7 @@
 
     attn-course grade PATH... [--timeout S] [--call-timeout S] [--jobs N] [--json F] [--csv F]
     attn-course build-exercises [--check]
+    attn-course strip NOTEBOOK...
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "when neither --json nor --csv is given)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
 
+    s = sub.add_parser("strip", help="remove outputs and execution counts from notebooks, in place")
+    s.add_argument("paths", nargs="+", metavar="NOTEBOOK")
+
     b = sub.add_parser("build-exercises", help="generate learner notebooks from exercises/source/")
     b.add_argument("--root", default=".", help="the course checkout (default: current folder)")
     b.add_argument("--check", action="store_true", help="exit 1 if a learner notebook is out of date")
@@ -65,6 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(summary(rows))
             print("report: " + ", ".join(p for p in (args.json, csv_path) if p))
+        return 0
+    if args.command == "strip":
+        import nbformat
+
+        for path in args.paths:
+            nb = nbformat.read(path, as_version=4)
+            for cell in nb.cells:
+                if cell.cell_type == "code":
+                    cell.outputs, cell.execution_count = [], None
+                cell.get("metadata", {}).pop("execution", None)
+            nb.metadata.pop("widgets", None)
+            nbformat.write(nb, path)
         return 0
     if args.command == "build-exercises":
         from .grading.build import build_all

@@ -62,7 +62,7 @@ def test_notebooks_are_committed_without_outputs(path):
             pytest.skip("a deliberately broken submission")
         raise
     dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
-    assert not dirty, f"cells {dirty} have outputs; strip them (e.g. `jupyter nbconvert --clear-output --inplace`)"
+    assert not dirty, f"cells {dirty} have outputs; strip them with `attn-course strip`"
 
 
 def toc_files():
