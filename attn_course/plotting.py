@@ -236,7 +236,6 @@ def plot_soft_lookup(
         s=12 + 80 * w / w_max,
         edgecolors="0.3",
         linewidths=0.3,
-        label="(key, value) pairs",
         zorder=2,
     )
     top.axvline(query, color="tab:red", linestyle=":", linewidth=1)
@@ -251,11 +250,13 @@ def plot_soft_lookup(
         label=f"returned value {prediction:.2f}",
         zorder=3,
     )
+    # A neutral legend entry for the pairs (the scatter's own would take the first point's colour).
+    top.plot([], [], "o", color="0.6", markeredgecolor="0.3", markersize=5, label="(key, value) pairs")
     top.set_ylabel("value y")
     top.set_title(title if title is not None else f"query x = {query:.2f}")
     top.grid(alpha=0.3)
     top.legend(loc="best", fontsize="small")
-    top.figure.colorbar(points, ax=top, label="attention weight", shrink=0.9)
+    top.figure.colorbar(points, ax=top, label="weight of the pair", shrink=0.9)
     bottom.vlines(k, 0, w, color="tab:blue", linewidth=1.5)
     bottom.plot(k, w, "o", color="tab:blue", markersize=2.5)
     bottom.axvline(query, color="tab:red", linestyle=":", linewidth=1, label="query")
@@ -263,7 +264,7 @@ def plot_soft_lookup(
     bottom.set_ylabel("weight")
     bottom.set_ylim(0, 1.05 * w_max)
     bottom.grid(alpha=0.3)
-    bottom.legend(loc="upper right", fontsize="small")
+    bottom.legend(loc="best", fontsize="small")
     return top, bottom
 
 
@@ -357,6 +358,9 @@ def plot_mse_by_bandwidth(
     ax.set_xlabel("bandwidth h (log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return ax
+
+
+__all__ += ["plot_vs_dk", "plot_softmax_overflow"]  # chapters 03 and 04 (defined above)
