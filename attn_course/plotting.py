@@ -364,3 +364,351 @@ def plot_mse_by_bandwidth(
 
 
 __all__ += ["plot_vs_dk", "plot_softmax_overflow"]  # chapters 03 and 04 (defined above)
+
+
+# --------------------------------------------------------------------------- attention in Seq2Seq (chapter 05)
+
+__all__ += ["plot_attention_heatmap"]
+
+
+def plot_attention_heatmap(
+    weights: object,
+    ax: Axes | None = None,
+    *,
+    src_labels: Sequence[object] | None = None,
+    tgt_labels: Sequence[object] | None = None,
+    true_positions: Sequence[int] | None = None,
+    title: str = "Attention weights",
+    xlabel: str = "source position j (input token)",
+    ylabel: str = "output position t (token emitted)",
+    colorbar: bool = True,
+) -> Axes:
+    """Heatmap of one decoder's ``(T, S)`` attention weights: row ``t`` is output step ``t``, column
+    ``j`` source position ``j``; the colour is the weight (0 to 1) that step ``t`` puts on ``h_j``.
+
+    Args:
+        weights: ``(T, S)`` tensor or array, e.g. ``attn[b]`` from ``model(..., return_attention=True)``.
+        ax: axes to draw on (default: a new figure).
+        src_labels: ``S`` labels for the columns (e.g. the source tokens); default the positions.
+        tgt_labels: ``T`` labels for the rows (e.g. the target tokens); default the positions.
+        true_positions: ``T`` source positions, the true alignment of each output position
+            (``-1`` or ``None``: none, e.g. at EOS); drawn as hollow squares.
+        title, xlabel, ylabel: the texts.
+        colorbar: add a colour bar for the weights.
+    """
+    import numpy as np
+
+    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    if w.ndim != 2:
+        raise ValueError(
+            f"weights has shape {w.shape}; expected (T, S) = (output positions, source positions)"
+        )
+    T, S = w.shape
+    for name, labels, n in (("src_labels", src_labels, S), ("tgt_labels", tgt_labels, T)):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{name} has {len(labels)} entries; expected {n} to match weights {w.shape}")
+    if true_positions is not None and len(true_positions) != T:
+        raise ValueError(f"true_positions has {len(true_positions)} entries; expected T = {T}")
+    ax = _axes(ax, figsize=(0.3 * S + 2.5, 0.3 * T + 1.5))
+    image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, aspect="equal", interpolation="nearest")
+    if true_positions is not None:
+        rows = [(t, j) for t, j in enumerate(true_positions) if j is not None and int(j) >= 0]
+        if rows:
+            ts, js = zip(*rows, strict=True)
+            ax.scatter(
+                js,
+                ts,
+                marker="s",
+                s=60,
+                facecolors="none",
+                edgecolors="tab:red",
+                linewidths=1.2,
+                label="true alignment",
+            )
+            ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+    ax.set_xticks(
+        range(S), [str(x) for x in src_labels] if src_labels is not None else range(S), fontsize="small"
+    )
+    ax.set_yticks(
+        range(T), [str(y) for y in tgt_labels] if tgt_labels is not None else range(T), fontsize="small"
+    )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, label="attention weight", shrink=0.8)
+    return ax
+
+
+# --------------------------------------------------------------------------- positional information (chapter 08)
+
+__all__ += ["plot_position_matrix", "plot_vs_offset", "plot_alibi_heads", "plot_scheme_accuracy"]
+
+
+def _as_array(x: object, name: str, ndim: int):
+    """A tensor or array as a float NumPy array with ``ndim`` dimensions."""
+    import numpy as np
+
+    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} has shape {a.shape}; expected {ndim} dimensions")
+    return a
+
+
+def plot_position_matrix(
+    matrix: object,
+    ax: Axes | None = None,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    cbar_label: str = "value",
+    centered: bool = True,
+    colorbar: bool = True,
+) -> Axes:
+    """Heatmap of a 2-D array: a ``(T, D)`` encoding table, a ``(T, T)`` score or bias matrix.
+
+    Row 0 is at the top. ``centered`` uses a diverging colour map symmetric around 0 (blue
+    negative, red positive); otherwise viridis. NaN cells are left blank (e.g. masked entries).
+    """
+    import numpy as np
+
+    m = _as_array(matrix, "matrix", 2)
+    ax = _axes(ax, figsize=(6.4, 4.8))
+    if centered:
+        limit = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
+        image = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    else:
+        image = ax.imshow(m, cmap="viridis", aspect="auto", interpolation="nearest")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, label=cbar_label, shrink=0.85)
+    return ax
+
+
+def plot_vs_offset(
+    offsets: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str = "offset n - m (key position minus query position)",
+) -> Axes:
+    """One line per curve against a position offset; dashes cycle so overlapping curves stay visible."""
+    _check_curves(curves, "curves")
+    ax = _axes(ax)
+    styles = ["-", "--", ":", "-."]
+    for i, (label, values) in enumerate(curves.items()):
+        ax.plot(list(offsets), list(values), linestyle=styles[i % len(styles)], linewidth=1.5 + (i == 0), label=label)
+    ax.axvline(0, color="0.6", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_alibi_heads(
+    bias: object,
+    slopes: Sequence[float] | None = None,
+    *,
+    ncols: int = 4,
+    title: str = "ALiBi bias added to the scores, per head",
+):
+    """One heatmap per head of an ``(H, T, T)`` bias (query ``i`` down, key ``j`` across), one colour scale.
+
+    NaN entries are left blank (e.g. the future keys a causal mask hides). ``slopes`` puts
+    each head's slope in its title. Returns the ``(rows, ncols)`` array of axes.
+    """
+    import numpy as np
+
+    b = _as_array(bias, "bias", 3)
+    H = b.shape[0]
+    if slopes is not None and len(slopes) != H:
+        raise ValueError(f"slopes has {len(slopes)} entries; expected H = {H}")
+    rows = -(-H // ncols)
+    fig, axes = plt.subplots(
+        rows, ncols, figsize=(2.6 * ncols + 1, 2.6 * rows + 0.6), squeeze=False, layout="constrained"
+    )
+    low = float(np.nanmin(b)) if np.isfinite(b).any() else -1.0
+    image = None
+    for h, ax in enumerate(axes.flat):
+        if h >= H:
+            ax.axis("off")
+            continue
+        image = ax.imshow(b[h], cmap="Blues_r", vmin=low, vmax=0.0, interpolation="nearest")
+        ax.set_title(f"head {h}" + (f": m = 1/{1 / slopes[h]:.4g}" if slopes is not None else ""), fontsize="small")
+        ax.set_xlabel("key j", fontsize="small")
+        ax.set_ylabel("query i", fontsize="small")
+    fig.colorbar(image, ax=axes, label="bias (added to the score)", shrink=0.8)
+    fig.suptitle(title)
+    return axes
+
+
+def plot_scheme_accuracy(
+    accuracies: Mapping[str, float],
+    ax: Axes | None = None,
+    *,
+    chance: float | None = None,
+    title: str = "Test accuracy by position scheme",
+    ylabel: str = "test accuracy",
+) -> Axes:
+    """A bar per scheme, its accuracy written on top; ``chance`` draws a dashed line."""
+    _check_curves(accuracies, "accuracies")
+    ax = _axes(ax)
+    names, values = list(accuracies), [float(v) for v in accuracies.values()]
+    bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
+    ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize="small")
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linestyle="--", linewidth=1, label="chance")
+        ax.legend(loc="upper left")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("position scheme")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+# ----------------------------------------------------------------- self-attention, masking (chapters 06, 09)
+
+__all__ += ["plot_heatmap_row", "plot_vs_length", "plot_position_changes"]
+
+
+def plot_heatmap_row(
+    matrices: Mapping[str, object],
+    axes: Sequence[Axes] | None = None,
+    *,
+    xlabel: str = "key position j",
+    ylabel: str = "query position i",
+    cbar_label: str = "attention weight",
+    vmin: float | None = 0.0,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+    suptitle: str | None = None,
+):
+    """Several 2-D matrices side by side on one colour scale, each titled by its key.
+
+    Boolean matrices (masks) are drawn black = ``False`` (hidden) and yellow = ``True`` (may
+    attend), with a two-entry colour bar; other matrices share ``[vmin, vmax]`` (``vmax``
+    defaults to the largest finite value over all of them). NaN cells are drawn red, so a
+    NaN row stands out. Row 0 is at the top. Returns the list of axes.
+    """
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    _check_curves(matrices, "matrices")
+    mats = {}
+    for name, m in matrices.items():
+        a = np.asarray(m.detach().cpu() if hasattr(m, "detach") else m, dtype=float)
+        if a.ndim != 2:
+            raise ValueError(f"matrices[{name!r}] has shape {a.shape}; expected 2 dimensions")
+        mats[name] = a
+    boolean = all(str(getattr(m, "dtype", "")) in ("torch.bool", "bool") for m in matrices.values())
+    if axes is None:
+        n = len(mats)
+        widest = max(m.shape[1] for m in mats.values())
+        tallest = max(m.shape[0] for m in mats.values())
+        size = min(3.2, max(2.0, 0.28 * max(widest, tallest)))
+        _, axes = plt.subplots(
+            1, n, figsize=(size * n + 1.2, size + 0.9), squeeze=False, layout="constrained"
+        )
+        axes = list(axes[0])
+    if len(axes) != len(mats):
+        raise ValueError(f"axes has {len(axes)} entries; expected one per matrix ({len(mats)})")
+    if boolean:
+        cm, lo, hi = ListedColormap(["#222222", "#f5d53f"]), 0.0, 1.0
+    else:
+        finite = [m[np.isfinite(m)] for m in mats.values()]
+        finite = np.concatenate(finite) if any(f.size for f in finite) else np.zeros(1)
+        cm = plt.get_cmap(cmap).copy()
+        lo = float(finite.min()) if vmin is None else vmin
+        hi = float(finite.max()) if vmax is None else vmax
+        hi = hi if hi > lo else lo + 1.0
+    cm.set_bad("tab:red")
+    image = None
+    for ax, (name, m) in zip(axes, mats.items()):
+        image = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig = axes[0].figure
+    if boolean:
+        bar = fig.colorbar(image, ax=axes, ticks=[0.25, 0.75], shrink=0.8)
+        bar.ax.set_yticklabels(["hidden (False)", "may attend (True)"])
+    else:
+        fig.colorbar(image, ax=axes, label=cbar_label, shrink=0.8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return axes
+
+
+def plot_vs_length(
+    lengths: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+    *,
+    ylabel: str,
+    title: str,
+    xlabel: str = "sequence length T (log scale)",
+    logy: bool = True,
+    references: Mapping[str, Sequence[float]] | None = None,
+) -> Axes:
+    """One line per curve against the sequence length (log2 x axis, log y by default).
+
+    ``references`` adds dashed grey lines, e.g. ``{"slope 2 (T^2)": [...]}`` to compare growth.
+    """
+    _check_curves(curves, "curves")
+    ax = _axes(ax)
+    for label, values in curves.items():
+        ax.plot(list(lengths), list(values), marker="o", markersize=4, label=label)
+    for i, (label, values) in enumerate((references or {}).items()):
+        style = ["--", ":", "-."][i % 3]
+        ax.plot(list(lengths), list(values), color="0.5", linestyle=style, linewidth=1, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(lengths), [str(n) for n in lengths])
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_position_changes(
+    changes: Mapping[str, Sequence[float]],
+    t: int,
+    ax: Axes | None = None,
+    *,
+    title: str = "Output change at each position when the inputs after t change",
+    ylabel: str = "largest |change| of the output",
+) -> Axes:
+    """Per-position output changes (one marker line per model); positions ``<= t`` are shaded.
+
+    ``changes = {"causal mask": position_changes(...), ...}``; a correctly causal model is 0 in
+    the shaded region.
+    """
+    _check_curves(changes, "changes")
+    ax = _axes(ax)
+    n = max(len(v) for v in changes.values())
+    ax.axvspan(-0.5, t + 0.5, color="0.92", zorder=0, label=f"positions <= t = {t}")
+    markers = ["o", "s", "^", "D"]
+    for i, (label, values) in enumerate(changes.items()):
+        ys = [float(v) for v in values]
+        ax.plot(range(len(ys)), ys, marker=markers[i % 4], markersize=5, label=label)
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("output position")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
