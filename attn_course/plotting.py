@@ -425,7 +425,7 @@ def plot_attention_heatmap(
                 linewidths=1.2,
                 label="true alignment",
             )
-            ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+            ax.legend(loc="best", fontsize="small", framealpha=0.8)
     ax.set_xticks(
         range(S), [str(x) for x in src_labels] if src_labels is not None else range(S), fontsize="small"
     )
@@ -590,11 +590,12 @@ def plot_heatmap_row(
     vmax: float | None = None,
     cmap: str = "viridis",
     suptitle: str | None = None,
+    bool_labels: tuple[str, str] = ("hidden (False)", "may attend (True)"),
 ):
     """Several 2-D matrices side by side on one colour scale, each titled by its key.
 
-    Boolean matrices (masks) are drawn black = ``False`` (hidden) and yellow = ``True`` (may
-    attend), with a two-entry colour bar; other matrices share ``[vmin, vmax]`` (``vmax``
+    Boolean matrices (masks) are drawn black = ``False`` and yellow = ``True``, with a
+    two-entry colour bar labelled ``bool_labels``; other matrices share ``[vmin, vmax]`` (``vmax``
     defaults to the largest finite value over all of them). NaN cells are drawn red, so a
     NaN row stands out. Row 0 is at the top. Returns the list of axes.
     """
@@ -641,7 +642,7 @@ def plot_heatmap_row(
     fig = axes[0].figure
     if boolean:
         bar = fig.colorbar(image, ax=axes, ticks=[0.25, 0.75], shrink=0.8)
-        bar.ax.set_yticklabels(["hidden (False)", "may attend (True)"])
+        bar.ax.set_yticklabels(list(bool_labels))
     else:
         fig.colorbar(image, ax=axes, label=cbar_label, shrink=0.8)
     if suptitle:
@@ -711,4 +712,89 @@ def plot_position_changes(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return ax
+
+
+# --------------------------------------------------------------------------- multi-head attention (chapter 07)
+
+__all__ += ["plot_head_attention", "plot_grouped_accuracy"]
+
+
+def plot_head_attention(
+    weights: object,
+    offsets: Sequence[int] = (),
+    axes: Sequence[Axes] | None = None,
+    *,
+    head_labels: Sequence[str] | None = None,
+    suptitle: str | None = None,
+):
+    """One heatmap per head of self-attention weights ``(H, T, T)``; each look-back offset marked.
+
+    Row ``t`` is the query position, column ``j`` the key position. Each offset ``o`` in
+    ``offsets`` is drawn as hollow squares on the cells ``j = t - o`` (one colour per offset), so
+    a head that looks ``o`` steps back lights up inside those squares. Drawn with
+    ``plot_heatmap_row`` (weights on a 0 to 1 scale); returns its list of axes.
+    """
+    import numpy as np
+
+    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    if w.ndim != 3 or w.shape[1] != w.shape[2]:
+        raise ValueError(f"weights has shape {w.shape}; expected (H, T, T) = (heads, queries, keys)")
+    H, T = w.shape[0], w.shape[1]
+    labels = [f"head {h}" for h in range(H)] if head_labels is None else [str(s) for s in head_labels]
+    if len(labels) != H:
+        raise ValueError(f"head_labels has {len(labels)} entries; expected one per head ({H})")
+    axes = plot_heatmap_row(
+        {label: w[h] for h, label in enumerate(labels)},
+        axes,
+        xlabel="key position j",
+        ylabel="query position t",
+        vmin=0.0,
+        vmax=1.0,
+        suptitle=suptitle,
+    )
+    colours = ["tab:red", "tab:orange", "tab:pink", "tab:cyan"]
+    for ax in axes:
+        for i, o in enumerate(offsets):
+            ts = list(range(int(o), T))
+            ax.scatter([t - o for t in ts], ts, marker="s", s=40, facecolors="none",
+                       edgecolors=colours[i % len(colours)], linewidths=1.0, label=f"j = t - {o}")
+        if len(offsets):
+            ax.legend(loc="upper right", fontsize="x-small", framealpha=0.8)
+    return axes
+
+
+def plot_grouped_accuracy(
+    groups: Mapping[str, Mapping[str, float]],
+    ax: Axes | None = None,
+    *,
+    chance: float | None = None,
+    title: str = "Accuracy",
+    ylabel: str = "accuracy",
+) -> Axes:
+    """Grouped bars, values written on top: ``{"1 head": {"both slots": 0.08, "slot 0": 1.0}, ...}``.
+
+    One group per outer key (x-axis), one bar colour per inner key (legend); every group must
+    have the same inner keys. ``chance`` draws a dashed horizontal line.
+    """
+    _check_curves(groups, "groups")
+    series = list(next(iter(groups.values())))
+    for name, values in groups.items():
+        if list(values) != series:
+            raise ValueError(f"groups[{name!r}] has keys {list(values)}; expected {series} like the first group")
+    ax = _axes(ax)
+    width = 0.8 / len(series)
+    for i, s in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        values = [float(groups[name][s]) for name in groups]
+        bars = ax.bar(xs, values, width=width, label=s, color=f"C{i}")
+        ax.bar_label(bars, labels=[f"{v:.0%}" for v in values], padding=2, fontsize="x-small")
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small", loc="upper left")
     return ax
