@@ -792,9 +792,79 @@ def plot_grouped_accuracy(
     if chance is not None:
         ax.axhline(chance, color="0.3", linestyle="--", linewidth=1, label="chance")
     ax.set_xticks(range(len(groups)), list(groups))
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.25)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize="small", loc="upper left")
+    ax.legend(fontsize="small", loc="upper center", ncol=len(series) + (chance is not None))
     return ax
+
+
+# --------------------------------------------------------------------------- encoder vs decoder (chapter 10)
+
+__all__ += ["plot_attention_by_model"]
+
+
+def plot_attention_by_model(
+    weights: Mapping[str, object],
+    tokens: Sequence[str],
+    *,
+    marks: Sequence[tuple[int, int]] = (),
+    mark_label: str = "marked cells",
+    suptitle: str | None = None,
+):
+    """A grid of self-attention heatmaps: one row per model, one column per head.
+
+    Args:
+        weights: model name -> its weights ``(H, T, T)`` for one sequence and one layer (all
+            with the same ``H`` and ``T``); row ``t`` is the query position, column ``j`` the key.
+        tokens: ``T`` labels for both axes (the tokens of the sequence).
+        marks: ``(t, j)`` cells drawn as hollow red squares in every panel (e.g. each position's
+            mirror image), labelled ``mark_label`` in the legend.
+        suptitle: a title over the whole figure.
+
+    Returns:
+        the ``(rows, H)`` NumPy array of axes. All panels share one colour scale, 0 to 1.
+    """
+    import numpy as np
+
+    _check_curves(weights, "weights")
+    arrays = {}
+    for name, w in weights.items():
+        a = np.asarray(w.detach().cpu() if hasattr(w, "detach") else w, dtype=float)
+        if a.ndim != 3 or a.shape[1] != a.shape[2]:
+            raise ValueError(f"weights[{name!r}] has shape {a.shape}; expected (H, T, T) = (heads, queries, keys)")
+        arrays[name] = a
+    H, T = next(iter(arrays.values())).shape[:2]
+    for name, a in arrays.items():
+        if a.shape != (H, T, T):
+            raise ValueError(f"weights[{name!r}] has shape {a.shape}; expected {(H, T, T)} like the first model")
+    if len(tokens) != T:
+        raise ValueError(f"tokens has {len(tokens)} entries; expected T = {T} to match the weights")
+    size = min(3.0, max(2.2, 0.17 * T))
+    fig, axes = plt.subplots(
+        len(arrays), H, figsize=(size * H + 1.0, size * len(arrays) + 0.6), squeeze=False, layout="constrained"
+    )
+    image = None
+    for r, (name, a) in enumerate(arrays.items()):
+        for h in range(H):
+            ax = axes[r, h]
+            image = ax.imshow(a[h], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if marks:
+                ts, js = zip(*marks)
+                ax.scatter(js, ts, marker="s", s=22, facecolors="none", edgecolors="tab:red",
+                           linewidths=0.8, label=mark_label)
+            ax.set_title(f"{name}, head {h}", fontsize="small")
+            ax.set_xticks(range(T), list(tokens), fontsize=6, rotation=90)
+            ax.set_yticks(range(T), list(tokens), fontsize=6)
+            if r == len(arrays) - 1:
+                ax.set_xlabel("key j", fontsize="small")
+            if h == 0:
+                ax.set_ylabel("query t", fontsize="small")
+    if marks:
+        axes[0, H - 1].legend(loc="upper right", fontsize="x-small", framealpha=0.8)
+    fig.colorbar(image, ax=axes, label="attention weight", shrink=0.7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return axes
