@@ -810,7 +810,7 @@ def plot_attention_by_model(
     weights: Mapping[str, object],
     tokens: Sequence[str],
     *,
-    marks: Sequence[tuple[int, int]] = (),
+    marks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
     mark_label: str = "marked cells",
     suptitle: str | None = None,
 ):
@@ -820,8 +820,8 @@ def plot_attention_by_model(
         weights: model name -> its weights ``(H, T, T)`` for one sequence and one layer (all
             with the same ``H`` and ``T``); row ``t`` is the query position, column ``j`` the key.
         tokens: ``T`` labels for both axes (the tokens of the sequence).
-        marks: ``(t, j)`` cells drawn as hollow red squares in every panel (e.g. each position's
-            mirror image), labelled ``mark_label`` in the legend.
+        marks: model name -> ``(t, j)`` cells drawn as hollow red squares in each of that model's
+            panels (e.g. where each position's answer is), labelled ``mark_label`` in the legend.
         suptitle: a title over the whole figure.
 
     Returns:
@@ -851,8 +851,8 @@ def plot_attention_by_model(
         for h in range(H):
             ax = axes[r, h]
             image = ax.imshow(a[h], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-            if marks:
-                ts, js = zip(*marks)
+            if marks and marks.get(name):
+                ts, js = zip(*marks[name])
                 ax.scatter(js, ts, marker="s", s=22, facecolors="none", edgecolors="tab:red",
                            linewidths=0.8, label=mark_label)
             ax.set_title(f"{name}, head {h}", fontsize="small")
@@ -862,8 +862,9 @@ def plot_attention_by_model(
                 ax.set_xlabel("key j", fontsize="small")
             if h == 0:
                 ax.set_ylabel("query t", fontsize="small")
-    if marks:
-        axes[0, H - 1].legend(loc="upper right", fontsize="x-small", framealpha=0.8)
+    if marks and any(marks.values()):
+        handles, labels = next((a.get_legend_handles_labels() for a in axes.flat if a.collections), ([], []))
+        fig.legend(handles[:1], labels[:1], loc="outside lower center", fontsize="small")  # matplotlib >= 3.7
     fig.colorbar(image, ax=axes, label="attention weight", shrink=0.7)
     if suptitle:
         fig.suptitle(suptitle)
