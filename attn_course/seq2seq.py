@@ -5,6 +5,12 @@ The encoder reads the source and returns every hidden state plus the final one. 
 from it and is fed it again at every step. Everything the decoder will ever know about the
 source must fit in those ``D`` numbers, which is the bottleneck chapter 1 measures.
 
+Two attention decoders fill the same slot: :class:`BahdanauDecoder` (additive score, the
+previous decoder state is the query, the context is GRU input) and :class:`LuongDecoder`
+(general score, the current state is the query, ``h~ = tanh(W_c [c; h])`` predicts).
+:func:`alignment_accuracy` measures how well their attention weights find the source token
+each output copies.
+
 A decoder is any :class:`Decoder`: it turns the encoder's output into an opaque ``state``
 (:meth:`Decoder.init_state`) and then predicts one token at a time (:meth:`Decoder.step`).
 ``step`` receives all encoder states and the source mask, so an attention decoder fits the
@@ -34,14 +40,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import fmt_shape, require_tensor, shape_error
-from .data import BOS, EOS, PAD, SequenceTask, _check_src
+from ._checks import fmt_shape, require_floating, require_tensor, shape_error
+from .attention import context_vector
+from .combine import GRUInputCombine, LuongCombine
+from .data import BOS, EOS, PAD, TASK_KINDS, SequenceTask, _check_src
+from .masking import masked_softmax
+from .scoring import AdditiveScore, GeneralScore
 
 __all__ = [
     "Seq2SeqConfig",
     "Encoder",
     "Decoder",
     "FixedContextDecoder",
+    "BahdanauDecoder",
+    "LuongDecoder",
     "Seq2Seq",
     "sequence_loss",
     "TrainHistory",
@@ -49,6 +61,9 @@ __all__ = [
     "LengthAccuracy",
     "evaluate_by_length",
     "lengths_to_mask",
+    "true_alignment",
+    "alignment_offsets",
+    "alignment_accuracy",
 ]
 
 
@@ -203,6 +218,110 @@ class FixedContextDecoder(Decoder):
         hs, _ = self.gru(x, h.unsqueeze(0).contiguous())  # (B, T, D)
         logits = self.out(torch.cat([hs, c_seq], dim=-1))  # (B, T, V)
         return logits, None
+
+
+def _check_attn_dim(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class BahdanauDecoder(Decoder):
+    """Additive attention in the decoder, as in Bahdanau et al. (2015).
+
+    At step ``t``, with ``s_{t-1}`` the previous decoder state and ``h_j`` the encoder states::
+
+        e_tj  = v^T tanh(W_q s_{t-1} + W_k h_j)            AdditiveScore: the query is s_{t-1}
+        a_t   = masked_softmax(e_t, src_mask)             (B, S): zero weight on padding
+        c_t   = sum_j a_tj h_j                            context_vector
+        s_t   = GRU([embed(y_{t-1}); c_t], s_{t-1})       GRUInputCombine: c_t is GRU input
+        logits = W_o [s_t; c_t; embed(y_{t-1})] + b_o
+
+    The context depends on ``s_{t-1}`` and ``s_t`` on the context, so the steps cannot run in
+    parallel: teacher forcing (:meth:`forward`) is the :class:`Decoder` step loop. Simplifications
+    of the paper: a unidirectional encoder, ``s_0`` = the encoder's final state, and a linear
+    output layer instead of the maxout layer. ``state`` is ``s`` ``(B, D)``.
+
+    Args:
+        config: the sizes; keys and values are the encoder states (width ``D``).
+        attn_hidden: hidden width ``h`` of the additive score (default ``D``).
+    """
+
+    def __init__(self, config: Seq2SeqConfig, attn_hidden: int | None = None):
+        super().__init__()
+        if not isinstance(config, Seq2SeqConfig):
+            raise TypeError(f"config must be a Seq2SeqConfig, got {type(config).__name__}")
+        D, E = config.hidden_dim, config.embed_dim
+        attn_hidden = D if attn_hidden is None else _check_attn_dim(attn_hidden, "attn_hidden")
+        self.embedding = nn.Embedding(config.vocab_size, E, padding_idx=PAD)
+        self.score = AdditiveScore(query_dim=D, key_dim=D, hidden_dim=attn_hidden)
+        self.combine = GRUInputCombine(context_dim=D, input_dim=E, state_dim=D)
+        self.out = nn.Linear(2 * D + E, config.vocab_size)
+
+    def init_state(self, encoder_outputs, encoder_final, src_mask):
+        return encoder_final  # s_0: (B, D)
+
+    def step(self, prev_token, state, encoder_outputs, src_mask):
+        s_prev = state  # (B, D)
+        emb = self.embedding(prev_token)  # (B, E)
+        scores = self.score(s_prev.unsqueeze(1), encoder_outputs)  # (B, 1, D), (B, S, D) -> (B, 1, S)
+        weights = masked_softmax(scores, src_mask.unsqueeze(1))  # (B, 1, S); mask (B, 1, S)
+        context = context_vector(weights, encoder_outputs).squeeze(1)  # (B, 1, D) -> (B, D)
+        s = self.combine(context, s_prev, emb)  # (B, D): GRU([emb; c], s_prev)
+        logits = self.out(torch.cat([s, context, emb], dim=-1))  # (B, 2D + E) -> (B, V)
+        return logits, s, weights.squeeze(1)  # (B, V), (B, D), (B, S)
+
+
+class LuongDecoder(Decoder):
+    """Multiplicative ("general") attention after the GRU, as in Luong et al. (2015), no input feeding.
+
+    At step ``t``, with ``h_t`` the *current* decoder state and ``h̄_j`` the encoder states::
+
+        h_t    = GRU(embed(y_{t-1}), h_{t-1})             the GRU never sees the context
+        e_tj   = h_t^T W_a h̄_j                            GeneralScore: the query is h_t
+        a_t    = masked_softmax(e_t, src_mask)            (B, S)
+        c_t    = sum_j a_tj h̄_j                           context_vector
+        h~_t   = tanh(W_c [c_t; h_t])                     LuongCombine: the attentional state
+        logits = W_s h~_t + b_s
+
+    Since the context does not feed back into the GRU, the GRU runs over a whole teacher-forced
+    target in one call and the attention for all ``T`` positions is one batched product:
+    :meth:`forward` does that, and equals the :meth:`step` loop (which greedy decoding uses).
+    ``state`` is ``h`` ``(B, D)``; ``h_0`` is the encoder's final state.
+    """
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        if not isinstance(config, Seq2SeqConfig):
+            raise TypeError(f"config must be a Seq2SeqConfig, got {type(config).__name__}")
+        D, E = config.hidden_dim, config.embed_dim
+        self.embedding = nn.Embedding(config.vocab_size, E, padding_idx=PAD)
+        self.gru = nn.GRU(E, D, batch_first=True)
+        self.score = GeneralScore(query_dim=D, key_dim=D)
+        self.combine = LuongCombine(context_dim=D, state_dim=D, out_dim=D)
+        self.out = nn.Linear(D, config.vocab_size)
+
+    def init_state(self, encoder_outputs, encoder_final, src_mask):
+        return encoder_final  # h_0: (B, D)
+
+    def _attend(self, hs, encoder_outputs, src_mask):
+        """Queries ``hs`` ``(B, T, D)`` -> logits ``(B, T, V)`` and weights ``(B, T, S)``."""
+        scores = self.score(hs, encoder_outputs)  # (B, T, D), (B, S, D) -> (B, T, S)
+        weights = masked_softmax(scores, src_mask.unsqueeze(1))  # (B, T, S); mask (B, 1, S)
+        context = context_vector(weights, encoder_outputs)  # (B, T, D)
+        h_tilde = self.combine(context, hs)  # (B, T, D): tanh(W_c [c; h])
+        return self.out(h_tilde), weights  # (B, T, V), (B, T, S)
+
+    def step(self, prev_token, state, encoder_outputs, src_mask):
+        x = self.embedding(prev_token).unsqueeze(1)  # (B, 1, E)
+        h_seq, _ = self.gru(x, state.unsqueeze(0).contiguous())  # (B, 1, D); h_0 as (1, B, D)
+        logits, weights = self._attend(h_seq, encoder_outputs, src_mask)  # (B, 1, V), (B, 1, S)
+        return logits.squeeze(1), h_seq.squeeze(1), weights.squeeze(1)  # (B, V), (B, D), (B, S)
+
+    def forward(self, tgt_in, state, encoder_outputs, src_mask):
+        # The same computation as the step loop, all T steps at once: one GRU call, one attention.
+        hs, _ = self.gru(self.embedding(tgt_in), state.unsqueeze(0).contiguous())  # (B, T, D)
+        return self._attend(hs, encoder_outputs, src_mask)  # (B, T, V), (B, T, S)
 
 
 class Seq2Seq(nn.Module):
@@ -459,3 +578,102 @@ def evaluate_by_length(
         by_position[L] = [float(a) for a in by_pos]
     model.train(was_training)
     return LengthAccuracy(token=token, sequence=sequence, by_position=by_position)
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def true_alignment(src_lengths: torch.Tensor, tgt_len: int, kind: str = "reverse") -> torch.Tensor:
+    """The source position each output position copies, ``(B, tgt_len)``; ``-1`` where none.
+
+    For ``kind="reverse"`` output position ``t`` copies source position ``length - 1 - t``
+    (the anti-diagonal); for ``"copy"`` it copies position ``t`` (the diagonal). Positions
+    ``t >= length`` (the EOS step and padding) copy nothing and get ``-1``.
+
+    Args:
+        src_lengths: ``(B,)`` true source lengths (integer tensor).
+        tgt_len: ``T``, the number of output positions.
+        kind: ``"reverse"`` or ``"copy"``, as in :class:`~attn_course.data.SequenceTask`.
+    """
+    require_tensor(src_lengths, "src_lengths")
+    if src_lengths.dim() != 1:
+        raise shape_error("src_lengths", src_lengths, "(B,)")
+    if src_lengths.dtype == torch.bool or src_lengths.is_floating_point() or src_lengths.is_complex():
+        raise TypeError(f"src_lengths must be an integer tensor, got dtype {src_lengths.dtype}")
+    if isinstance(tgt_len, bool) or not isinstance(tgt_len, int) or tgt_len < 0:
+        raise ValueError(f"tgt_len must be a non-negative int, got {tgt_len!r}")
+    if kind not in TASK_KINDS:
+        raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")
+    t = torch.arange(tgt_len, device=src_lengths.device).unsqueeze(0)  # (1, T)
+    lengths = src_lengths.long().unsqueeze(1)  # (B, 1)
+    src_pos = lengths - 1 - t if kind == "reverse" else t.expand(lengths.shape[0], -1)  # (B, T)
+    return torch.where(t < lengths, src_pos, torch.full_like(src_pos, -1))  # (B, T)
+
+
+def alignment_offsets(
+    attn: torch.Tensor,
+    src_lengths: torch.Tensor,
+    tgt_lengths: torch.Tensor | None = None,
+    kind: str = "reverse",
+) -> torch.Tensor:
+    """How far the attention's peak lands from the true source position, one entry per scored position.
+
+    Returns a 1-D long tensor of ``argmax_j attn[b, t, j] - true_position[b, t]`` over the
+    scored output positions (see :func:`alignment_accuracy`), in row-major ``(b, t)`` order:
+    ``0`` = on the true source token, ``+1`` = one position to its right, and so on.
+    """
+    require_floating(attn, "attn")
+    if attn.dim() != 3:
+        raise shape_error("attn", attn, "(B, T, S)")
+    B, T, S = attn.shape
+    require_tensor(src_lengths, "src_lengths")
+    if src_lengths.shape != (B,):
+        raise shape_error("src_lengths", src_lengths, f"(B,) = ({B},) to match attn {fmt_shape(attn.shape)}")
+    if B and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > S):
+        raise ValueError(f"src_lengths must lie in [1, S={S}] for attn of shape {fmt_shape(attn.shape)}")
+    if tgt_lengths is None:
+        tgt_lengths = torch.full((B,), T, dtype=torch.long, device=attn.device)  # (B,)
+    require_tensor(tgt_lengths, "tgt_lengths")
+    if tgt_lengths.shape != (B,):
+        raise shape_error("tgt_lengths", tgt_lengths, f"(B,) = ({B},) to match attn {fmt_shape(attn.shape)}")
+    if tgt_lengths.dtype == torch.bool or tgt_lengths.is_floating_point():
+        raise TypeError(f"tgt_lengths must be an integer tensor, got dtype {tgt_lengths.dtype}")
+    if B and (int(tgt_lengths.min()) < 0 or int(tgt_lengths.max()) > T):
+        raise ValueError(f"tgt_lengths must lie in [0, T={T}] for attn of shape {fmt_shape(attn.shape)}")
+    truth = true_alignment(src_lengths.to(attn.device), T, kind)  # (B, T), -1 where nothing is copied
+    scored = (truth >= 0) & lengths_to_mask(tgt_lengths.to(attn.device), T)  # (B, T)
+    if not bool(scored.any()):
+        raise ValueError("no output position copies a source token: nothing to score")
+    return (attn.argmax(dim=-1) - truth)[scored]  # (N,) over the scored positions
+
+
+def alignment_accuracy(
+    attn: torch.Tensor,
+    src_lengths: torch.Tensor,
+    tgt_lengths: torch.Tensor | None = None,
+    kind: str = "reverse",
+    *,
+    tolerance: int = 0,
+) -> float:
+    """Fraction of output positions whose largest attention weight is on the true source position.
+
+    Only output positions that copy a source token count: ``t < src_lengths[b]`` (so not the
+    EOS step) and ``t < tgt_lengths[b]`` (so not padding, or positions after an early EOS).
+    The true position is :func:`true_alignment`'s: ``length - 1 - t`` for reversal.
+
+    Args:
+        attn: ``(B, T, S)`` attention weights (from ``model(..., return_attention=True)`` or
+            ``model.generate(..., return_attention=True)``).
+        src_lengths: ``(B,)`` true source lengths, each in ``[1, S]``.
+        tgt_lengths: ``(B,)`` output positions to score per row, each in ``[0, T]``
+            (default: all ``T``).
+        kind: ``"reverse"`` (the anti-diagonal) or ``"copy"`` (the diagonal).
+        tolerance: also count a peak at most this many positions away from the true one.
+
+    Returns:
+        a float in ``[0, 1]``.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+        raise ValueError(f"tolerance must be a non-negative int, got {tolerance!r}")
+    offsets = alignment_offsets(attn, src_lengths, tgt_lengths, kind)  # (N,)
+    return float((offsets.abs() <= tolerance).float().mean())
