@@ -35,20 +35,29 @@ __all__ = ["scaled_dot_product_attention", "attention_weights", "context_vector"
 # --------------------------------------------------------------------------- validation
 
 
-def _check_value(value: object, key: torch.Tensor, query: torch.Tensor) -> None:
-    require_floating(value, "value")
-    require_ndim(value, "value", 2, "(..., S, d_v)")
+def _check_value(
+    value: object, key: torch.Tensor, query: torch.Tensor, names: tuple[str, str, str] = ("value", "key", "query")
+) -> None:
+    """``value (..., S, d_v)``: the S of ``key``, the dtype of ``query``, batch dims that broadcast with both.
+
+    ``names`` are the caller's argument names for value, key and query (``lookup`` says
+    ``values``, ``keys``, ``queries``), so the errors name what the user passed.
+    """
+    v, k, q = names
+    require_floating(value, v)
+    require_ndim(value, v, 2, "(..., S, d_v)")
     if value.dtype != query.dtype:
-        raise TypeError(f"value has dtype {value.dtype}; expected query's dtype {query.dtype}")
+        q_possessive = f"{q}'" if q.endswith("s") else f"{q}'s"
+        raise TypeError(f"{v} has dtype {value.dtype}; expected {q_possessive} dtype {query.dtype}")
     S = key.shape[-2]
     if value.shape[-2] != S:
-        raise shape_error("value", value, f"(..., {S}, d_v): value's S must equal key's S = {S}")
+        raise shape_error(v, value, f"(..., {S}, d_v): one row per key ({k} has S = {S})")
     batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
     try:
         torch.broadcast_shapes(batch, value.shape[:-2])
     except RuntimeError:
         raise shape_error(
-            "value", value, f"(..., S, d_v) whose leading (batch) dims broadcast with {fmt_shape(batch)}"
+            v, value, f"(..., S, d_v) whose leading (batch) dims broadcast with {fmt_shape(batch)}"
         ) from None
 
 

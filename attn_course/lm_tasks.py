@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from attn_course import utils
 from attn_course._checks import require_tensor, shape_error
+from attn_course.training import run_steps
 from attn_course.transformer import TransformerDecoder, TransformerEncoder, _TransformerLM
 
 __all__ = [
@@ -247,33 +248,16 @@ def _train(
 ) -> list[float]:
     """AdamW with a one-cycle schedule on fresh batches ``(inputs, targets, key_padding_mask)``."""
     _check_int(steps, "steps")
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(_check_int(num_threads, "num_threads"))
-    try:
-        return _train_loop(model, make_batch, steps, lr, desc, progress)
-    finally:
-        torch.set_num_threads(previous_threads)
 
-
-def _train_loop(model, make_batch, steps, lr, desc, progress) -> list[float]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
-    for _ in bar:
+    def loss_for_step(i: int) -> torch.Tensor:
         inputs, targets, key_padding_mask = make_batch()
         logits = model(inputs, key_padding_mask)  # (N, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)  # (N*T, V), (N*T,)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    model.eval()
-    return losses
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)  # (N*T, V), (N*T,)
+
+    with utils.num_threads(num_threads, name="num_threads"):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+        return run_steps(model, loss_for_step, optimizer, schedule, steps, progress=progress, desc=desc)
 
 
 def train_masked_lm(

@@ -40,7 +40,7 @@ from numbers import Real
 import torch
 
 from attn_course._checks import fmt_shape, require_floating, require_ndim, shape_error
-from attn_course.attention import context_vector
+from attn_course.attention import _check_value, context_vector
 from attn_course.masking import masked_softmax
 from attn_course.scoring import _batch_shape, _check_query_key
 
@@ -73,20 +73,7 @@ def _check_bandwidth(bandwidth: object) -> float:
 
 def _check_values(values: object, keys: torch.Tensor, queries: torch.Tensor) -> None:
     """``values (..., S, d_v)``: same S as ``keys``, same dtype, batch dims that broadcast."""
-    require_floating(values, "values")
-    require_ndim(values, "values", 2, "(..., S, d_v)")
-    if values.dtype != queries.dtype:
-        raise TypeError(f"values has dtype {values.dtype}; expected queries' dtype {queries.dtype}")
-    S = keys.shape[-2]
-    if values.shape[-2] != S:
-        raise shape_error("values", values, f"(..., {S}, d_v): one value per key (keys has S = {S})")
-    batch = torch.broadcast_shapes(queries.shape[:-2], keys.shape[:-2])
-    try:
-        torch.broadcast_shapes(batch, values.shape[:-2])
-    except RuntimeError:
-        raise shape_error(
-            "values", values, f"(..., S, d_v) whose leading (batch) dims broadcast with {fmt_shape(batch)}"
-        ) from None
+    _check_value(values, keys, queries, names=("values", "keys", "queries"))
 
 
 # --------------------------------------------------------------------------- the hard lookup

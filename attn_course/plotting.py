@@ -15,6 +15,9 @@ from matplotlib.ticker import MaxNLocator
 __all__ = ["plot_accuracy_by_length", "plot_accuracy_by_position", "plot_losses"]
 
 
+_UNIT = (-0.02, 1.02)  # the y range of accuracy plots: 0 and 1 stay clear of the frame
+
+
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.0)) -> Axes:
     if ax is None:
         _, ax = plt.subplots(figsize=figsize, layout="constrained")
@@ -24,6 +27,40 @@ def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.0)) -> Axes:
 def _check_curves(results: object, name: str) -> None:
     if not isinstance(results, Mapping) or not results:
         raise TypeError(f"{name} must be a non-empty dict mapping a curve label to its values")
+
+
+def _finish(
+    ax: Axes,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    chance: float | None = None,
+    integer_x: bool = False,
+    ylim: tuple[float, float] | None = None,
+    legend_fontsize: str | None = None,
+    grid_which: str = "major",
+) -> Axes:
+    """The finishing steps most line plots share: labels, title, a light grid and the legend.
+
+    ``chance`` first draws a dashed grey horizontal line labelled "chance" (so the legend lists
+    it last); ``integer_x`` puts the x ticks on whole numbers; ``ylim`` fixes the y range.
+    """
+    if chance is not None:
+        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
+    ax.set_xlabel(xlabel)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which=grid_which)
+    if legend_fontsize is None:
+        ax.legend()
+    else:
+        ax.legend(fontsize=legend_fontsize)
+    return ax
 
 
 def plot_accuracy_by_length(
@@ -51,16 +88,9 @@ def plot_accuracy_by_length(
     for label, by_length in results.items():
         lengths = sorted(by_length)
         ax.plot(lengths, [by_length[n] for n in lengths], marker="o", markersize=4, label=label)
-    if chance is not None:
-        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
-    ax.set_xlabel("source sequence length")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
+    return _finish(
+        ax, xlabel="source sequence length", ylabel=ylabel, title=title, chance=chance, integer_x=True, ylim=_UNIT
+    )
 
 
 def plot_accuracy_by_position(
@@ -77,16 +107,7 @@ def plot_accuracy_by_position(
     ax = _axes(ax)
     for label, accs in curves.items():
         ax.plot(range(len(accs)), list(accs), marker="o", markersize=3, label=label)
-    if chance is not None:
-        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label="chance")
-    ax.set_xlabel(xlabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
+    return _finish(ax, xlabel=xlabel, ylabel=ylabel, title=title, chance=chance, integer_x=True, ylim=_UNIT)
 
 
 def plot_losses(
@@ -100,12 +121,7 @@ def plot_losses(
     ax = _axes(ax)
     for label, values in losses.items():
         ax.plot(range(1, len(values) + 1), list(values), linewidth=1, label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("cross-entropy loss (nats per token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
+    return _finish(ax, xlabel="training step", ylabel="cross-entropy loss (nats per token)", title=title)
 
 
 def plot_vs_dk(
@@ -134,12 +150,7 @@ def plot_vs_dk(
     ax.set_xticks(list(d_ks), [str(d) for d in d_ks])
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("query/key width $d_k$ (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
+    return _finish(ax, xlabel="query/key width $d_k$ (log scale)", ylabel=ylabel, title=title)
 
 
 def plot_softmax_overflow(
@@ -164,14 +175,7 @@ def plot_softmax_overflow(
         ax.plot(list(shifts), list(values), linestyle=styles[i % len(styles)], linewidth=2, label=label)
     for i, (label, x) in enumerate((thresholds or {}).items()):
         ax.axvline(x, color=f"{0.2 + 0.3 * i:.1f}", linestyle=":", linewidth=1, label=label)
-    ax.set_xlabel(xlabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
+    return _finish(ax, xlabel=xlabel, ylabel=ylabel, title=title, integer_x=True, ylim=_UNIT)
 
 
 # --------------------------------------------------------------------------- soft lookup (chapter 02)
@@ -330,12 +334,7 @@ def plot_regression_fit(
     if truth is not None:
         ax.plot(_flat(x_grid), _flat(truth), color="0.5", linestyle="--", linewidth=1, label="true function")
     ax.plot(_flat(x_grid), _flat(prediction), color="tab:orange", linewidth=2, label=label)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, xlabel="x", ylabel="y", title=title, legend_fontsize="small")
 
 
 def plot_mse_by_bandwidth(
@@ -355,12 +354,7 @@ def plot_mse_by_bandwidth(
     for i, (label, level) in enumerate((references or {}).items()):
         ax.axhline(level, color=f"{0.3 + 0.25 * i:.2f}", linestyle="--", linewidth=1, label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("bandwidth h (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, xlabel="bandwidth h (log scale)", ylabel=ylabel, title=title, legend_fontsize="small")
 
 
 __all__ += ["plot_vs_dk", "plot_softmax_overflow"]  # chapters 03 and 04 (defined above)
@@ -504,12 +498,7 @@ def plot_vs_offset(
     for i, (label, values) in enumerate(curves.items()):
         ax.plot(list(offsets), list(values), linestyle=styles[i % len(styles)], linewidth=1.5 + (i == 0), label=label)
     ax.axvline(0, color="0.6", linewidth=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, xlabel=xlabel, ylabel=ylabel, title=title, legend_fontsize="small")
 
 
 def plot_alibi_heads(
@@ -676,12 +665,7 @@ def plot_vs_length(
     ax.set_xticks(list(lengths), [str(n) for n in lengths])
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, xlabel=xlabel, ylabel=ylabel, title=title, legend_fontsize="small", grid_which="both")
 
 
 def plot_position_changes(
@@ -706,13 +690,7 @@ def plot_position_changes(
         ys = [float(v) for v in values]
         ax.plot(range(len(ys)), ys, marker=markers[i % 4], markersize=5, label=label)
     ax.set_xlim(-0.5, n - 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("output position")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, xlabel="output position", ylabel=ylabel, title=title, integer_x=True, legend_fontsize="small")
 
 
 # --------------------------------------------------------------------------- multi-head attention (chapter 07)

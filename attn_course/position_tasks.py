@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from attn_course import utils
 from attn_course._checks import fmt_shape, require_floating, require_ndim, require_tensor
 from attn_course.attention import context_vector, scaled_dot_product_attention
 from attn_course.masking import causal_mask, masked_softmax
 from attn_course.positional import LearnedPositionalEmbedding, alibi_bias, apply_rope, sinusoidal_encoding
+from attn_course.training import run_steps
 
 __all__ = [
     "POSITION_SCHEMES",
@@ -219,20 +220,12 @@ def train_classifier(
     _check_int(steps, "steps")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses = []
-    model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
-    for _ in bar:
+
+    def loss_for_step(i: int) -> torch.Tensor:
         tokens, labels = make_sorted_task(batch_pairs, seq_len, model.vocab_size, generator)  # (2N, T), (2N,)
-        loss = nn.functional.cross_entropy(model(tokens), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    model.eval()
-    return losses
+        return nn.functional.cross_entropy(model(tokens), labels)
+
+    return run_steps(model, loss_for_step, optimizer, schedule, steps, progress=progress, desc=desc)
 
 
 @torch.no_grad()
@@ -278,30 +271,23 @@ def position_ablation(
     """
     for s in schemes:
         _check_scheme(s)
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(_check_int(num_threads, "num_threads"))
-    try:
-        return _ablation(schemes, seq_len, vocab_size, steps, batch_pairs, test_pairs, seed, progress, model_kwargs)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _ablation(schemes, seq_len, vocab_size, steps, batch_pairs, test_pairs, seed, progress, model_kwargs):
-    test_tokens, test_labels = make_sorted_task(test_pairs, seq_len, vocab_size, torch.Generator().manual_seed(seed + 1))
-    result = AblationResult()
-    for scheme in schemes:
-        torch.manual_seed(seed)
-        model = PositionToyClassifier(vocab_size, seq_len, scheme, **model_kwargs)
-        result.losses[scheme] = train_classifier(
-            model,
-            steps=steps,
-            batch_pairs=batch_pairs,
-            seq_len=seq_len,
-            generator=torch.Generator().manual_seed(seed),
-            progress=progress,
-            desc=f"{scheme:>10}",
+    with utils.num_threads(num_threads, name="num_threads"):
+        test_tokens, test_labels = make_sorted_task(
+            test_pairs, seq_len, vocab_size, torch.Generator().manual_seed(seed + 1)
         )
-        result.accuracy[scheme] = accuracy(model, test_tokens, test_labels)
-        result.models[scheme] = model
-    return result
+        result = AblationResult()
+        for scheme in schemes:
+            torch.manual_seed(seed)
+            model = PositionToyClassifier(vocab_size, seq_len, scheme, **model_kwargs)
+            result.losses[scheme] = train_classifier(
+                model,
+                steps=steps,
+                batch_pairs=batch_pairs,
+                seq_len=seq_len,
+                generator=torch.Generator().manual_seed(seed),
+                progress=progress,
+                desc=f"{scheme:>10}",
+            )
+            result.accuracy[scheme] = accuracy(model, test_tokens, test_labels)
+            result.models[scheme] = model
+        return result

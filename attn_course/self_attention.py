@@ -35,11 +35,10 @@ Measurements (what the self-attention chapter plots and asserts):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -49,6 +48,7 @@ from tqdm.auto import tqdm
 
 from attn_course._checks import require_floating, require_ndim, shape_error
 from attn_course.attention import scaled_dot_product_attention
+from attn_course.utils import num_threads
 
 __all__ = [
     "SelfAttention",
@@ -383,20 +383,8 @@ def layers_to_connect(
     h = torch.randn(1, d, T, generator=generator)  # (1, d, T): channels first
     tangent = torch.zeros_like(h)
     tangent[0, :, 0] = torch.rand(d, generator=generator) + 0.5  # input 0 only
-    with _num_threads(1):  # hundreds of tiny convolutions: threads would cost more than they save
+    with num_threads(1):  # hundreds of tiny convolutions: threads would cost more than they save
         return _first_depth_reached(h, tangent, kernel_size, causal, max_layers)
-
-
-@contextlib.contextmanager
-def _num_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore them."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(_check_positive_int(n, "threads"))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _first_depth_reached(
@@ -546,7 +534,7 @@ def time_forward(
     device = torch.device(device)
     x = torch.randn(batch, T, d_in, generator=generator).to(device)  # (B, T, d_in)
     samples = []
-    with torch.no_grad(), _num_threads(threads):
+    with torch.no_grad(), num_threads(threads):
         for i in range(repeats + 1):
             _sync(device)
             start = time.perf_counter()

@@ -38,7 +38,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._checks import fmt_shape, require_floating, require_tensor, shape_error
 from .attention import context_vector
@@ -46,6 +45,7 @@ from .combine import GRUInputCombine, LuongCombine
 from .data import BOS, EOS, PAD, TASK_KINDS, SequenceTask, _check_src
 from .masking import masked_softmax
 from .scoring import AdditiveScore, GeneralScore
+from .training import run_steps
 
 __all__ = [
     "Seq2SeqConfig",
@@ -494,28 +494,20 @@ def train_seq2seq(
     device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0 - 0.9 * i / steps)
-    history = TrainHistory()
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
-    for i in bar:
+
+    def loss_for_step(i: int) -> torch.Tensor:
         batch = task.make_batch(batch_size, generator=generator)
         logits = model(
             batch.src.to(device), batch.src_lengths.to(device), batch.tgt_in.to(device)
         )  # (B, T, V)
-        loss = sequence_loss(logits, batch.tgt_out.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        schedule.step()
-        history.losses.append(loss.item())
-        if progress and (i % 25 == 0 or i == steps - 1):
-            bar.set_postfix(loss=f"{history.losses[-1]:.3f}", refresh=False)
-    history.seconds = time.perf_counter() - start
-    model.eval()
-    return history
+        return sequence_loss(logits, batch.tgt_out.to(device))
+
+    start = time.perf_counter()
+    losses = run_steps(
+        model, loss_for_step, optimizer, schedule, steps, grad_clip=grad_clip, progress=progress, desc=desc,
+        postfix_every=25,
+    )
+    return TrainHistory(losses=losses, seconds=time.perf_counter() - start)
 
 
 @dataclass

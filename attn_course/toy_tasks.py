@@ -27,17 +27,17 @@ Dimension glossary (see ``attn_course`` for the full one)::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from attn_course._checks import require_tensor, shape_error
 from attn_course.multihead import MultiHeadAttention
+from attn_course.training import run_steps
+from attn_course.utils import num_threads
 
 __all__ = [
     "IGNORE",
@@ -174,18 +174,6 @@ class AttentionOnlyModel(nn.Module):
 # --------------------------------------------------------------------------- training and evaluation
 
 
-@contextmanager
-def _num_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(_positive_int(n, "threads"))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass
 class TrainHistory:
     """What :func:`train_model` returns."""
@@ -234,29 +222,22 @@ def train_model(
         raise ValueError(f"lr must be positive, got {lr!r}")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0 - 0.9 * i / steps)
-    history = TrainHistory()
-    model.train()
+
+    def loss_for_step(i: int) -> torch.Tensor:
+        tokens, targets = task.make_batch(batch_size, generator=generator)  # (B, T), (B, T, K)
+        logits, _ = model(tokens)  # (B, T, K, V)
+        return F.cross_entropy(
+            logits.reshape(-1, task.vocab_size),  # (B * T * K, V)
+            targets.reshape(-1),  # (B * T * K,)
+            ignore_index=IGNORE,
+        )
+
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
-    with _num_threads(threads):
-        for i in bar:
-            tokens, targets = task.make_batch(batch_size, generator=generator)  # (B, T), (B, T, K)
-            logits, _ = model(tokens)  # (B, T, K, V)
-            loss = F.cross_entropy(
-                logits.reshape(-1, task.vocab_size),  # (B * T * K, V)
-                targets.reshape(-1),  # (B * T * K,)
-                ignore_index=IGNORE,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            history.losses.append(loss.item())
-            if progress and (i % 50 == 0 or i == steps - 1):
-                bar.set_postfix(loss=f"{history.losses[-1]:.3f}", refresh=False)
-    history.seconds = time.perf_counter() - start
-    model.eval()
-    return history
+    with num_threads(threads):
+        losses = run_steps(
+            model, loss_for_step, optimizer, schedule, steps, progress=progress, desc=desc, postfix_every=50
+        )
+    return TrainHistory(losses=losses, seconds=time.perf_counter() - start)
 
 
 @dataclass

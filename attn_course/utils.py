@@ -1,10 +1,12 @@
-"""Small helpers the notebooks share: seeding, device choice, environment detection."""
+"""Small helpers the notebooks share: seeding, device choice, thread pinning, environment detection."""
 
 from __future__ import annotations
 
 import os
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -36,3 +38,22 @@ def limit_threads(n: int | None = None) -> int:
         n = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def num_threads(n: int | None, name: str = "threads") -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count.
+
+    ``None`` leaves the setting as it is. The package's training loops and timings use this:
+    their tensors are tiny, so one thread is fastest, and on a busy machine by far.
+    ``name`` is the caller's parameter name, for the error message.
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {n!r}")
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -28,13 +28,7 @@ DECODERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU extra threads slow them down 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(kind: str, seed: int = 0, hidden_dim: int = 16) -> Seq2Seq:

@@ -27,14 +27,7 @@ from attn_course.lm_tasks import (
 )
 from attn_course.transformer import TransformerConfig, TransformerDecoder, TransformerEncoder
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and far faster than two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CORPUS = PalindromeCorpus(num_symbols=10, min_half=3, max_half=6)

@@ -13,14 +13,7 @@ from attn_course.transformer import (
     num_parameters,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and far faster than two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = TransformerConfig(vocab_size=11, max_len=12, d_model=24, num_heads=3, num_layers=2, d_ff=40)
