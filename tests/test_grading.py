@@ -18,6 +18,14 @@ from attn_course.grading.tasks import load_exercises
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "tests" / "submissions"
+# An upload that broke: not JSON. Written at test time, since a committed notebook must be valid.
+BROKEN_UPLOAD = '{"cells": [ this is not JSON, the upload broke\n'
+
+
+def write_broken_upload(folder: Path) -> Path:
+    path = folder / "ex01_not_a_notebook.ipynb"
+    path.write_text(BROKEN_UPLOAD)
+    return path
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +36,8 @@ def report(tmp_path_factory):
     json_path, csv_path = out / "report.json", out / "report.csv"
     sources = [str(p) for p in solution_notebook_paths(ROOT)]
     learners = [str(learner_path(Path(p))) for p in sources]
-    cmd = [sys.executable, "-m", "attn_course.cli", "grade", *sources, *learners, str(SUBMISSIONS),
+    broken = write_broken_upload(tmp_path_factory.mktemp("upload"))
+    cmd = [sys.executable, "-m", "attn_course.cli", "grade", *sources, *learners, str(SUBMISSIONS), str(broken),
            "--json", str(json_path), "--csv", str(csv_path), "--jobs", "2", "--timeout", "20",
            "--call-timeout", "8", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out)
@@ -149,7 +158,7 @@ def test_usage_errors_exit_nonzero(tmp_path):
 
 
 def test_default_report_is_csv_in_cwd(tmp_path):
-    nb = SUBMISSIONS / "ex01_not_a_notebook.ipynb"
+    nb = write_broken_upload(tmp_path)
     proc = _run_cli("grade", str(nb), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0
     assert (tmp_path / "grade-report.csv").read_text().count("not a valid notebook") == 5
