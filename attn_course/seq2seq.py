@@ -32,7 +32,7 @@ Masks follow the package rule: ``True`` means "real token, may attend".
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from .combine import GRUInputCombine, LuongCombine
 from .data import BOS, EOS, PAD, TASK_KINDS, SequenceTask, _check_src
 from .masking import masked_softmax
 from .scoring import AdditiveScore, GeneralScore
-from .training import run_steps
+from .training import TrainHistory, run_steps
 
 __all__ = [
     "Seq2SeqConfig",
@@ -444,14 +444,6 @@ def sequence_loss(logits: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
         tgt_out.reshape(-1),  # (B * T,)
         ignore_index=PAD,
     )
-
-
-@dataclass
-class TrainHistory:
-    """What :func:`train_seq2seq` returns."""
-
-    losses: list[float] = field(default_factory=list)  # training loss after each step
-    seconds: float = 0.0  # wall-clock training time
 
 
 def train_seq2seq(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from torch import nn
 
 from attn_course._checks import require_tensor, shape_error
 from attn_course.multihead import MultiHeadAttention
-from attn_course.training import run_steps
+from attn_course.training import TrainHistory, run_steps
 from attn_course.utils import num_threads
 
 __all__ = [
@@ -172,14 +172,6 @@ class AttentionOnlyModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- training and evaluation
-
-
-@dataclass
-class TrainHistory:
-    """What :func:`train_model` returns."""
-
-    losses: list[float] = field(default_factory=list)  # training loss after each step
-    seconds: float = 0.0  # wall-clock training time
 
 
 def _check_model_task(model: object, task: object) -> None:

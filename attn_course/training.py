@@ -10,12 +10,21 @@ draws a fresh batch and returns its loss; :func:`run_steps` runs the loop around
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["run_steps"]
+__all__ = ["TrainHistory", "run_steps"]
+
+
+@dataclass
+class TrainHistory:
+    """What a timed training function returns (``seq2seq.train_seq2seq``, ``toy_tasks.train_model``)."""
+
+    losses: list[float] = field(default_factory=list)  # training loss after each step
+    seconds: float = 0.0  # wall-clock training time
 
 
 def run_steps(
