@@ -1,6 +1,25 @@
 """attn_course: the code behind the attention-mechanisms course.
 
-One module per concept; the chapters and exercises import from here.
+The package has two layers, plus the exercise system:
+
+* **The attention library**, at the top level: one module per mechanism, named for it, the
+  code a reader of the papers would recognise. ``scoring`` (dot, scaled, general, additive
+  scores), ``masking`` (masks and the masked softmax), ``attention`` (scaled dot-product
+  attention), ``lookup`` (attention as Nadaraya-Watson kernel regression), ``combine`` (context
+  + decoder state), ``seq2seq`` (GRU encoder-decoder with fixed-context, Bahdanau and Luong
+  decoders), ``self_attention``, ``multihead``, ``positional`` (sinusoidal, learned, RoPE,
+  ALiBi), ``transformer`` (the block, encoder and decoder language models); later parts add
+  their mechanisms here (``gpt``, ``kv_cache``, ``flash``, ...). ``apps/`` holds the
+  application models of Part III. Helpers: ``_checks`` (input validation, public names),
+  ``plotting`` (figure helpers several chapters share), ``utils`` (seeding, threads).
+* **The chapters' experiments**, in ``attn_course.labs``: one module per experiment, named for
+  its topic (task, data, training run, measurements, the chapter's own figures). A library
+  module never imports a lab; ``tests/test_layering.py`` checks it.
+* **The exercise system**: ``check`` (instant feedback in a notebook), ``grading/`` (the
+  grader and the learner-notebook builder), ``exercises/`` (task definitions), ``cli``.
+
+A new chapter puts its mechanism in a library module (or extends one) and its experiment in
+``labs/<topic>.py``; its notebook imports the library and, mostly, its own lab.
 
 Shape convention (used everywhere, documented once here)
 --------------------------------------------------------

@@ -25,40 +25,27 @@ import math
 
 import torch
 
-from attn_course._checks import fmt_shape, require_floating, require_ndim, shape_error
-from attn_course.masking import _check_mask, causal_mask, masked_softmax
-from attn_course.scoring import _batch_shape, _check_query_key, scaled_dot_score
+from attn_course._checks import (
+    batch_shape,
+    check_mask,
+    check_query_key,
+    check_value,
+    require_floating,
+    require_ndim,
+    shape_error,
+)
+from attn_course.masking import causal_mask, masked_softmax
+from attn_course.scoring import scaled_dot_score
 
-__all__ = ["scaled_dot_product_attention", "attention_weights", "context_vector", "attention_loop"]
+__all__ = [
+    "scaled_dot_product_attention",
+    "attention_weights",
+    "context_vector",
+    "attention_loop",
+]
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_value(
-    value: object, key: torch.Tensor, query: torch.Tensor, names: tuple[str, str, str] = ("value", "key", "query")
-) -> None:
-    """``value (..., S, d_v)``: the S of ``key``, the dtype of ``query``, batch dims that broadcast with both.
-
-    ``names`` are the caller's argument names for value, key and query (``lookup`` says
-    ``values``, ``keys``, ``queries``), so the errors name what the user passed.
-    """
-    v, k, q = names
-    require_floating(value, v)
-    require_ndim(value, v, 2, "(..., S, d_v)")
-    if value.dtype != query.dtype:
-        q_possessive = f"{q}'" if q.endswith("s") else f"{q}'s"
-        raise TypeError(f"{v} has dtype {value.dtype}; expected {q_possessive} dtype {query.dtype}")
-    S = key.shape[-2]
-    if value.shape[-2] != S:
-        raise shape_error(v, value, f"(..., {S}, d_v): one row per key ({k} has S = {S})")
-    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
-    try:
-        torch.broadcast_shapes(batch, value.shape[:-2])
-    except RuntimeError:
-        raise shape_error(
-            v, value, f"(..., S, d_v) whose leading (batch) dims broadcast with {fmt_shape(batch)}"
-        ) from None
 
 
 def _combined_mask(
@@ -66,7 +53,7 @@ def _combined_mask(
 ) -> torch.Tensor | None:
     """Validate ``mask`` against the scores shape ``target`` and AND it with the causal mask."""
     if mask is not None:
-        _check_mask(mask, target, "a boolean (..., L, S) mask (True = may attend)")
+        check_mask(mask, target, "a boolean (..., L, S) mask (True = may attend)")
     if not is_causal:
         return mask
     L, S = target[-2], target[-1]
@@ -100,7 +87,7 @@ def attention_weights(
     Returns:
         weights ``(..., L, S)``; rows sum to 1, fully masked rows are all zero.
     """
-    batch = _check_query_key(query, key, "query", "key")
+    batch = check_query_key(query, key, "query", "key")
     L, S = query.shape[-2], key.shape[-2]
     mask = _combined_mask(mask, is_causal, (*batch, L, S), query.device)
     scores = scaled_dot_score(query, key, scale=_default_scale(query.shape[-1], scale))  # (..., L, S)
@@ -125,7 +112,7 @@ def context_vector(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     S = weights.shape[-1]
     if values.shape[-2] != S:
         raise shape_error("values", values, f"(..., {S}, d_v): its S must equal weights' last dim = {S}")
-    _batch_shape(weights, "weights", values, "values", "(..., S, d_v)")
+    batch_shape(weights, "weights", values, "values", "(..., S, d_v)")
     return weights @ values  # (..., L, S) @ (..., S, d_v) -> (..., L, d_v)
 
 
@@ -159,8 +146,8 @@ def scaled_dot_product_attention(
         TypeError: a non-tensor, non-floating or mismatched-dtype input, or a non-boolean mask.
         ValueError: shapes that do not fit, naming the argument, its shape and the expected one.
     """
-    _check_query_key(query, key, "query", "key")
-    _check_value(value, key, query)
+    check_query_key(query, key, "query", "key")
+    check_value(value, key, query)
     weights = attention_weights(query, key, mask, scale, is_causal=is_causal)  # (..., L, S)
     return context_vector(weights, value), weights  # (..., L, d_v), (..., L, S)
 
@@ -182,11 +169,11 @@ def attention_loop(
     Returns:
         ``(output, weights)``: ``(..., L, d_v)`` and ``(..., L, S)``.
     """
-    batch = _check_query_key(query, key, "query", "key")
-    _check_value(value, key, query)
+    batch = check_query_key(query, key, "query", "key")
+    check_value(value, key, query)
     L, S, d_k = query.shape[-2], key.shape[-2], query.shape[-1]
     if mask is not None:
-        _check_mask(mask, (*batch, L, S), "a boolean (..., L, S) mask (True = may attend)")
+        check_mask(mask, (*batch, L, S), "a boolean (..., L, S) mask (True = may attend)")
         mask = mask.expand(*batch, L, S)  # a view: lets us pick row i below
     outputs, weight_rows = [], []
     for i in range(L):

@@ -36,18 +36,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attn_course._checks import require_floating, require_ndim, shape_error
+from attn_course._checks import require_floating, require_int, require_ndim, shape_error
 
-__all__ = ["LuongCombine", "GRUInputCombine", "BahdanauGRUCombine", "GatedCombine"]
+__all__ = [
+    "LuongCombine",
+    "GRUInputCombine",
+    "BahdanauGRUCombine",
+    "GatedCombine",
+]
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_dim(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_input(x: object, name: str, width: int, width_name: str, min_ndim: int = 1) -> torch.Tensor:
@@ -89,9 +88,9 @@ class LuongCombine(nn.Module):
 
     def __init__(self, context_dim: int, state_dim: int, out_dim: int, bias: bool = False) -> None:
         super().__init__()
-        self.context_dim = _check_dim(context_dim, "context_dim")
-        self.state_dim = _check_dim(state_dim, "state_dim")
-        self.out_dim = _check_dim(out_dim, "out_dim")
+        self.context_dim = require_int(context_dim, "context_dim")
+        self.state_dim = require_int(state_dim, "state_dim")
+        self.out_dim = require_int(out_dim, "out_dim")
         self.W_c = nn.Linear(context_dim + state_dim, out_dim, bias=bias)
 
     def forward(self, context: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -127,9 +126,9 @@ class GRUInputCombine(nn.Module):
 
     def __init__(self, context_dim: int, input_dim: int, state_dim: int) -> None:
         super().__init__()
-        self.context_dim = _check_dim(context_dim, "context_dim")
-        self.input_dim = _check_dim(input_dim, "input_dim")
-        self.state_dim = _check_dim(state_dim, "state_dim")
+        self.context_dim = require_int(context_dim, "context_dim")
+        self.input_dim = require_int(input_dim, "input_dim")
+        self.state_dim = require_int(state_dim, "state_dim")
         self.out_dim = self.state_dim
         self.cell = nn.GRUCell(input_dim + context_dim, state_dim)
 
@@ -188,8 +187,8 @@ class GatedCombine(nn.Module):
 
     def __init__(self, context_dim: int, state_dim: int) -> None:
         super().__init__()
-        self.context_dim = _check_dim(context_dim, "context_dim")
-        self.state_dim = _check_dim(state_dim, "state_dim")
+        self.context_dim = require_int(context_dim, "context_dim")
+        self.state_dim = require_int(state_dim, "state_dim")
         if context_dim != state_dim:
             raise ValueError(
                 f"GatedCombine mixes context and state elementwise, so context_dim ({context_dim}) must "

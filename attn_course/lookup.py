@@ -34,15 +34,19 @@ point) is ``(L, 1)`` / ``(S, 1)``: ``x[:, None]`` turns ``(S,)`` into ``(S, 1)``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from numbers import Real
 
 import torch
 
-from attn_course._checks import fmt_shape, require_floating, require_ndim, shape_error
-from attn_course.attention import _check_value, context_vector
+from attn_course._checks import (
+    batch_shape,
+    check_query_key,
+    check_value,
+    require_floating,
+    require_ndim,
+    require_positive_number,
+)
+from attn_course.attention import context_vector
 from attn_course.masking import masked_softmax
-from attn_course.scoring import _batch_shape, _check_query_key
 
 __all__ = [
     "hard_lookup",
@@ -51,29 +55,16 @@ __all__ = [
     "nadaraya_watson",
     "nadaraya_watson_loop",
     "gaussian_as_dot_product",
-    "true_function",
-    "make_regression_data",
     "effective_number_of_keys",
-    "bandwidth_sweep",
-    "local_weight_mass",
 ]
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _check_bandwidth(bandwidth: object) -> float:
-    if isinstance(bandwidth, bool) or not isinstance(bandwidth, Real):
-        raise TypeError(f"bandwidth must be a positive number, got {type(bandwidth).__name__}")
-    h = float(bandwidth)
-    if not (math.isfinite(h) and h > 0):
-        raise ValueError(f"bandwidth must be a positive finite number, got {bandwidth!r}")
-    return h
-
-
 def _check_values(values: object, keys: torch.Tensor, queries: torch.Tensor) -> None:
     """``values (..., S, d_v)``: same S as ``keys``, same dtype, batch dims that broadcast."""
-    _check_value(values, keys, queries, names=("values", "keys", "queries"))
+    check_value(values, keys, queries, names=("values", "keys", "queries"))
 
 
 # --------------------------------------------------------------------------- the hard lookup
@@ -97,7 +88,7 @@ def hard_lookup(
         KeyError: a query equals no key (a dict would raise ``KeyError`` too).
         ValueError: a query equals several keys (keys must be unique), or shapes that do not fit.
     """
-    _check_query_key(queries, keys, "queries", "keys")
+    check_query_key(queries, keys, "queries", "keys")
     _check_values(values, keys, queries)
     # Exact equality in every coordinate: (..., L, 1, d_k) == (..., 1, S, d_k) -> (..., L, S, d_k)
     match = (queries.unsqueeze(-2) == keys.unsqueeze(-3)).all(dim=-1)  # (..., L, S)
@@ -128,8 +119,8 @@ def gaussian_scores(queries: torch.Tensor, keys: torch.Tensor, bandwidth: float)
     Returns:
         scores ``(..., L, S)``, all ``<= 0``.
     """
-    _check_query_key(queries, keys, "queries", "keys")
-    h = _check_bandwidth(bandwidth)
+    check_query_key(queries, keys, "queries", "keys")
+    h = require_positive_number(bandwidth, "bandwidth")
     diff = queries.unsqueeze(-2) - keys.unsqueeze(
         -3
     )  # (..., L, 1, d_k) - (..., 1, S, d_k) -> (..., L, S, d_k)
@@ -171,7 +162,7 @@ def nadaraya_watson(
     Returns:
         ``(outputs, weights)``: ``(..., L, d_v)`` and ``(..., L, S)``.
     """
-    _check_query_key(queries, keys, "queries", "keys")
+    check_query_key(queries, keys, "queries", "keys")
     _check_values(values, keys, queries)
     weights = gaussian_kernel_weights(queries, keys, bandwidth)  # (..., L, S)
     return context_vector(weights, values), weights  # (..., L, d_v), (..., L, S)
@@ -190,10 +181,10 @@ def nadaraya_watson_loop(
 
     Args/Returns: as ``nadaraya_watson``.
     """
-    _check_query_key(queries, keys, "queries", "keys")
+    check_query_key(queries, keys, "queries", "keys")
     _check_values(values, keys, queries)
-    h = _check_bandwidth(bandwidth)
-    batch = _batch_shape(queries, "queries", keys, "keys", "(..., S, d_k)")
+    h = require_positive_number(bandwidth, "bandwidth")
+    batch = batch_shape(queries, "queries", keys, "keys", "(..., S, d_k)")
     batch = torch.broadcast_shapes(batch, values.shape[:-2])
     d_k = queries.shape[-1]
     norm = (2.0 * math.pi) ** (d_k / 2)  # the Gaussian density's constant; it cancels below
@@ -228,8 +219,8 @@ def gaussian_as_dot_product(
     Returns:
         ``(queries', keys')``: ``(..., L, d_k + 1)`` and ``(..., S, d_k + 1)``.
     """
-    _check_query_key(queries, keys, "queries", "keys")
-    h = _check_bandwidth(bandwidth)
+    check_query_key(queries, keys, "queries", "keys")
+    h = require_positive_number(bandwidth, "bandwidth")
     ones = torch.ones_like(queries[..., :1])  # (..., L, 1)
     q_aug = torch.cat([queries / h, ones], dim=-1)  # (..., L, d_k + 1)
     k_sq = (keys * keys).sum(dim=-1, keepdim=True)  # (..., S, 1)
@@ -238,43 +229,6 @@ def gaussian_as_dot_product(
 
 
 # --------------------------------------------------------------------------- the chapter's data
-
-
-def true_function(x: torch.Tensor) -> torch.Tensor:
-    """The regression target ``2 sin(x) + x^0.8`` (defined for ``x >= 0``)."""
-    require_floating(x, "x")
-    return 2.0 * torch.sin(x) + x.clamp(min=0).pow(0.8)
-
-
-def make_regression_data(
-    n: int,
-    generator: torch.Generator | None = None,
-    *,
-    x_max: float = 5.0,
-    noise: float = 0.5,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` noisy samples of ``true_function``: ``x ~ Uniform(0, x_max)``, sorted; ``y = f(x) + noise * N(0, 1)``.
-
-    Args:
-        n: number of points (S, when they are used as keys/values).
-        generator: a ``torch.Generator`` for reproducible draws.
-        x_max: inputs lie in ``[0, x_max]``.  noise: standard deviation of the label noise.
-
-    Returns:
-        ``(x, y)``, each ``(n, 1)``: ready to be keys and values.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if not (isinstance(x_max, Real) and x_max > 0):
-        raise ValueError(f"x_max must be a positive number, got {x_max!r}")
-    if not (isinstance(noise, Real) and noise >= 0):
-        raise ValueError(f"noise must be a non-negative number, got {noise!r}")
-    x = torch.rand(n, generator=generator, dtype=dtype).sort().values * x_max  # (n,)
-    y = true_function(x) + noise * torch.randn(n, generator=generator, dtype=dtype)  # (n,)
-    return x.unsqueeze(-1), y.unsqueeze(-1)  # (n, 1), (n, 1)
 
 
 def effective_number_of_keys(weights: torch.Tensor) -> torch.Tensor:
@@ -289,73 +243,3 @@ def effective_number_of_keys(weights: torch.Tensor) -> torch.Tensor:
     require_floating(weights, "weights")
     require_ndim(weights, "weights", 1, "(..., S)")
     return 1.0 / (weights * weights).sum(dim=-1)  # (..., L)
-
-
-def bandwidth_sweep(
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    queries: torch.Tensor,
-    targets: torch.Tensor,
-    bandwidths: Sequence[float],
-) -> list[dict[str, float]]:
-    """Fit ``nadaraya_watson`` with each bandwidth and measure it.
-
-    Args:
-        keys: training inputs ``(..., S, d_k)``.  values: training labels ``(..., S, d_v)``.
-        queries: test inputs ``(..., L, d_k)``.  targets: what the predictions should be there,
-            ``(..., L, d_v)`` (e.g. ``true_function(queries)``).
-        bandwidths: the ``h`` values to try.
-
-    Returns:
-        one dict per bandwidth, in the order given: ``bandwidth``; ``test_mse``, the mean squared
-        error against ``targets`` at the queries; ``train_mse``, the error against the training
-        labels when the keys themselves are the queries (0 means the labels, noise included,
-        are memorised); ``effective_keys``, the mean of ``effective_number_of_keys`` over the
-        test queries.
-    """
-    _check_query_key(queries, keys, "queries", "keys")
-    _check_values(values, keys, queries)
-    require_floating(targets, "targets")
-    expected = (*queries.shape[:-1], values.shape[-1])
-    if tuple(targets.shape) != expected:
-        raise shape_error("targets", targets, f"{fmt_shape(expected)}: one target per query (..., L, d_v)")
-    if isinstance(bandwidths, (str, bytes)) or not isinstance(bandwidths, Sequence) or not bandwidths:
-        raise ValueError("bandwidths must be a non-empty sequence of positive numbers")
-    rows = []
-    for h in bandwidths:
-        predictions, weights = nadaraya_watson(queries, keys, values, h)  # (..., L, d_v), (..., L, S)
-        fitted, _ = nadaraya_watson(
-            keys, keys, values, h
-        )  # (..., S, d_v): predictions at the training inputs
-        rows.append(
-            {
-                "bandwidth": float(h),
-                "test_mse": float(((predictions - targets) ** 2).mean()),
-                "train_mse": float(((fitted - values) ** 2).mean()),
-                "effective_keys": float(effective_number_of_keys(weights).mean()),
-            }
-        )
-    return rows
-
-
-def local_weight_mass(
-    weights: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor, radius: float
-) -> torch.Tensor:
-    """How much of each query's weight falls on keys within ``radius`` of it.
-
-    Args:
-        weights: ``(..., L, S)``.  queries: ``(..., L, d_k)``.  keys: ``(..., S, d_k)``.
-        radius: the distance ``||q - k||`` (inclusive) that counts as "near".
-
-    Returns:
-        ``(..., L)``: the summed weight on the near keys (1 when all of it is near).
-    """
-    _check_query_key(queries, keys, "queries", "keys")
-    require_floating(weights, "weights")
-    if not (isinstance(radius, Real) and not isinstance(radius, bool) and radius >= 0):
-        raise ValueError(f"radius must be a non-negative number, got {radius!r}")
-    L, S = queries.shape[-2], keys.shape[-2]
-    if weights.dim() < 2 or tuple(weights.shape[-2:]) != (L, S):
-        raise shape_error("weights", weights, f"(..., {L}, {S}): one weight per (query, key) pair")
-    dist = (queries.unsqueeze(-2) - keys.unsqueeze(-3)).norm(dim=-1)  # (..., L, S)
-    return (weights * (dist <= radius)).sum(dim=-1)  # (..., L)

@@ -24,24 +24,18 @@ from collections.abc import Sequence
 
 import torch
 
-from attn_course._checks import fmt_shape, require_broadcastable, require_floating, require_tensor
+from attn_course._checks import check_mask, fmt_shape, require_floating, require_int, require_tensor
 
-__all__ = ["masked_softmax", "naive_softmax", "causal_mask", "padding_mask"]
+__all__ = [
+    "masked_softmax",
+    "naive_softmax",
+    "causal_mask",
+    "padding_mask",
+]
 
 # float16/bfloat16 have few mantissa bits (and float16 a small range): we exponentiate and
 # sum in float32 and cast back, as torch's own fused softmax does.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _check_mask(mask: object, target: Sequence[int], expected: str) -> torch.Tensor:
-    """A boolean mask broadcastable to ``target`` (without growing it)."""
-    require_tensor(mask, "mask")
-    if mask.dtype != torch.bool:
-        raise TypeError(
-            f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}; "
-            "to convert an additive float mask use `mask == 0`"
-        )
-    return require_broadcastable(mask, "mask", target, expected)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
@@ -63,7 +57,7 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: 
     """
     require_floating(scores, "scores")
     if mask is not None:
-        _check_mask(mask, scores.shape, "a boolean mask (True = may attend)")
+        check_mask(mask, scores.shape, "a boolean mask (True = may attend)")
     x = scores.float() if scores.dtype in _LOW_PRECISION else scores  # .float() copies; never in place
     if mask is not None:
         x = x.masked_fill(~mask, float("-inf"))  # out of place: the caller's scores stay untouched
@@ -89,13 +83,6 @@ def naive_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     require_floating(x, "x")
     e = torch.exp(x)
     return e / e.sum(dim=dim, keepdim=True)
-
-
-def _check_length(value: object, name: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
-    return value
 
 
 def causal_mask(
@@ -128,8 +115,8 @@ def causal_mask(
     Returns:
         bool tensor ``(L, S)``; broadcasts against scores ``(..., L, S)``.
     """
-    _check_length(L, "L")
-    S = L if S is None else _check_length(S, "S")
+    require_int(L, "L")
+    S = L if S is None else require_int(S, "S")
     if align == "upper_left":
         diagonal = 0
     elif align == "lower_right":
@@ -166,9 +153,55 @@ def padding_mask(lengths: torch.Tensor | Sequence[int], max_len: int | None = No
         raise ValueError(f"lengths has shape {fmt_shape(lengths.shape)}; expected (B,)")
     if max_len is None:
         max_len = int(lengths.max()) if lengths.numel() else 0
-    _check_length(max_len, "max_len", allow_zero=True)
+    require_int(max_len, "max_len", minimum=0)
     if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
         raise ValueError(f"lengths must lie in [0, max_len={max_len}], got {lengths.tolist()}")
     positions = torch.arange(max_len, device=lengths.device)  # (S,)
     mask = positions < lengths.unsqueeze(-1)  # (1, S) < (B, 1) -> (B, S)
     return mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and queries
+
+
+def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    """Positions allowed by **every** mask: the logical AND, broadcast to a common shape.
+
+    ``None`` entries mean "no mask" and are skipped, so ``combine_masks(None, None)`` is
+    ``None``. Shapes broadcast as in any elementwise operation, e.g. a padding mask
+    ``(B, 1, 1, S)`` and a causal mask ``(L, S)`` give ``(B, 1, L, S)``.
+
+    Raises:
+        TypeError: an entry that is not a boolean tensor (named ``masks[i]``).
+        ValueError: shapes that do not broadcast, with every shape listed.
+    """
+    present = []
+    for i, mask in enumerate(masks):
+        if mask is None:
+            continue
+        require_tensor(mask, f"masks[{i}]")
+        if mask.dtype != torch.bool:
+            raise TypeError(
+                f"masks[{i}] must be a boolean tensor (True = may attend), got dtype {mask.dtype}"
+            )
+        present.append(mask)
+    if not present:
+        return None
+    try:
+        torch.broadcast_shapes(*(m.shape for m in present))
+    except RuntimeError:
+        shapes = ", ".join(fmt_shape(m.shape) for m in present)
+        raise ValueError(f"masks have shapes {shapes}, which do not broadcast together") from None
+    combined = present[0]
+    for mask in present[1:]:
+        combined = combined & mask  # broadcasts, e.g. (B, 1, 1, S) & (L, S) -> (B, 1, L, S)
+    return combined
+
+
+def neg_inf_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
+    """``torch.softmax(scores.masked_fill(~mask, -inf), dim)``: the recipe found in many codebases.
+
+    Do not use it: kept to *show* its failure. A row whose every entry is masked becomes
+    ``exp(-inf - (-inf)) = exp(nan)``: all NaN. ``masking.masked_softmax`` returns zeros there.
+    """
+    require_floating(scores, "scores")
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=dim)

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_floating, require_tensor, shape_error
+from attn_course._checks import require_floating, require_int, require_tensor, shape_error
 from attn_course.attention import context_vector, scaled_dot_product_attention
 from attn_course.masking import causal_mask
 
@@ -66,16 +66,10 @@ __all__ = [
 # --------------------------------------------------------------------------- validation
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _check_head_config(embed_dim: object, num_heads: object) -> int:
     """Validate ``embed_dim`` and ``num_heads``; return the head width ``d = embed_dim // num_heads``."""
-    _check_positive_int(embed_dim, "embed_dim")
-    _check_positive_int(num_heads, "num_heads")
+    require_int(embed_dim, "embed_dim")
+    require_int(num_heads, "num_heads")
     if embed_dim % num_heads:
         raise ValueError(
             f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}): each of the "
@@ -106,7 +100,7 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     that attention can treat ``(B, H)`` as batch dimensions.
     """
     require_tensor(x, "x")
-    _check_positive_int(num_heads, "num_heads")
+    require_int(num_heads, "num_heads")
     if x.dim() != 3:
         raise shape_error("x", x, "(B, T, D)")
     B, T, D = x.shape
@@ -179,8 +173,8 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.head_dim = _check_head_config(embed_dim, num_heads)
-        self.kdim = embed_dim if kdim is None else _check_positive_int(kdim, "kdim")
-        self.vdim = embed_dim if vdim is None else _check_positive_int(vdim, "vdim")
+        self.kdim = embed_dim if kdim is None else require_int(kdim, "kdim")
+        self.vdim = embed_dim if vdim is None else require_int(vdim, "vdim")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, float(dropout)
@@ -447,9 +441,9 @@ def to_torch_masks(
     if mask is not None and mask.dim() == 4:
         if num_heads is None:
             raise ValueError("a 4-D attn_mask needs num_heads: torch wants it as (B * H, L, S)")
-        _check_positive_int(num_heads, "num_heads")
+        require_int(num_heads, "num_heads")
         if batch_size is not None:
-            B = _check_positive_int(batch_size, "batch_size")
+            B = require_int(batch_size, "batch_size")
         elif key_padding_mask is not None:
             B = key_padding_mask.shape[0]
         elif mask.shape[0] > 1:
@@ -491,7 +485,7 @@ def from_torch_attn_mask(mask: torch.Tensor, num_heads: int | None = None) -> to
         raise shape_error("mask", mask, "(L, S) or (B * H, L, S)")
     if num_heads is None:
         raise ValueError("a 3-D torch attn_mask (B * H, L, S) needs num_heads to split B * H")
-    _check_positive_int(num_heads, "num_heads")
+    require_int(num_heads, "num_heads")
     if mask.shape[0] % num_heads:
         raise shape_error("mask", mask, f"(B * H, L, S) with its first dim divisible by num_heads = {num_heads}")
     return _allowed(mask).reshape(-1, num_heads, *mask.shape[1:])  # (B * H, L, S) -> (B, H, L, S)
@@ -511,4 +505,3 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor:
             "(an additive bias, which a boolean mask cannot express)"
         )
     return ~ninf
-

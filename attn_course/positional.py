@@ -47,6 +47,7 @@ from attn_course._checks import (
     fmt_shape,
     require_broadcastable,
     require_floating,
+    require_int,
     require_ndim,
     require_tensor,
 )
@@ -61,12 +62,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_base(base: object) -> float:
@@ -117,8 +112,8 @@ def sinusoidal_encoding(
     Returns:
         ``(seq_len, dim)`` tensor, to be added to token embeddings ``(B, T, D)``.
     """
-    _check_int(seq_len, "seq_len")
-    _check_int(dim, "dim")
+    require_int(seq_len, "seq_len")
+    require_int(dim, "dim")
     base = _check_base(base)
     positions = torch.arange(seq_len, dtype=torch.float64)[:, None]  # (T, 1)
     angles = positions * _inverse_frequencies(dim, base, torch.float64)  # (T, 1) * (ceil(D/2),) -> (T, ceil(D/2))
@@ -153,8 +148,8 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, dim: int, *, init_std: float = 0.02):
         super().__init__()
-        self.max_len = _check_int(max_len, "max_len")
-        self.dim = _check_int(dim, "dim")
+        self.max_len = require_int(max_len, "max_len")
+        self.dim = require_int(dim, "dim")
         self.weight = nn.Parameter(torch.randn(max_len, dim) * init_std)  # (max_len, D)
 
     def extra_repr(self) -> str:
@@ -271,7 +266,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     largest power of two ``2^k < H`` and add every other slope of the ``2^(k+1)`` sequence
     (``1, 3, 5, ...`` of ``2^(-4 (h + 1) / 2^k)``) until there are ``H``.
     """
-    _check_int(num_heads, "num_heads")
+    require_int(num_heads, "num_heads")
     n = 2 ** math.floor(math.log2(num_heads))  # largest power of two <= H
     slopes = _power_of_two_slopes(n)
     if n < num_heads:
@@ -308,7 +303,7 @@ def alibi_bias(
     Returns:
         ``(H, T, T)``: broadcasts against scores ``(B, H, T, T)``.
     """
-    _check_int(seq_len, "seq_len")
+    require_int(seq_len, "seq_len")
     slopes = alibi_slopes(num_heads).to(dtype=dtype, device=device)  # (H,)
     pos = torch.arange(seq_len, device=device)  # (T,)
     distance = pos[:, None] - pos[None, :]  # (T, 1) - (1, T) -> (T, T): i - j, > 0 for past keys

@@ -28,64 +28,15 @@ import math
 import torch
 from torch import nn
 
-from attn_course._checks import fmt_shape, require_floating, require_ndim, shape_error
+from attn_course._checks import check_query_key, require_int
 
-__all__ = ["dot_score", "scaled_dot_score", "GeneralScore", "AdditiveScore", "score_cost"]
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _batch_shape(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str, b_expected: str) -> torch.Size:
-    """Broadcast the leading (batch) dims of ``a`` and ``b``; blame ``b`` if they do not broadcast."""
-    try:
-        return torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except RuntimeError:
-        raise shape_error(
-            b_name,
-            b,
-            f"{b_expected} whose leading (batch) dims broadcast with {a_name}'s {fmt_shape(a.shape[:-2])}",
-        ) from None
-
-
-def _check_query_key(
-    q: object,
-    k: object,
-    q_name: str = "q",
-    k_name: str = "k",
-    d_q: int | None = None,
-    d_k: int | None = None,
-) -> torch.Size:
-    """Validate a query/key pair; return the broadcast batch shape.
-
-    With ``d_q``/``d_k`` left as ``None`` the two widths must simply agree (dot products);
-    the learned scores pass their configured widths instead.
-    """
-    require_floating(q, q_name)
-    require_floating(k, k_name)
-    require_ndim(q, q_name, 2, "(..., L, d_q)" if d_q is not None else "(..., L, d_k)")
-    require_ndim(k, k_name, 2, "(..., S, d_k)")
-    if k.dtype != q.dtype:
-        raise TypeError(f"{k_name} has dtype {k.dtype}; expected {q_name}'s dtype {q.dtype}")
-    if d_q is None and d_k is None:
-        if k.shape[-1] != q.shape[-1]:
-            raise shape_error(
-                k_name,
-                k,
-                f"(..., S, {q.shape[-1]}): its last dim (d_k) must equal {q_name}'s last dim",
-            )
-    else:
-        if q.shape[-1] != d_q:
-            raise shape_error(q_name, q, f"(..., L, {d_q}) (d_q = query_dim = {d_q})")
-        if k.shape[-1] != d_k:
-            raise shape_error(k_name, k, f"(..., S, {d_k}) (d_k = key_dim = {d_k})")
-    return _batch_shape(q, q_name, k, k_name, "(..., S, d_k)")
-
-
-def _check_dim(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+__all__ = [
+    "dot_score",
+    "scaled_dot_score",
+    "GeneralScore",
+    "AdditiveScore",
+    "score_cost",
+]
 
 
 # --------------------------------------------------------------------------- parameter-free scores
@@ -101,7 +52,7 @@ def dot_score(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     Returns:
         scores ``(..., L, S)`` with ``scores[..., i, j] = q[..., i, :] @ k[..., j, :]``.
     """
-    _check_query_key(q, k)
+    check_query_key(q, k)
     # One matrix product computes all L*S dot products at once.
     return q @ k.transpose(-2, -1)  # (..., L, d_k) @ (..., d_k, S) -> (..., L, S)
 
@@ -143,13 +94,13 @@ class GeneralScore(nn.Module):
 
     def __init__(self, query_dim: int, key_dim: int) -> None:
         super().__init__()
-        self.query_dim = _check_dim(query_dim, "query_dim")
-        self.key_dim = _check_dim(key_dim, "key_dim")
+        self.query_dim = require_int(query_dim, "query_dim")
+        self.key_dim = require_int(key_dim, "key_dim")
         self.W = nn.Parameter(torch.empty(query_dim, key_dim))  # (d_q, d_k)
         nn.init.xavier_uniform_(self.W)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        _check_query_key(q, k, d_q=self.query_dim, d_k=self.key_dim)
+        check_query_key(q, k, d_q=self.query_dim, d_k=self.key_dim)
         q_in_key_space = q @ self.W  # (..., L, d_q) @ (d_q, d_k) -> (..., L, d_k)
         return dot_score(q_in_key_space, k)  # (..., L, S)
 
@@ -176,15 +127,15 @@ class AdditiveScore(nn.Module):
 
     def __init__(self, query_dim: int, key_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.query_dim = _check_dim(query_dim, "query_dim")
-        self.key_dim = _check_dim(key_dim, "key_dim")
-        self.hidden_dim = _check_dim(hidden_dim, "hidden_dim")
+        self.query_dim = require_int(query_dim, "query_dim")
+        self.key_dim = require_int(key_dim, "key_dim")
+        self.hidden_dim = require_int(hidden_dim, "hidden_dim")
         self.W_q = nn.Linear(query_dim, hidden_dim, bias=False)
         self.W_k = nn.Linear(key_dim, hidden_dim, bias=False)
         self.v = nn.Linear(hidden_dim, 1, bias=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        _check_query_key(q, k, d_q=self.query_dim, d_k=self.key_dim)
+        check_query_key(q, k, d_q=self.query_dim, d_k=self.key_dim)
         # Project each query and each key once (L + S projections, not L*S) ...
         q_h = self.W_q(q)  # (..., L, h)
         k_h = self.W_k(k)  # (..., S, h)
@@ -232,7 +183,7 @@ def score_cost(kind: str, L: int, S: int, d_q: int, d_k: int, hidden: int | None
         ``{"flops": int, "params": int}``.
     """
     for name, value in (("L", L), ("S", S), ("d_q", d_q), ("d_k", d_k)):
-        _check_dim(value, name)
+        require_int(value, name)
     if kind in ("dot", "scaled_dot"):
         if d_q != d_k:
             raise ValueError(f"{kind!r} score needs d_q == d_k, got d_q={d_q}, d_k={d_k}")
@@ -243,6 +194,6 @@ def score_cost(kind: str, L: int, S: int, d_q: int, d_k: int, hidden: int | None
     if kind == "additive":
         if hidden is None:
             raise ValueError("'additive' score needs hidden (the hidden width h)")
-        h = _check_dim(hidden, "hidden")
+        h = require_int(hidden, "hidden")
         return {"flops": 2 * h * (L * d_q + S * d_k) + 4 * L * S * h, "params": h * (d_q + d_k + 1)}
     raise ValueError(f"kind must be one of {', '.join(map(repr, SCORE_KINDS))}; got {kind!r}")

@@ -8,14 +8,14 @@ source must fit in those ``D`` numbers, which is the bottleneck chapter 1 measur
 Two attention decoders fill the same slot: :class:`BahdanauDecoder` (additive score, the
 previous decoder state is the query, the context is GRU input) and :class:`LuongDecoder`
 (general score, the current state is the query, ``h~ = tanh(W_c [c; h])`` predicts).
-:func:`alignment_accuracy` measures how well their attention weights find the source token
-each output copies.
+(:func:`attn_course.labs.reversal.alignment_accuracy` measures how well their attention
+weights find the source token each output copies.)
 
 A decoder is any :class:`Decoder`: it turns the encoder's output into an opaque ``state``
 (:meth:`Decoder.init_state`) and then predicts one token at a time (:meth:`Decoder.step`).
 ``step`` receives all encoder states and the source mask, so an attention decoder fits the
-same slot; :class:`Seq2Seq`, :func:`train_seq2seq` and :func:`evaluate_by_length` never look
-inside a decoder and work unchanged for any of them.
+same slot; :class:`Seq2Seq` (and the lab's ``train_seq2seq`` and ``evaluate_by_length``) never
+look inside a decoder and work unchanged for any of them.
 
 Dimension glossary (used in shape comments)::
 
@@ -31,7 +31,6 @@ Masks follow the package rule: ``True`` means "real token, may attend".
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import fmt_shape, require_floating, require_tensor, shape_error
-from .attention import context_vector
-from .combine import GRUInputCombine, LuongCombine
-from .data import BOS, EOS, PAD, TASK_KINDS, SequenceTask, _check_src
-from .masking import masked_softmax
-from .scoring import AdditiveScore, GeneralScore
-from .training import TrainHistory, run_steps
+from attn_course._checks import fmt_shape, require_tensor, shape_error
+from attn_course.attention import context_vector
+from attn_course.combine import GRUInputCombine, LuongCombine
+from attn_course.masking import masked_softmax
+from attn_course.scoring import AdditiveScore, GeneralScore
 
 __all__ = [
     "Seq2SeqConfig",
@@ -56,15 +53,40 @@ __all__ = [
     "LuongDecoder",
     "Seq2Seq",
     "sequence_loss",
-    "TrainHistory",
-    "train_seq2seq",
-    "LengthAccuracy",
-    "evaluate_by_length",
     "lengths_to_mask",
-    "true_alignment",
-    "alignment_offsets",
-    "alignment_accuracy",
+    "check_source",
+    "PAD",
+    "BOS",
+    "EOS",
+    "FIRST_SYMBOL",
 ]
+
+
+# Token ids shared by the models and the tasks (attn_course.labs.reversal) that feed them.
+PAD = 0  # padding after the end of a shorter sequence (ignored by the loss)
+BOS = 1  # "begin of sequence": the decoder's first input
+EOS = 2  # "end of sequence": the decoder's last output
+FIRST_SYMBOL = 3  # id of the first content symbol; ids below this are special tokens
+
+
+def check_source(src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a padded source batch ``(B, S)`` and its lengths ``(B,)``."""
+    require_tensor(src, "src")
+    require_tensor(src_lengths, "src_lengths")
+    if src.dim() != 2:
+        raise shape_error("src", src, "(B, S)")
+    if src.dtype != torch.long:
+        raise TypeError(f"src must hold token ids (torch.long), got dtype {src.dtype}")
+    B, S = src.shape
+    if src_lengths.dim() != 1 or src_lengths.shape[0] != B:
+        raise shape_error(
+            "src_lengths", src_lengths, f"(B,) = {fmt_shape((B,))} to match src {fmt_shape(src.shape)}"
+        )
+    if src_lengths.dtype != torch.long:
+        raise TypeError(f"src_lengths must be torch.long, got dtype {src_lengths.dtype}")
+    if B > 0 and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > S):
+        raise ValueError(f"src_lengths must lie in [1, S={S}] for src of shape {fmt_shape(src.shape)}")
+    return src, src_lengths
 
 
 @dataclass
@@ -111,7 +133,7 @@ class Encoder(nn.Module):
             ``outputs`` ``(B, S, D)``: the hidden state after each source token (zeros at padding);
             ``final`` ``(B, D)``: the hidden state after each sequence's *last real* token.
         """
-        src, src_lengths = _check_src(src, src_lengths)
+        src, src_lengths = check_source(src, src_lengths)
         x = self.embedding(src)  # (B, S, E)
         outputs, _ = self.gru(x)  # (B, S, D)
         # The GRU runs left to right, so the state at position length-1 has not seen any padding:
@@ -187,7 +209,7 @@ class FixedContextDecoder(Decoder):
 
     As in Cho et al. (2014): the decoder starts from ``c``, reads ``[embed(prev token); c]``
     at every step, and predicts the next token from ``[h_t; c]``. The attention decoders of
-    the next chapter keep this layout and replace the fixed ``c`` with a context ``c_t``
+    chapter 5 keep this layout and replace the fixed ``c`` with a context ``c_t``
     recomputed at every step. ``state`` is the pair ``(h, c)``, both ``(B, D)``.
     """
 
@@ -304,7 +326,7 @@ class LuongDecoder(Decoder):
     def init_state(self, encoder_outputs, encoder_final, src_mask):
         return encoder_final  # h_0: (B, D)
 
-    def _attend(self, hs, encoder_outputs, src_mask):
+    def attend(self, hs, encoder_outputs, src_mask):
         """Queries ``hs`` ``(B, T, D)`` -> logits ``(B, T, V)`` and weights ``(B, T, S)``."""
         scores = self.score(hs, encoder_outputs)  # (B, T, D), (B, S, D) -> (B, T, S)
         weights = masked_softmax(scores, src_mask.unsqueeze(1))  # (B, T, S); mask (B, 1, S)
@@ -315,13 +337,13 @@ class LuongDecoder(Decoder):
     def step(self, prev_token, state, encoder_outputs, src_mask):
         x = self.embedding(prev_token).unsqueeze(1)  # (B, 1, E)
         h_seq, _ = self.gru(x, state.unsqueeze(0).contiguous())  # (B, 1, D); h_0 as (1, B, D)
-        logits, weights = self._attend(h_seq, encoder_outputs, src_mask)  # (B, 1, V), (B, 1, S)
+        logits, weights = self.attend(h_seq, encoder_outputs, src_mask)  # (B, 1, V), (B, 1, S)
         return logits.squeeze(1), h_seq.squeeze(1), weights.squeeze(1)  # (B, V), (B, D), (B, S)
 
     def forward(self, tgt_in, state, encoder_outputs, src_mask):
         # The same computation as the step loop, all T steps at once: one GRU call, one attention.
         hs, _ = self.gru(self.embedding(tgt_in), state.unsqueeze(0).contiguous())  # (B, T, D)
-        return self._attend(hs, encoder_outputs, src_mask)  # (B, T, V), (B, T, S)
+        return self.attend(hs, encoder_outputs, src_mask)  # (B, T, V), (B, T, S)
 
 
 class Seq2Seq(nn.Module):
@@ -346,7 +368,7 @@ class Seq2Seq(nn.Module):
 
         Returns ``encoder_outputs`` ``(B, S, D)``, ``src_mask`` ``(B, S)`` and the decoder's initial state.
         """
-        src, src_lengths = _check_src(src, src_lengths)
+        src, src_lengths = check_source(src, src_lengths)
         self._check_tokens(src, "src")
         encoder_outputs, final = self.encoder(src, src_lengths)  # (B, S, D), (B, D)
         src_mask = lengths_to_mask(src_lengths, src.shape[1])  # (B, S)
@@ -364,14 +386,14 @@ class Seq2Seq(nn.Module):
 
         Args:
             src: ``(B, S)`` source tokens; src_lengths: ``(B,)``.
-            tgt_in: ``(B, T)`` decoder inputs (BOS + target), as in :class:`~attn_course.data.Batch`.
+            tgt_in: ``(B, T)`` decoder inputs (BOS + target), as in :class:`~attn_course.labs.reversal.Batch`.
             return_attention: also return the ``(B, T, S)`` attention weights (``None`` for a
                 fixed-context decoder).
 
         Returns:
             ``logits`` ``(B, T, V)`` (and the attention weights if asked).
         """
-        src, src_lengths = _check_src(src, src_lengths)
+        src, src_lengths = check_source(src, src_lengths)
         require_tensor(tgt_in, "tgt_in")
         if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0]:
             raise shape_error("tgt_in", tgt_in, f"(B, T) with B = {src.shape[0]} to match src")
@@ -402,7 +424,7 @@ class Seq2Seq(nn.Module):
             ``tokens`` ``(B, T)`` with ``T <= max_len``: each row is the output up to and
             including its first EOS, then PAD. Decoding stops early once every row has an EOS.
         """
-        src, src_lengths = _check_src(src, src_lengths)
+        src, src_lengths = check_source(src, src_lengths)
         if max_len is None:
             max_len = src.shape[1] + 1
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
@@ -444,220 +466,3 @@ def sequence_loss(logits: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
         tgt_out.reshape(-1),  # (B * T,)
         ignore_index=PAD,
     )
-
-
-def train_seq2seq(
-    model: Seq2Seq,
-    task: SequenceTask,
-    steps: int,
-    *,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    generator: torch.Generator | None = None,
-    grad_clip: float | None = 1.0,
-    progress: bool = True,
-    desc: str = "training",
-) -> TrainHistory:
-    """Train ``model`` with Adam on fresh random batches of ``task`` (teacher forcing).
-
-    Args:
-        model: any :class:`Seq2Seq`, whatever its decoder.
-        task: the task that draws the batches (lengths uniform in ``[task.min_len, task.max_len]``).
-        steps: number of optimizer steps (one new batch each).
-        batch_size: sequences per batch.
-        lr: Adam learning rate; it decays linearly to 10 % of this over the run.
-        generator: randomness for the batches (pass a seeded one for repeatable training).
-        grad_clip: clip the gradient norm to this (``None``: no clipping).
-        progress: show a tqdm progress bar with the running loss.
-        desc: label of the progress bar.
-    """
-    if not isinstance(model, Seq2Seq):
-        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
-    if not isinstance(task, SequenceTask):
-        raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
-    if task.vocab_size > model.config.vocab_size:
-        raise ValueError(
-            f"task needs vocab_size {task.vocab_size} but the model has {model.config.vocab_size}"
-        )
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0 - 0.9 * i / steps)
-
-    def loss_for_step(i: int) -> torch.Tensor:
-        batch = task.make_batch(batch_size, generator=generator)
-        logits = model(
-            batch.src.to(device), batch.src_lengths.to(device), batch.tgt_in.to(device)
-        )  # (B, T, V)
-        return sequence_loss(logits, batch.tgt_out.to(device))
-
-    start = time.perf_counter()
-    losses = run_steps(
-        model, loss_for_step, optimizer, schedule, steps, grad_clip=grad_clip, progress=progress, desc=desc,
-        postfix_every=25,
-    )
-    return TrainHistory(losses=losses, seconds=time.perf_counter() - start)
-
-
-@dataclass
-class LengthAccuracy:
-    """Accuracy of a model at each source length, as returned by :func:`evaluate_by_length`."""
-
-    token: dict[int, float]  # length -> fraction of output positions predicted correctly
-    sequence: dict[int, float]  # length -> fraction of outputs entirely right (all tokens, then EOS)
-    by_position: dict[int, list[float]]  # length -> accuracy at output position 0 .. length-1
-
-
-@torch.no_grad()
-def evaluate_by_length(
-    model: Seq2Seq,
-    task: SequenceTask,
-    lengths,
-    n_per_length: int = 200,
-    generator: torch.Generator | None = None,
-    *,
-    teacher_forcing: bool = False,
-) -> LengthAccuracy:
-    """Accuracy of ``model`` on ``n_per_length`` fresh sequences of each length in ``lengths``.
-
-    With ``teacher_forcing=False`` (the default) the model decodes greedily from BOS, as it
-    would in use; position ``i`` counts as correct when the ``i``-th emitted token is the
-    ``i``-th target token. With ``teacher_forcing=True`` the decoder is fed the true previous
-    tokens, so each position measures what the model can recall with no earlier mistakes to
-    inherit.
-    """
-    if not isinstance(model, Seq2Seq):
-        raise TypeError(f"model must be a Seq2Seq, got {type(model).__name__}")
-    if not isinstance(task, SequenceTask):
-        raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
-    lengths = list(lengths)
-    if not lengths or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lengths):
-        raise ValueError(f"lengths must be a non-empty sequence of positive ints, got {lengths!r}")
-    if not isinstance(n_per_length, int) or isinstance(n_per_length, bool) or n_per_length < 1:
-        raise ValueError(f"n_per_length must be a positive int, got {n_per_length!r}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    token, sequence, by_position = {}, {}, {}
-    for L in lengths:
-        batch = task.make_batch(n_per_length, generator=generator, length=L)
-        src, src_lengths = batch.src.to(device), batch.src_lengths.to(device)
-        target = batch.tgt_out.to(device)  # (N, L + 1): L tokens then EOS
-        if teacher_forcing:
-            pred = model(src, src_lengths, batch.tgt_in.to(device)).argmax(dim=-1)  # (N, L + 1)
-        else:
-            pred = model.generate(src, src_lengths, max_len=L + 1)  # (N, <= L + 1)
-            if pred.shape[1] < L + 1:  # every row stopped early: pad to the target length
-                fill = torch.full(
-                    (pred.shape[0], L + 1 - pred.shape[1]), PAD, dtype=pred.dtype, device=device
-                )
-                pred = torch.cat([pred, fill], dim=1)  # (N, L + 1)
-        correct = pred == target  # (N, L + 1)
-        by_pos = correct[:, :L].float().mean(dim=0)  # (L,)
-        token[L] = float(by_pos.mean())
-        sequence[L] = float(correct.all(dim=1).float().mean())
-        by_position[L] = [float(a) for a in by_pos]
-    model.train(was_training)
-    return LengthAccuracy(token=token, sequence=sequence, by_position=by_position)
-
-
-# --------------------------------------------------------------------------- alignment
-
-
-def true_alignment(src_lengths: torch.Tensor, tgt_len: int, kind: str = "reverse") -> torch.Tensor:
-    """The source position each output position copies, ``(B, tgt_len)``; ``-1`` where none.
-
-    For ``kind="reverse"`` output position ``t`` copies source position ``length - 1 - t``
-    (the anti-diagonal); for ``"copy"`` it copies position ``t`` (the diagonal). Positions
-    ``t >= length`` (the EOS step and padding) copy nothing and get ``-1``.
-
-    Args:
-        src_lengths: ``(B,)`` true source lengths (integer tensor).
-        tgt_len: ``T``, the number of output positions.
-        kind: ``"reverse"`` or ``"copy"``, as in :class:`~attn_course.data.SequenceTask`.
-    """
-    require_tensor(src_lengths, "src_lengths")
-    if src_lengths.dim() != 1:
-        raise shape_error("src_lengths", src_lengths, "(B,)")
-    if src_lengths.dtype == torch.bool or src_lengths.is_floating_point() or src_lengths.is_complex():
-        raise TypeError(f"src_lengths must be an integer tensor, got dtype {src_lengths.dtype}")
-    if isinstance(tgt_len, bool) or not isinstance(tgt_len, int) or tgt_len < 0:
-        raise ValueError(f"tgt_len must be a non-negative int, got {tgt_len!r}")
-    if kind not in TASK_KINDS:
-        raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")
-    t = torch.arange(tgt_len, device=src_lengths.device).unsqueeze(0)  # (1, T)
-    lengths = src_lengths.long().unsqueeze(1)  # (B, 1)
-    src_pos = lengths - 1 - t if kind == "reverse" else t.expand(lengths.shape[0], -1)  # (B, T)
-    return torch.where(t < lengths, src_pos, torch.full_like(src_pos, -1))  # (B, T)
-
-
-def alignment_offsets(
-    attn: torch.Tensor,
-    src_lengths: torch.Tensor,
-    tgt_lengths: torch.Tensor | None = None,
-    kind: str = "reverse",
-) -> torch.Tensor:
-    """How far the attention's peak lands from the true source position, one entry per scored position.
-
-    Returns a 1-D long tensor of ``argmax_j attn[b, t, j] - true_position[b, t]`` over the
-    scored output positions (see :func:`alignment_accuracy`), in row-major ``(b, t)`` order:
-    ``0`` = on the true source token, ``+1`` = one position to its right, and so on.
-    """
-    require_floating(attn, "attn")
-    if attn.dim() != 3:
-        raise shape_error("attn", attn, "(B, T, S)")
-    B, T, S = attn.shape
-    require_tensor(src_lengths, "src_lengths")
-    if src_lengths.shape != (B,):
-        raise shape_error("src_lengths", src_lengths, f"(B,) = ({B},) to match attn {fmt_shape(attn.shape)}")
-    if B and (int(src_lengths.min()) < 1 or int(src_lengths.max()) > S):
-        raise ValueError(f"src_lengths must lie in [1, S={S}] for attn of shape {fmt_shape(attn.shape)}")
-    if tgt_lengths is None:
-        tgt_lengths = torch.full((B,), T, dtype=torch.long, device=attn.device)  # (B,)
-    require_tensor(tgt_lengths, "tgt_lengths")
-    if tgt_lengths.shape != (B,):
-        raise shape_error("tgt_lengths", tgt_lengths, f"(B,) = ({B},) to match attn {fmt_shape(attn.shape)}")
-    if tgt_lengths.dtype == torch.bool or tgt_lengths.is_floating_point():
-        raise TypeError(f"tgt_lengths must be an integer tensor, got dtype {tgt_lengths.dtype}")
-    if B and (int(tgt_lengths.min()) < 0 or int(tgt_lengths.max()) > T):
-        raise ValueError(f"tgt_lengths must lie in [0, T={T}] for attn of shape {fmt_shape(attn.shape)}")
-    truth = true_alignment(src_lengths.to(attn.device), T, kind)  # (B, T), -1 where nothing is copied
-    scored = (truth >= 0) & lengths_to_mask(tgt_lengths.to(attn.device), T)  # (B, T)
-    if not bool(scored.any()):
-        raise ValueError("no output position copies a source token: nothing to score")
-    return (attn.argmax(dim=-1) - truth)[scored]  # (N,) over the scored positions
-
-
-def alignment_accuracy(
-    attn: torch.Tensor,
-    src_lengths: torch.Tensor,
-    tgt_lengths: torch.Tensor | None = None,
-    kind: str = "reverse",
-    *,
-    tolerance: int = 0,
-) -> float:
-    """Fraction of output positions whose largest attention weight is on the true source position.
-
-    Only output positions that copy a source token count: ``t < src_lengths[b]`` (so not the
-    EOS step) and ``t < tgt_lengths[b]`` (so not padding, or positions after an early EOS).
-    The true position is :func:`true_alignment`'s: ``length - 1 - t`` for reversal.
-
-    Args:
-        attn: ``(B, T, S)`` attention weights (from ``model(..., return_attention=True)`` or
-            ``model.generate(..., return_attention=True)``).
-        src_lengths: ``(B,)`` true source lengths, each in ``[1, S]``.
-        tgt_lengths: ``(B,)`` output positions to score per row, each in ``[0, T]``
-            (default: all ``T``).
-        kind: ``"reverse"`` (the anti-diagonal) or ``"copy"`` (the diagonal).
-        tolerance: also count a peak at most this many positions away from the true one.
-
-    Returns:
-        a float in ``[0, 1]``.
-    """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance must be a non-negative int, got {tolerance!r}")
-    offsets = alignment_offsets(attn, src_lengths, tgt_lengths, kind)  # (N,)
-    return float((offsets.abs() <= tolerance).float().mean())

@@ -216,7 +216,7 @@ class TransformerBlock(nn.Module):
 # --------------------------------------------------------------------------- the two models
 
 
-class _TransformerLM(nn.Module):
+class TransformerLM(nn.Module):
     """Embeddings -> ``num_layers`` blocks -> final LayerNorm (pre-norm only) -> logits over ``V``."""
 
     causal: bool = False
@@ -275,7 +275,7 @@ class _TransformerLM(nn.Module):
         return (logits, attention) if return_attention else logits
 
 
-class TransformerEncoder(_TransformerLM):
+class TransformerEncoder(TransformerLM):
     """BERT-style (Devlin et al., 2019): bidirectional attention, trained to predict masked tokens.
 
     The logits at position ``t`` are its guess for the token at ``t``; they are used at the
@@ -288,7 +288,7 @@ class TransformerEncoder(_TransformerLM):
     causal = False
 
 
-class TransformerDecoder(_TransformerLM):
+class TransformerDecoder(TransformerLM):
     """GPT-style (Radford et al., 2018): causal attention, trained to predict the next token.
 
     The logits at position ``t`` are its guess for the token at ``t + 1``, computed from tokens

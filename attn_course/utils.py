@@ -1,10 +1,13 @@
-"""Small helpers the notebooks share: seeding, device choice, thread pinning, environment detection."""
+"""Small helpers the notebooks share: seeding, device choice, thread pinning, environment detection,
+and showing the source of a mechanism in its page."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -57,3 +60,40 @@ def num_threads(n: int | None, name: str = "threads") -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def source_of(*objects: object) -> str:
+    """The source code of functions, classes or methods, each headed by the file and line it is on.
+
+    Chapters show the mechanism they teach with :func:`show_source`; this is its plain-text half
+    (and what the tests read).
+    """
+    if not objects:
+        raise TypeError("source_of needs at least one function, class or method")
+    parts = []
+    for obj in objects:
+        target = inspect.unwrap(obj)
+        try:
+            lines, start = inspect.getsourcelines(target)
+            path = inspect.getsourcefile(target) or "?"
+        except (TypeError, OSError) as err:
+            raise TypeError(f"cannot show the source of {obj!r}: {err}") from None
+        package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        rel = os.path.relpath(path, package_dir) if path.startswith(package_dir) else os.path.basename(path)
+        name = getattr(target, "__qualname__", getattr(target, "__name__", "?"))
+        parts.append(f"# {name}: {rel}, line {start}\n" + textwrap.dedent("".join(lines)).rstrip() + "\n")
+    return "\n\n".join(parts)
+
+
+def show_source(*objects: object):
+    """Display the source of the given functions/classes/methods, syntax-highlighted.
+
+    Returns an ``IPython.display.Code`` (the last expression of a cell displays it), which
+    renders in Jupyter, Colab and the HTML book alike; without IPython, the plain text.
+    """
+    text = source_of(*objects)
+    try:
+        from IPython.display import Code
+    except ImportError:  # plain Python: the text is the best we can do
+        return text
+    return Code(text, language="python")

@@ -5,20 +5,24 @@ import pytest
 import torch
 
 from attn_course.combine import GRUInputCombine, LuongCombine
-from attn_course.data import PAD, CopyTask, ReverseTask
+from attn_course.labs.reversal import (
+    CopyTask,
+    ReverseTask,
+    alignment_accuracy,
+    alignment_offsets,
+    evaluate_by_length,
+    true_alignment,
+)
 from attn_course.plotting import plot_attention_heatmap
 from attn_course.scoring import AdditiveScore, GeneralScore
 from attn_course.seq2seq import (
+    PAD,
     BahdanauDecoder,
     Decoder,
     LuongDecoder,
     Seq2Seq,
     Seq2SeqConfig,
-    alignment_accuracy,
-    alignment_offsets,
-    evaluate_by_length,
     sequence_loss,
-    true_alignment,
 )
 
 TASK = ReverseTask(n_symbols=6, min_len=2, max_len=7)

@@ -13,27 +13,29 @@ import pytest
 import torch
 
 from attn_course.attention import attention_weights, scaled_dot_product_attention
-from attn_course.lookup import (
+from attn_course.labs.soft_lookup import (
+    LookupFrame,
     bandwidth_sweep,
+    local_weight_mass,
+    lookup_explorer,
+    lookup_frame,
+    make_regression_data,
+    plot_kernel_weights,
+    plot_mse_by_bandwidth,
+    plot_regression_fit,
+    plot_soft_lookup,
+    true_function,
+)
+from attn_course.lookup import (
     effective_number_of_keys,
     gaussian_as_dot_product,
     gaussian_kernel_weights,
     gaussian_scores,
     hard_lookup,
-    local_weight_mass,
-    make_regression_data,
     nadaraya_watson,
     nadaraya_watson_loop,
-    true_function,
 )
 from attn_course.masking import masked_softmax
-from attn_course.plotting import (
-    plot_kernel_weights,
-    plot_mse_by_bandwidth,
-    plot_regression_fit,
-    plot_soft_lookup,
-)
-from attn_course.widgets import LookupFrame, lookup_explorer, lookup_frame
 
 
 def gen(seed=0):

@@ -8,13 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_course.attention import attention_loop
-from attn_course.masking import causal_mask
-from attn_course.self_attention import (
+from attn_course.labs.self_attention_vs_rnn import (
     LAYER_KINDS,
     ConvStack,
     GRULayer,
     RNNLayer,
-    SelfAttention,
     count_flops,
     influence_matrix,
     layer_flops,
@@ -26,6 +24,8 @@ from attn_course.self_attention import (
     time_forward,
     time_sweep,
 )
+from attn_course.masking import causal_mask
+from attn_course.self_attention import SelfAttention
 
 
 def randn(*shape, seed=0, dtype=torch.float32):

@@ -6,24 +6,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course.data import EOS, PAD, ReverseTask
+from attn_course.labs.reversal import LengthAccuracy, ReverseTask, evaluate_by_length, train_seq2seq
+from attn_course.labs.training import TrainHistory
 from attn_course.plotting import (
     plot_accuracy_by_length,
     plot_accuracy_by_position,
     plot_losses,
 )
 from attn_course.seq2seq import (
+    EOS,
+    PAD,
     Decoder,
     Encoder,
     FixedContextDecoder,
-    LengthAccuracy,
     Seq2Seq,
     Seq2SeqConfig,
-    TrainHistory,
-    evaluate_by_length,
     lengths_to_mask,
     sequence_loss,
-    train_seq2seq,
 )
 
 TASK = ReverseTask(n_symbols=6, min_len=2, max_len=7)

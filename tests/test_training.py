@@ -1,10 +1,10 @@
-"""attn_course.utils.num_threads and attn_course.training.run_steps, the helpers the training functions share."""
+"""attn_course.utils.num_threads and attn_course.labs.training.run_steps, the helpers the training functions share."""
 
 import pytest
 import torch
 from torch import nn
 
-from attn_course.training import run_steps
+from attn_course.labs.training import run_steps
 from attn_course.utils import num_threads
 
 

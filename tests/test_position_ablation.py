@@ -1,11 +1,11 @@
-"""Tests of attn_course.position_tasks: the sorted-or-not task and the one-layer attention model."""
+"""Tests of attn_course.labs.position_ablation: the sorted-or-not task and the one-layer attention model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attn_course.position_tasks import (
+from attn_course.labs.position_ablation import (
     POSITION_SCHEMES,
     PositionalSelfAttention,
     PositionToyClassifier,
@@ -134,7 +134,7 @@ def test_accuracy_restores_the_training_mode():
 def test_plot_helpers_draw_and_validate():
     import matplotlib.pyplot as plt
 
-    from attn_course.plotting import (
+    from attn_course.labs.position_ablation import (
         plot_alibi_heads,
         plot_position_matrix,
         plot_scheme_accuracy,

@@ -37,23 +37,22 @@ Dimension glossary (see ``attn_course`` for the full one)::
 from __future__ import annotations
 
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
 from attn_course import utils
-from attn_course._checks import require_tensor, shape_error
-from attn_course.training import run_steps
-from attn_course.transformer import TransformerDecoder, TransformerEncoder, _TransformerLM
+from attn_course._checks import require_int, require_tensor, shape_error
+from attn_course.labs.training import run_steps
+from attn_course.plotting import check_curves
+from attn_course.transformer import TransformerDecoder, TransformerEncoder, TransformerLM
 
 __all__ = [
-    "PAD",
-    "MASK",
-    "BOS",
-    "SEP",
-    "EOS",
+    "SPECIALS",
+    "IGNORE",
     "PalindromeCorpus",
     "mask_tokens",
     "train_masked_lm",
@@ -68,18 +67,13 @@ __all__ = [
     "valid_fraction",
     "answer_positions",
     "attention_on_answers",
+    "plot_attention_by_model",
 ]
 
 SPECIALS = ("<pad>", "<mask>", "<bos>", "|", "<eos>")
 PAD, MASK, BOS, SEP, EOS = range(len(SPECIALS))
 IGNORE = -100  # cross_entropy's ignore_index: positions that are not predicted
 RIGHT, LEFT = "needs right context", "left context suffices"
-
-
-def _check_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- the corpus
@@ -99,11 +93,11 @@ class PalindromeCorpus:
     max_half: int = 6
 
     def __post_init__(self) -> None:
-        _check_int(self.num_symbols, "num_symbols", 2)
+        require_int(self.num_symbols, "num_symbols", 2)
         if self.num_symbols > 26:
             raise ValueError(f"num_symbols must be at most 26 (the letters a .. z), got {self.num_symbols}")
-        _check_int(self.min_half, "min_half")
-        _check_int(self.max_half, "max_half", self.min_half)
+        require_int(self.min_half, "min_half")
+        require_int(self.max_half, "max_half", self.min_half)
 
     @property
     def vocab_size(self) -> int:
@@ -130,7 +124,7 @@ class PalindromeCorpus:
 
         Deterministic given ``generator``'s state (CPU).
         """
-        _check_int(n, "n")
+        require_int(n, "n")
         T, m = self.max_len, self.max_half
         halves = torch.randint(self.min_half, m + 1, (n,), generator=generator)  # (N,): n of each row
         symbols = torch.randint(len(SPECIALS), self.vocab_size, (n, m), generator=generator)  # (N, m)
@@ -238,7 +232,7 @@ def mask_tokens(
 
 
 def _train(
-    model: _TransformerLM,
+    model: TransformerLM,
     make_batch: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
     steps: int,
     lr: float,
@@ -247,7 +241,7 @@ def _train(
     num_threads: int | None,
 ) -> list[float]:
     """AdamW with a one-cycle schedule on fresh batches ``(inputs, targets, key_padding_mask)``."""
-    _check_int(steps, "steps")
+    require_int(steps, "steps")
 
     def loss_for_step(i: int) -> torch.Tensor:
         inputs, targets, key_padding_mask = make_batch()
@@ -492,7 +486,7 @@ def sample_decoder(
     """
     if not isinstance(model, TransformerDecoder):
         raise TypeError(f"model must be a TransformerDecoder, got {type(model).__name__}")
-    _check_int(n, "n")
+    require_int(n, "n")
     prompt = torch.full((n, 1), BOS, dtype=torch.long)  # (n, 1)
     return _pad_after_eos(model.generate(prompt, corpus.max_len - 1, sample=True, generator=generator))
 
@@ -560,3 +554,67 @@ def attention_on_answers(weights: torch.Tensor, answers: torch.Tensor) -> torch.
     n, t = (answers >= 0).nonzero(as_tuple=True)  # (M,) each
     return weights[n, :, t, answers[n, t]].mean(0)  # (M, H) -> (H,)
 
+
+def plot_attention_by_model(
+    weights: Mapping[str, object],
+    tokens: Sequence[str],
+    *,
+    marks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+    mark_label: str = "marked cells",
+    suptitle: str | None = None,
+):
+    """A grid of self-attention heatmaps: one row per model, one column per head.
+
+    Args:
+        weights: model name -> its weights ``(H, T, T)`` for one sequence and one layer (all
+            with the same ``H`` and ``T``); row ``t`` is the query position, column ``j`` the key.
+        tokens: ``T`` labels for both axes (the tokens of the sequence).
+        marks: model name -> ``(t, j)`` cells drawn as hollow red squares in each of that model's
+            panels (e.g. where each position's answer is), labelled ``mark_label`` in the legend.
+        suptitle: a title over the whole figure.
+
+    Returns:
+        the ``(rows, H)`` NumPy array of axes. All panels share one colour scale, 0 to 1.
+    """
+    import numpy as np
+
+    check_curves(weights, "weights")
+    arrays = {}
+    for name, w in weights.items():
+        a = np.asarray(w.detach().cpu() if hasattr(w, "detach") else w, dtype=float)
+        if a.ndim != 3 or a.shape[1] != a.shape[2]:
+            raise ValueError(f"weights[{name!r}] has shape {a.shape}; expected (H, T, T) = (heads, queries, keys)")
+        arrays[name] = a
+    H, T = next(iter(arrays.values())).shape[:2]
+    for name, a in arrays.items():
+        if a.shape != (H, T, T):
+            raise ValueError(f"weights[{name!r}] has shape {a.shape}; expected {(H, T, T)} like the first model")
+    if len(tokens) != T:
+        raise ValueError(f"tokens has {len(tokens)} entries; expected T = {T} to match the weights")
+    size = min(3.0, max(2.2, 0.17 * T))
+    fig, axes = plt.subplots(
+        len(arrays), H, figsize=(size * H + 1.0, size * len(arrays) + 0.6), squeeze=False, layout="constrained"
+    )
+    image = None
+    for r, (name, a) in enumerate(arrays.items()):
+        for h in range(H):
+            ax = axes[r, h]
+            image = ax.imshow(a[h], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if marks and marks.get(name):
+                ts, js = zip(*marks[name])
+                ax.scatter(js, ts, marker="s", s=22, facecolors="none", edgecolors="tab:red",
+                           linewidths=0.8, label=mark_label)
+            ax.set_title(f"{name}, head {h}", fontsize="small")
+            ax.set_xticks(range(T), list(tokens), fontsize=6, rotation=90)
+            ax.set_yticks(range(T), list(tokens), fontsize=6)
+            if r == len(arrays) - 1:
+                ax.set_xlabel("key j", fontsize="small")
+            if h == 0:
+                ax.set_ylabel("query t", fontsize="small")
+    if marks and any(marks.values()):
+        handles, labels = next((a.get_legend_handles_labels() for a in axes.flat if a.collections), ([], []))
+        fig.legend(handles[:1], labels[:1], loc="outside lower center", fontsize="small")  # matplotlib >= 3.7
+    fig.colorbar(image, ax=axes, label="attention weight", shrink=0.7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return axes

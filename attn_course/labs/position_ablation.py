@@ -25,17 +25,21 @@ Dimension glossary (see ``attn_course`` for the full one)::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import matplotlib.pyplot as plt
 import torch
+from matplotlib.axes import Axes
 from torch import nn
 
 from attn_course import utils
-from attn_course._checks import fmt_shape, require_floating, require_ndim, require_tensor
+from attn_course._checks import fmt_shape, require_floating, require_int, require_ndim, require_tensor
 from attn_course.attention import context_vector, scaled_dot_product_attention
+from attn_course.labs.training import run_steps
 from attn_course.masking import causal_mask, masked_softmax
+from attn_course.plotting import as_array, check_curves, finish_axes, new_axes
 from attn_course.positional import LearnedPositionalEmbedding, alibi_bias, apply_rope, sinusoidal_encoding
-from attn_course.training import run_steps
 
 __all__ = [
     "POSITION_SCHEMES",
@@ -46,6 +50,10 @@ __all__ = [
     "accuracy",
     "AblationResult",
     "position_ablation",
+    "plot_position_matrix",
+    "plot_vs_offset",
+    "plot_alibi_heads",
+    "plot_scheme_accuracy",
 ]
 
 POSITION_SCHEMES = ("none", "sinusoidal", "learned", "rope", "alibi")
@@ -55,12 +63,6 @@ def _check_scheme(position: object) -> str:
     if position not in POSITION_SCHEMES:
         raise ValueError(f"position must be one of {POSITION_SCHEMES}, got {position!r}")
     return position  # type: ignore[return-value]
-
-
-def _check_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- the task
@@ -78,9 +80,9 @@ def make_sorted_task(
     Returns:
         ``(tokens, labels)``: ``(2 n_pairs, T)`` and ``(2 n_pairs,)``, both ``torch.long``.
     """
-    _check_int(n_pairs, "n_pairs")
-    _check_int(seq_len, "seq_len", 2)
-    _check_int(vocab_size, "vocab_size")
+    require_int(n_pairs, "n_pairs")
+    require_int(seq_len, "seq_len", 2)
+    require_int(vocab_size, "vocab_size")
     if seq_len > vocab_size:
         raise ValueError(f"seq_len = {seq_len} distinct tokens need vocab_size >= seq_len, got {vocab_size}")
     # T distinct tokens per row: the first T of a random permutation of the vocabulary.
@@ -113,8 +115,8 @@ class PositionalSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 1, position: str = "none", rope_base: float = 10000.0):
         super().__init__()
-        _check_int(dim, "dim")
-        _check_int(num_heads, "num_heads")
+        require_int(dim, "dim")
+        require_int(num_heads, "num_heads")
         if dim % num_heads:
             raise ValueError(f"dim = {dim} must be divisible by num_heads = {num_heads}")
         if _check_scheme(position) == "rope" and (dim // num_heads) % 2:
@@ -166,8 +168,8 @@ class PositionToyClassifier(nn.Module):
     ):
         super().__init__()
         self.position = _check_scheme(position)
-        self.vocab_size = _check_int(vocab_size, "vocab_size")
-        self.max_len = _check_int(max_len, "max_len")
+        self.vocab_size = require_int(vocab_size, "vocab_size")
+        self.max_len = require_int(max_len, "max_len")
         self.embed = nn.Embedding(vocab_size, dim)
         if position == "sinusoidal":
             self.register_buffer("pe", sinusoidal_encoding(max_len, dim), persistent=False)  # (max_len, D)
@@ -178,7 +180,7 @@ class PositionToyClassifier(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.norm_out = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, _check_int(num_classes, "num_classes", 2))
+        self.head = nn.Linear(dim, require_int(num_classes, "num_classes", 2))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         require_tensor(tokens, "tokens")
@@ -217,7 +219,7 @@ def train_classifier(
     """
     if not isinstance(model, PositionToyClassifier):
         raise TypeError(f"model must be a PositionToyClassifier, got {type(model).__name__}")
-    _check_int(steps, "steps")
+    require_int(steps, "steps")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
 
@@ -291,3 +293,117 @@ def position_ablation(
             result.accuracy[scheme] = accuracy(model, test_tokens, test_labels)
             result.models[scheme] = model
         return result
+
+
+def plot_position_matrix(
+    matrix: object,
+    ax: Axes | None = None,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    cbar_label: str = "value",
+    centered: bool = True,
+    colorbar: bool = True,
+) -> Axes:
+    """Heatmap of a 2-D array: a ``(T, D)`` encoding table, a ``(T, T)`` score or bias matrix.
+
+    Row 0 is at the top. ``centered`` uses a diverging colour map symmetric around 0 (blue
+    negative, red positive); otherwise viridis. NaN cells are left blank (e.g. masked entries).
+    """
+    import numpy as np
+
+    m = as_array(matrix, "matrix", 2)
+    ax = new_axes(ax, figsize=(6.4, 4.8))
+    if centered:
+        limit = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
+        image = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    else:
+        image = ax.imshow(m, cmap="viridis", aspect="auto", interpolation="nearest")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, label=cbar_label, shrink=0.85)
+    return ax
+
+
+def plot_vs_offset(
+    offsets: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str = "offset n - m (key position minus query position)",
+) -> Axes:
+    """One line per curve against a position offset; dashes cycle so overlapping curves stay visible."""
+    check_curves(curves, "curves")
+    ax = new_axes(ax)
+    styles = ["-", "--", ":", "-."]
+    for i, (label, values) in enumerate(curves.items()):
+        ax.plot(list(offsets), list(values), linestyle=styles[i % len(styles)], linewidth=1.5 + (i == 0), label=label)
+    ax.axvline(0, color="0.6", linewidth=0.8)
+    return finish_axes(ax, xlabel=xlabel, ylabel=ylabel, title=title, legend_fontsize="small")
+
+
+def plot_alibi_heads(
+    bias: object,
+    slopes: Sequence[float] | None = None,
+    *,
+    ncols: int = 4,
+    title: str = "ALiBi bias added to the scores, per head",
+):
+    """One heatmap per head of an ``(H, T, T)`` bias (query ``i`` down, key ``j`` across), one colour scale.
+
+    NaN entries are left blank (e.g. the future keys a causal mask hides). ``slopes`` puts
+    each head's slope in its title. Returns the ``(rows, ncols)`` array of axes.
+    """
+    import numpy as np
+
+    b = as_array(bias, "bias", 3)
+    H = b.shape[0]
+    if slopes is not None and len(slopes) != H:
+        raise ValueError(f"slopes has {len(slopes)} entries; expected H = {H}")
+    rows = -(-H // ncols)
+    fig, axes = plt.subplots(
+        rows, ncols, figsize=(2.6 * ncols + 1, 2.6 * rows + 0.6), squeeze=False, layout="constrained"
+    )
+    low = float(np.nanmin(b)) if np.isfinite(b).any() else -1.0
+    image = None
+    for h, ax in enumerate(axes.flat):
+        if h >= H:
+            ax.axis("off")
+            continue
+        image = ax.imshow(b[h], cmap="Blues_r", vmin=low, vmax=0.0, interpolation="nearest")
+        ax.set_title(f"head {h}" + (f": m = 1/{1 / slopes[h]:.4g}" if slopes is not None else ""), fontsize="small")
+        ax.set_xlabel("key j", fontsize="small")
+        ax.set_ylabel("query i", fontsize="small")
+    fig.colorbar(image, ax=axes, label="bias (added to the score)", shrink=0.8)
+    fig.suptitle(title)
+    return axes
+
+
+def plot_scheme_accuracy(
+    accuracies: Mapping[str, float],
+    ax: Axes | None = None,
+    *,
+    chance: float | None = None,
+    title: str = "Test accuracy by position scheme",
+    ylabel: str = "test accuracy",
+) -> Axes:
+    """A bar per scheme, its accuracy written on top; ``chance`` draws a dashed line."""
+    check_curves(accuracies, "accuracies")
+    ax = new_axes(ax)
+    names, values = list(accuracies), [float(v) for v in accuracies.values()]
+    bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
+    ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize="small")
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linestyle="--", linewidth=1, label="chance")
+        ax.legend(loc="upper left")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("position scheme")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return ax

@@ -1,9 +1,9 @@
-"""The palindrome corpus, masking, training and the evaluation helpers of attn_course.lm_tasks."""
+"""The palindrome corpus, masking, training and the evaluation helpers of attn_course.labs.palindrome_lm."""
 
 import pytest
 import torch
 
-from attn_course.lm_tasks import (
+from attn_course.labs.palindrome_lm import (
     BOS,
     EOS,
     MASK,

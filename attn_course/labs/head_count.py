@@ -32,34 +32,30 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
 from torch import nn
 
-from attn_course._checks import require_tensor, shape_error
+from attn_course._checks import require_int, require_tensor, shape_error
+from attn_course.labs.training import TrainHistory, run_steps
 from attn_course.multihead import MultiHeadAttention
-from attn_course.training import TrainHistory, run_steps
+from attn_course.plotting import plot_heatmap_row
 from attn_course.utils import num_threads
 
 __all__ = [
     "IGNORE",
     "TwoOffsetCopyTask",
     "AttentionOnlyModel",
-    "TrainHistory",
     "train_model",
     "ToyAccuracy",
     "evaluate",
     "offset_attention_mass",
     "HeadCountRun",
     "compare_head_counts",
+    "plot_head_attention",
 ]
 
 IGNORE = -100
 """Target at positions with nothing to copy yet (``t < max(offsets)``); ``cross_entropy`` skips it."""
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- the task
@@ -83,13 +79,13 @@ class TwoOffsetCopyTask:
     offsets: tuple[int, ...] = (1, 3)
 
     def __post_init__(self) -> None:
-        _positive_int(self.vocab_size, "vocab_size")
-        _positive_int(self.seq_len, "seq_len")
+        require_int(self.vocab_size, "vocab_size")
+        require_int(self.seq_len, "seq_len")
         offsets = tuple(self.offsets)
         if not offsets or len(set(offsets)) != len(offsets):
             raise ValueError(f"offsets must be distinct positive ints, got {self.offsets!r}")
         for o in offsets:
-            _positive_int(o, "each offset")
+            require_int(o, "each offset")
         if max(offsets) >= self.seq_len:
             raise ValueError(
                 f"the largest offset ({max(offsets)}) must be < seq_len ({self.seq_len}): "
@@ -126,7 +122,7 @@ class TwoOffsetCopyTask:
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` fresh sequences: ``(tokens (B, T), targets (B, T, K))``."""
-        _positive_int(batch_size, "batch_size")
+        require_int(batch_size, "batch_size")
         tokens = torch.randint(self.vocab_size, (batch_size, self.seq_len), generator=generator)  # (B, T)
         return tokens, self.targets(tokens)
 
@@ -145,9 +141,9 @@ class AttentionOnlyModel(nn.Module):
 
     def __init__(self, vocab_size: int, seq_len: int, embed_dim: int, num_heads: int, num_slots: int = 2):
         super().__init__()
-        self.vocab_size = _positive_int(vocab_size, "vocab_size")
-        self.seq_len = _positive_int(seq_len, "seq_len")
-        self.num_slots = _positive_int(num_slots, "num_slots")
+        self.vocab_size = require_int(vocab_size, "vocab_size")
+        self.seq_len = require_int(seq_len, "seq_len")
+        self.num_slots = require_int(num_slots, "num_slots")
         self.tok_emb = nn.Embedding(vocab_size, embed_dim)
         self.pos_emb = nn.Embedding(seq_len, embed_dim)  # learned absolute positions
         self.attn = MultiHeadAttention(embed_dim, num_heads)
@@ -209,7 +205,7 @@ def train_model(
     down by an order of magnitude when other processes share the CPU, as several threads do.
     """
     _check_model_task(model, task)
-    _positive_int(steps, "steps")
+    require_int(steps, "steps")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -249,7 +245,7 @@ def evaluate(
 ) -> ToyAccuracy:
     """Accuracy of greedy (argmax) predictions on ``n`` fresh sequences, target positions only."""
     _check_model_task(model, task)
-    _positive_int(n, "n")
+    require_int(n, "n")
     was_training = model.training
     model.eval()
     tokens, targets = task.make_batch(n, generator=generator)  # (n, T), (n, T, K)
@@ -338,3 +334,47 @@ def compare_head_counts(
         accuracy = evaluate(model, task, n_eval, generator=torch.Generator().manual_seed(seed + 1))
         runs[H] = HeadCountRun(model, history, accuracy)
     return runs
+
+
+def plot_head_attention(
+    weights: object,
+    offsets: Sequence[int] = (),
+    axes: Sequence[Axes] | None = None,
+    *,
+    head_labels: Sequence[str] | None = None,
+    suptitle: str | None = None,
+):
+    """One heatmap per head of self-attention weights ``(H, T, T)``; each look-back offset marked.
+
+    Row ``t`` is the query position, column ``j`` the key position. Each offset ``o`` in
+    ``offsets`` is drawn as hollow squares on the cells ``j = t - o`` (one colour per offset), so
+    a head that looks ``o`` steps back lights up inside those squares. Drawn with
+    ``plot_heatmap_row`` (weights on a 0 to 1 scale); returns its list of axes.
+    """
+    import numpy as np
+
+    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    if w.ndim != 3 or w.shape[1] != w.shape[2]:
+        raise ValueError(f"weights has shape {w.shape}; expected (H, T, T) = (heads, queries, keys)")
+    H, T = w.shape[0], w.shape[1]
+    labels = [f"head {h}" for h in range(H)] if head_labels is None else [str(s) for s in head_labels]
+    if len(labels) != H:
+        raise ValueError(f"head_labels has {len(labels)} entries; expected one per head ({H})")
+    axes = plot_heatmap_row(
+        {label: w[h] for h, label in enumerate(labels)},
+        axes,
+        xlabel="key position j",
+        ylabel="query position t",
+        vmin=0.0,
+        vmax=1.0,
+        suptitle=suptitle,
+    )
+    colours = ["tab:red", "tab:orange", "tab:pink", "tab:cyan"]
+    for ax in axes:
+        for i, o in enumerate(offsets):
+            ts = list(range(int(o), T))
+            ax.scatter([t - o for t in ts], ts, marker="s", s=40, facecolors="none",
+                       edgecolors=colours[i % len(colours)], linewidths=1.0, label=f"j = t - {o}")
+        if len(offsets):
+            ax.legend(loc="upper right", fontsize="x-small", framealpha=0.8)
+    return axes

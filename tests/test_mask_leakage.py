@@ -1,4 +1,4 @@
-"""Tests for attn_course.mask_checks: combining masks, the NaN recipe, leakage checks."""
+"""Tests for attn_course.masking.combine_masks and neg_inf_softmax, and the leakage checks of attn_course.labs.mask_leakage."""
 
 from __future__ import annotations
 
@@ -6,16 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attn_course.mask_checks import (
+from attn_course.labs.mask_leakage import (
     MaskedAttentionModel,
     causal_leakage,
-    combine_masks,
-    neg_inf_softmax,
     padding_leakage,
     perturb,
     position_changes,
 )
-from attn_course.masking import causal_mask, masked_softmax, padding_mask
+from attn_course.masking import causal_mask, combine_masks, masked_softmax, neg_inf_softmax, padding_mask
 
 
 def gen(seed=0):

@@ -1,11 +1,11 @@
-"""Tests for attn_course.toy_tasks: the two-offset copy task, the attention-only model, training."""
+"""Tests for attn_course.labs.head_count: the two-offset copy task, the attention-only model, training."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attn_course.toy_tasks import (
+from attn_course.labs.head_count import (
     IGNORE,
     AttentionOnlyModel,
     TwoOffsetCopyTask,

@@ -16,7 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["TrainHistory", "run_steps"]
+__all__ = [
+    "TrainHistory",
+    "run_steps",
+]
 
 
 @dataclass

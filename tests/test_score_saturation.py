@@ -1,4 +1,4 @@
-"""Tests for attn_course.saturation: the measurements behind the sqrt(d_k) scaling."""
+"""Tests for attn_course.labs.score_saturation: the measurements behind the sqrt(d_k) scaling."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from attn_course.saturation import (
+from attn_course.labs.score_saturation import (
     SATURATION_METRICS,
     SaturationSweep,
     dot_product_variance,
@@ -40,7 +40,7 @@ def test_variance_scaled_is_unscaled_over_d_k_on_the_same_samples():
 def test_variance_is_deterministic_and_chunking_does_not_matter(monkeypatch):
     a = dot_product_variance(32, 300, gen(3))
     assert a == dot_product_variance(32, 300, gen(3))
-    import attn_course.saturation as sat
+    import attn_course.labs.score_saturation as sat
 
     monkeypatch.setattr(sat, "_CHUNK_NUMBERS", 100)  # many small chunks
     # Chunks draw q and k per chunk, so the samples differ; the statistic must still be right.

@@ -20,77 +20,26 @@ Mask convention, as everywhere in the course: boolean, ``True`` = may attend.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from matplotlib.axes import Axes
 from torch import nn
 
-from attn_course._checks import fmt_shape, require_floating, require_tensor, shape_error
+from attn_course._checks import fmt_shape, require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
-from attn_course.masking import causal_mask
+from attn_course.masking import causal_mask, combine_masks, neg_inf_softmax
+from attn_course.plotting import check_curves, finish_axes, new_axes
 from attn_course.self_attention import SelfAttention
 
 __all__ = [
-    "combine_masks",
-    "neg_inf_softmax",
     "MaskedAttentionModel",
     "perturb",
     "position_changes",
     "causal_leakage",
     "padding_leakage",
+    "plot_position_changes",
 ]
-
-
-# --------------------------------------------------------------------------- combining masks
-
-
-def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
-    """Positions allowed by **every** mask: the logical AND, broadcast to a common shape.
-
-    ``None`` entries mean "no mask" and are skipped, so ``combine_masks(None, None)`` is
-    ``None``. Shapes broadcast as in any elementwise operation, e.g. a padding mask
-    ``(B, 1, 1, S)`` and a causal mask ``(L, S)`` give ``(B, 1, L, S)``.
-
-    Raises:
-        TypeError: an entry that is not a boolean tensor (named ``masks[i]``).
-        ValueError: shapes that do not broadcast, with every shape listed.
-    """
-    present = []
-    for i, mask in enumerate(masks):
-        if mask is None:
-            continue
-        require_tensor(mask, f"masks[{i}]")
-        if mask.dtype != torch.bool:
-            raise TypeError(
-                f"masks[{i}] must be a boolean tensor (True = may attend), got dtype {mask.dtype}"
-            )
-        present.append(mask)
-    if not present:
-        return None
-    try:
-        torch.broadcast_shapes(*(m.shape for m in present))
-    except RuntimeError:
-        shapes = ", ".join(fmt_shape(m.shape) for m in present)
-        raise ValueError(f"masks have shapes {shapes}, which do not broadcast together") from None
-    combined = present[0]
-    for mask in present[1:]:
-        combined = combined & mask  # broadcasts, e.g. (B, 1, 1, S) & (L, S) -> (B, 1, L, S)
-    return combined
-
-
-# --------------------------------------------------------------------------- the NaN recipe
-
-
-def neg_inf_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
-    """``torch.softmax(scores.masked_fill(~mask, -inf), dim)``: the recipe found in many codebases.
-
-    Do not use it: kept to *show* its failure. A row whose every entry is masked becomes
-    ``exp(-inf - (-inf)) = exp(nan)``: all NaN. ``masking.masked_softmax`` returns zeros there.
-    """
-    require_floating(scores, "scores")
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=dim)
 
 
 # --------------------------------------------------------------------------- a tiny model
@@ -285,3 +234,28 @@ def padding_leakage(
     diff = (_output(fn, x) - _output(fn, x_other)).abs()  # (B, T, ...)
     diff = diff.reshape(B, T, -1).amax(dim=-1)  # (B, T)
     return float(diff[real].max()) if real.any() else 0.0
+
+
+def plot_position_changes(
+    changes: Mapping[str, Sequence[float]],
+    t: int,
+    ax: Axes | None = None,
+    *,
+    title: str = "Output change at each position when the inputs after t change",
+    ylabel: str = "largest |change| of the output",
+) -> Axes:
+    """Per-position output changes (one marker line per model); positions ``<= t`` are shaded.
+
+    ``changes = {"causal mask": position_changes(...), ...}``; a correctly causal model is 0 in
+    the shaded region.
+    """
+    check_curves(changes, "changes")
+    ax = new_axes(ax)
+    n = max(len(v) for v in changes.values())
+    ax.axvspan(-0.5, t + 0.5, color="0.92", zorder=0, label=f"positions <= t = {t}")
+    markers = ["o", "s", "^", "D"]
+    for i, (label, values) in enumerate(changes.items()):
+        ys = [float(v) for v in values]
+        ax.plot(range(len(ys)), ys, marker=markers[i % 4], markersize=5, label=label)
+    ax.set_xlim(-0.5, n - 0.5)
+    return finish_axes(ax, xlabel="output position", ylabel=ylabel, title=title, integer_x=True, legend_fontsize="small")

@@ -1,19 +1,10 @@
-"""Unit tests for attn_course.data: the synthetic reverse/copy tasks."""
+"""Unit tests for attn_course.labs.reversal: the synthetic reverse/copy tasks."""
 
 import pytest
 import torch
 
-from attn_course.data import (
-    BOS,
-    EOS,
-    FIRST_SYMBOL,
-    PAD,
-    Batch,
-    CopyTask,
-    ReverseTask,
-    SequenceTask,
-    make_batch,
-)
+from attn_course.labs.reversal import Batch, CopyTask, ReverseTask, SequenceTask, make_batch
+from attn_course.seq2seq import BOS, EOS, FIRST_SYMBOL, PAD
 
 
 def gen(seed: int = 0) -> torch.Generator:

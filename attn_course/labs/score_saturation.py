@@ -23,22 +23,26 @@ underflow to zero. The score functions and the softmax are the package's own
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from matplotlib.axes import Axes
 from tqdm.auto import tqdm
 
+from attn_course._checks import require_int
 from attn_course.masking import masked_softmax
+from attn_course.plotting import check_curves, finish_axes, new_axes
 from attn_course.scoring import AdditiveScore, GeneralScore, dot_score, scaled_dot_score
 
 __all__ = [
+    "SATURATION_METRICS",
     "dot_product_variance",
     "softmax_saturation",
-    "saturation_sweep",
     "SaturationSweep",
-    "SATURATION_METRICS",
+    "saturation_sweep",
     "time_scores",
+    "plot_vs_dk",
 ]
 
 # Per-call memory cap: samples are drawn in chunks of at most this many numbers (8 MB in float64).
@@ -49,12 +53,6 @@ SATURATION_METRICS = ("max_weight", "entropy", "grad_norm", "grad_norm_mean")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_generator(generator: object) -> torch.Generator | None:
@@ -94,8 +92,8 @@ def dot_product_variance(
     Returns:
         the unbiased sample variance, a float.
     """
-    _check_positive_int(d_k, "d_k")
-    _check_positive_int(n, "n")
+    require_int(d_k, "d_k")
+    require_int(n, "n")
     if n < 2:
         raise ValueError(f"n must be at least 2 to estimate a variance, got {n}")
     _check_generator(generator)
@@ -141,9 +139,9 @@ def softmax_saturation(
     Returns:
         ``{"max_weight": float, "entropy": float, "grad_norm": float, "grad_norm_mean": float}``.
     """
-    _check_positive_int(d_k, "d_k")
-    _check_positive_int(S, "S")
-    _check_positive_int(n, "n")
+    require_int(d_k, "d_k")
+    require_int(S, "S")
+    require_int(n, "n")
     _check_generator(generator)
     max_w, ent, grads = [], [], []
     for rows in _chunks(n, (S + 1) * d_k):
@@ -208,9 +206,9 @@ def saturation_sweep(
     Returns:
         a :class:`SaturationSweep`.
     """
-    d_ks = [_check_positive_int(d, "d_ks entry") for d in d_ks]
-    _check_positive_int(S, "S")
-    _check_positive_int(n, "n")
+    d_ks = [require_int(d, "d_ks entry") for d in d_ks]
+    require_int(S, "S")
+    require_int(n, "n")
     if not d_ks:
         raise ValueError("d_ks must name at least one width")
     generator = _check_generator(generator) or torch.Generator().manual_seed(0)
@@ -255,7 +253,7 @@ def time_scores(
         (batch, "batch"),
         (repeats, "repeats"),
     ):
-        _check_positive_int(value, name)
+        require_int(value, name)
     _check_generator(generator)
     q = torch.randn(batch, L, d, generator=generator)  # (B, L, d)
     k = torch.randn(batch, S, d, generator=generator)  # (B, S, d)
@@ -276,3 +274,32 @@ def time_scores(
                 samples.append(time.perf_counter() - start)
             times[kind] = min(samples)  # the least disturbed run: others only add noise
     return times
+
+
+def plot_vs_dk(
+    d_ks: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+    *,
+    ylabel: str,
+    title: str,
+    logy: bool = False,
+    reference: Sequence[float] | None = None,
+    reference_label: str = "expected",
+) -> Axes:
+    """A metric against the query/key width ``d_k`` (log2 x-axis), one line per curve.
+
+    ``curves = {"unscaled": [value at d_ks[0], ...], "scaled": [...]}``; ``reference`` adds a
+    dashed line (e.g. the theoretical variance ``d_k``).
+    """
+    check_curves(curves, "curves")
+    ax = new_axes(ax)
+    for label, values in curves.items():
+        ax.plot(list(d_ks), list(values), marker="o", markersize=4, label=label)
+    if reference is not None:
+        ax.plot(list(d_ks), list(reference), color="0.4", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(d_ks), [str(d) for d in d_ks])
+    if logy:
+        ax.set_yscale("log")
+    return finish_axes(ax, xlabel="query/key width $d_k$ (log scale)", ylabel=ylabel, title=title)

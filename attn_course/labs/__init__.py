@@ -1,0 +1,22 @@
+"""The chapters' experiments: one module per experiment, named for its topic.
+
+A lab holds what one chapter measures: its synthetic task and data, the small model trained on
+it when that model is not a library mechanism, the training run, the measurements and the
+chapter's own figures. Labs import the library (``attn_course.<mechanism>``); the library never
+imports a lab (``tests/test_layering.py`` keeps it so).
+
+==========================  ======  ==============================================================
+lab                         chapter what it holds
+==========================  ======  ==============================================================
+``reversal``                01, 05  reverse/copy tasks; Seq2Seq training, accuracy by length, alignment
+``soft_lookup``             02      1-D regression data, bandwidth sweep, the lookup widget and figures
+``score_saturation``        03      softmax saturation and gradients with and without 1/sqrt(d_k)
+``softmax_overflow``        04      where the naive softmax overflows
+``self_attention_vs_rnn``   06      RNN and CNN layers; path length, sequential depth, FLOPs, time
+``head_count``              07      the two-offset copy task; models with 1, 2, 4 heads
+``position_ablation``       08      "is it sorted?"; the same model with each position scheme
+``mask_leakage``            09      a masked token model; which outputs move when inputs change
+``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
+``training``                all     the optimisation loop the training runs share
+==========================  ======  ==============================================================
+"""
