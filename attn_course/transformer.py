@@ -44,6 +44,9 @@ from attn_course.multihead import MultiHeadAttention
 from attn_course.positional import LearnedPositionalEmbedding
 
 __all__ = [
+    "next_token_batch",
+    "mask_for_mlm",
+    "IGNORE_INDEX",
     "TransformerConfig",
     "FeedForward",
     "TransformerBlock",
@@ -345,6 +348,66 @@ class TransformerDecoder(TransformerLM):
 
 
 # --------------------------------------------------------------------------- counting
+
+
+IGNORE_INDEX = -100  # cross_entropy's ignore_index: target positions that are not predicted
+
+
+def _check_token_batch(tokens: object, name: str = "tokens", min_len: int = 1) -> torch.Tensor:
+    require_tensor(tokens, name)
+    if tokens.dim() != 2 or tokens.dtype != torch.long or tokens.shape[1] < min_len:
+        raise shape_error(name, tokens, f"(N, T) token ids (torch.long) with T >= {min_len}")
+    return tokens
+
+
+def next_token_batch(tokens: torch.Tensor, pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GPT's training pair from whole sequences: predict token ``t + 1`` from tokens ``0 .. t``.
+
+    ``inputs = tokens[:, :-1]`` and ``targets = tokens[:, 1:]``: the same sequence shifted by
+    one, so the causal model's output at position ``t`` is scored against the token at ``t + 1``.
+    Targets equal to ``pad_id`` become ``IGNORE_INDEX`` (the loss skips them).
+
+    Args:
+        tokens: ``(N, T)`` token ids, ``T >= 2``.
+    Returns:
+        ``(inputs, targets)``, both ``(N, T - 1)``.
+    """
+    _check_token_batch(tokens, min_len=2)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (N, T - 1) each
+    if pad_id is not None:
+        targets = targets.masked_fill(targets == pad_id, IGNORE_INDEX)
+    return inputs, targets
+
+
+def mask_for_mlm(
+    tokens: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_id: int,
+    rate: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's training input: each maskable token becomes ``mask_id`` with probability ``rate``.
+
+    (BERT also leaves 10% of the chosen tokens unchanged and swaps 10% for random ones; this is
+    the plain version.)
+
+    Args:
+        tokens: ``(N, T)`` token ids.  maskable: ``(N, T)`` bool, ``False`` for special tokens
+        and padding, which are never masked.  rate: in ``(0, 1]``.
+    Returns:
+        ``(inputs, targets)``, both ``(N, T)``: ``inputs`` with the mask tokens; ``targets`` the
+        original id at the masked positions and ``IGNORE_INDEX`` elsewhere.
+    """
+    _check_token_batch(tokens)
+    require_tensor(maskable, "maskable")
+    if maskable.dtype != torch.bool or maskable.shape != tokens.shape:
+        raise shape_error("maskable", maskable, f"a bool tensor shaped like tokens {tuple(tokens.shape)}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate must be in (0, 1], got {rate!r}")
+    chosen = maskable & (torch.rand(tokens.shape, generator=generator) < rate)  # (N, T)
+    inputs = tokens.masked_fill(chosen, mask_id)  # (N, T)
+    targets = tokens.masked_fill(~chosen, IGNORE_INDEX)  # (N, T)
+    return inputs, targets
 
 
 def num_parameters(config: TransformerConfig) -> dict[str, int]:

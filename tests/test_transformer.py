@@ -252,3 +252,30 @@ def test_generate_refuses_to_go_past_max_len():
         model.generate(tokens(B=1, T=4), 9)
     with pytest.raises(ValueError, match="max_new_tokens must be a non-negative int"):
         model.generate(tokens(B=1, T=4), -1)
+
+
+def test_next_token_batch_shifts_by_one_and_ignores_padding():
+    from attn_course.transformer import IGNORE_INDEX, next_token_batch
+
+    tokens = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    inputs, targets = next_token_batch(tokens, pad_id=0)
+    assert inputs.tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert targets.tolist() == [[6, 7, IGNORE_INDEX], [9, IGNORE_INDEX, IGNORE_INDEX]]
+    with pytest.raises(ValueError, match="tokens has shape"):
+        next_token_batch(torch.tensor([[1]]))
+
+
+def test_mask_for_mlm_masks_only_maskable_tokens_at_the_rate():
+    from attn_course.transformer import IGNORE_INDEX, mask_for_mlm
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, 20, (64, 32), generator=g)
+    maskable = torch.ones_like(tokens, dtype=torch.bool)
+    maskable[:, 0] = False
+    inputs, targets = mask_for_mlm(tokens, maskable, mask_id=1, rate=0.25, generator=g)
+    chosen = inputs == 1
+    assert not chosen[:, 0].any() and 0.2 < chosen.float().mean() < 0.3
+    assert torch.equal(targets[chosen], tokens[chosen]) and (targets[~chosen] == IGNORE_INDEX).all()
+    assert torch.equal(inputs[~chosen], tokens[~chosen])
+    with pytest.raises(ValueError, match="rate must be in"):
+        mask_for_mlm(tokens, maskable, 1, rate=0.0)

@@ -48,7 +48,14 @@ from attn_course import utils
 from attn_course._checks import require_int, require_tensor, shape_error
 from attn_course.labs.training import run_steps
 from attn_course.plotting import check_curves
-from attn_course.transformer import TransformerDecoder, TransformerEncoder, TransformerLM
+from attn_course.transformer import (
+    IGNORE_INDEX,
+    TransformerDecoder,
+    TransformerEncoder,
+    TransformerLM,
+    mask_for_mlm,
+    next_token_batch,
+)
 
 __all__ = [
     "SPECIALS",
@@ -72,7 +79,7 @@ __all__ = [
 
 SPECIALS = ("<pad>", "<mask>", "<bos>", "|", "<eos>")
 PAD, MASK, BOS, SEP, EOS = range(len(SPECIALS))
-IGNORE = -100  # cross_entropy's ignore_index: positions that are not predicted
+IGNORE = IGNORE_INDEX  # cross_entropy's ignore_index: positions that are not predicted
 RIGHT, LEFT = "needs right context", "left context suffices"
 
 
@@ -225,10 +232,7 @@ def mask_tokens(
     _check_tokens(tokens, corpus)
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"rate must be in (0, 1], got {rate!r}")
-    chosen = corpus.is_symbol(tokens) & (torch.rand(tokens.shape, generator=generator) < rate)  # (N, T)
-    inputs = tokens.masked_fill(chosen, MASK)  # (N, T)
-    targets = tokens.masked_fill(~chosen, IGNORE)  # (N, T)
-    return inputs, targets
+    return mask_for_mlm(tokens, corpus.is_symbol(tokens), MASK, rate, generator)
 
 
 def _train(
@@ -307,8 +311,8 @@ def train_next_token(
 
     def make_batch():
         tokens = corpus.sample(batch_size, generator)  # (N, T)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (N, T - 1) each: predict t + 1 from 0 .. t
-        return inputs, targets.masked_fill(targets == PAD, IGNORE), None
+        inputs, targets = next_token_batch(tokens, pad_id=PAD)  # (N, T - 1) each: predict t + 1 from 0 .. t
+        return inputs, targets, None
 
     return _train(model, make_batch, steps, lr, "decoder (next token)", progress, num_threads)
 
