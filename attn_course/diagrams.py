@@ -1,0 +1,515 @@
+"""Conceptual diagrams for the chapters, drawn with matplotlib patches and arrows.
+
+Each public ``draw_*`` function returns the ``matplotlib.figure.Figure`` it drew, so a notebook
+cell ``draw_encoder_decoder();`` shows it. ``ALT[name]`` is the alt text of each diagram (the
+chapters copy it into the cell metadata); each figure also carries it as its label.
+
+Colours mean the same thing in every diagram: queries blue, keys orange, values green,
+attention weights purple, context vectors magenta, other states grey.
+
+Dimension glossary (as in the library): B batch, T sequence length, D model width
+(``d_model``), H heads, d = D // H features per head, d_k query/key width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Arc, Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
+from matplotlib.path import Path
+
+from ._checks import require_int, require_positive_number
+
+__all__ = [
+    "ALT",
+    "COLORS",
+    "draw_word_alignment",
+    "draw_encoder_decoder",
+    "draw_bahdanau_vs_luong",
+    "draw_qkv_pipeline",
+    "draw_split_merge_heads",
+    "draw_rope_rotation",
+    "draw_pre_post_norm",
+]
+
+COLORS = {
+    "query": "#2166ac",  # blue
+    "key": "#d9730d",  # orange
+    "value": "#1b7837",  # green
+    "weights": "#762a83",  # purple
+    "context": "#c51b7d",  # magenta
+    "state": "#4d4d4d",  # grey: hidden states, inputs, outputs
+    "norm": "#b8860b",  # dark gold: LayerNorm
+    "ffn": "#35978f",  # teal: feed-forward
+}
+_INK = "#222222"
+_MUTED = "#666666"
+# head colours for draw_split_merge_heads (none of them is a query/key/value colour)
+_HEADS = ["#7b3294", "#e7298a", "#66a61e", "#a6761d", "#1f78b4", "#e6ab02", "#555555", "#d95f02"]
+
+ALT = {
+    "draw_word_alignment": (
+        "An English sentence and its French translation as two rows of word boxes, with a line from "
+        "each French word to the English word it translates; most lines run straight down, but "
+        "'European Economic Area' and 'zone économique européenne' cross because French reverses the order."
+    ),
+    "draw_encoder_decoder": (
+        "An RNN encoder reads x1 to x4 into hidden states; only its last state becomes a single "
+        "fixed-size context vector c, highlighted, which feeds every step of the decoder that "
+        "produces y1 to y3: the whole sentence must squeeze through that one vector."
+    ),
+    "draw_bahdanau_vs_luong": (
+        "Two decoder steps side by side. Bahdanau: the previous state s(t-1) queries the encoder states "
+        "with an additive score, and the context c(t) enters the GRU as input with the previous token's "
+        "embedding. Luong: the GRU runs first, its new state h(t) queries with a bilinear score, and c(t) "
+        "is combined with h(t) after the GRU as tanh(Wc[c(t); h(t)]) before the output."
+    ),
+    "draw_qkv_pipeline": (
+        "The self-attention pipeline with shapes: X is projected by W_Q, W_K and W_V into Q, K and V; "
+        "Q times K transposed over the square root of d_k gives a T by T score matrix, softmax over each "
+        "row gives the weights, and the weights times V give the output."
+    ),
+    "draw_split_merge_heads": (
+        "A (B, T, D) tensor whose feature columns are coloured by head is viewed as (B, T, H, d), "
+        "transposed to (B, H, T, d) so each head attends separately, transposed back, reshaped to "
+        "(B, T, D) and mixed by the output projection W_O."
+    ),
+    "draw_rope_rotation": (
+        "Left: a pair of features drawn as a 2-D vector, and the same vector rotated by m times theta "
+        "for position m, with the angle marked. Right: a query rotated by m theta and a key rotated by "
+        "n theta; the angle between them is (m - n) theta, so their dot product depends only on the offset."
+    ),
+    "draw_pre_post_norm": (
+        "Two transformer blocks. Post-norm (original Transformer): each sublayer's output is added to its "
+        "input and then LayerNorm is applied, so the norm sits on the residual path. Pre-norm (GPT-2): "
+        "LayerNorm comes before each sublayer, and the residual path from input to output is a clean "
+        "chain of additions."
+    ),
+}
+
+
+# ---------------------------------------------------------------- primitives
+def _light(color: str, amount: float = 0.82) -> tuple[float, float, float]:
+    """``color`` mixed with white (``amount`` = share of white): box fills."""
+    r, g, b = to_rgb(color)
+    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
+
+
+def _canvas(width: float, height: float, name: str):
+    """A figure whose data units are inches: one axes over the whole figure, axis off."""
+    fig = plt.figure(figsize=(width, height))
+    fig.set_label(ALT[name])
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.set_axis_off()
+    return fig, ax
+
+
+def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3, ls="-",
+         weight="normal", round_=0.06, zorder=3):
+    """A rounded box centred at (x, y), ``w`` by ``h``, with ``text`` in it."""
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=f"round,pad=0,rounding_size={round_}",
+                                facecolor=_light(color) if fill is None else fill, edgecolor=color,
+                                linewidth=lw, linestyle=ls, zorder=zorder))
+    if text:
+        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, weight=weight,
+                zorder=zorder + 1)
+
+
+def _circle(ax, x, y, r, text, color=COLORS["state"], *, size=11):
+    ax.add_patch(Circle((x, y), r, facecolor="white", edgecolor=color, linewidth=1.3, zorder=3))
+    ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
+
+
+def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-", rad=0.0, head=True, zorder=2):
+    """A straight (or, with ``rad``, curved) arrow from ``start`` to ``end``."""
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>" if head else "-", mutation_scale=11,
+                                 connectionstyle=f"arc3,rad={rad}", color=color, linewidth=lw,
+                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=zorder))
+
+
+def _route(ax, points, color=_INK, *, lw=1.3, ls="-", zorder=2):
+    """An arrow along the polyline ``points`` (for paths that go around boxes)."""
+    path = Path(points, [Path.MOVETO] + [Path.LINETO] * (len(points) - 1))
+    ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=11, color=color,
+                                 linewidth=lw, linestyle=ls, zorder=zorder))
+
+
+def _label(ax, x, y, text, *, size=9, color=_MUTED, ha="center", va="center", **kw):
+    ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=color, **kw)
+
+
+# ---------------------------------------------------------------- chapter 01
+_SOURCE = "the agreement on the European Economic Area was signed in August 1992".split()
+_TARGET = "l' accord sur la zone économique européenne a été signé en août 1992".split()
+# (source index, target index): French reverses "European Economic Area"
+_LINKS = [(0, 0), (1, 1), (2, 2), (3, 3), (6, 4), (5, 5), (4, 6), (7, 7), (7, 8), (8, 9), (9, 10),
+          (10, 11), (11, 12)]
+
+
+def _word_row(ax, words, y, width, color):
+    """Boxes for ``words`` centred in ``width``; returns their x centres."""
+    widths = [0.16 + 0.075 * len(w) for w in words]
+    gap = min(0.12, max(0.03, (width - 0.4 - sum(widths)) / max(len(words) - 1, 1)))
+    x = (width - sum(widths) - gap * (len(words) - 1)) / 2
+    centres = []
+    for word, w in zip(words, widths):
+        _box(ax, x + w / 2, y, w, 0.36, word, color, size=10)
+        centres.append(x + w / 2)
+        x += w + gap
+    return centres
+
+
+def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[str] | None = None,
+                        links: Sequence[tuple[int, int]] | None = None) -> Figure:
+    """Source words above, target words below, a line per ``(source_index, target_index)`` link.
+
+    Defaults: the English-French pair of Bahdanau et al. (2015). Links that cross another link
+    (the word order differs) are highlighted.
+    """
+    if source is None and target is None and links is None:
+        source, target, links = _SOURCE, _TARGET, _LINKS
+    if source is None or target is None or links is None:
+        raise ValueError("draw_word_alignment: pass source, target and links together (or none of them)")
+    for name, words in (("source", source), ("target", target)):
+        if isinstance(words, str) or not words or not all(isinstance(w, str) and w for w in words):
+            raise ValueError(f"{name} must be a non-empty sequence of non-empty strings (words), got {words!r}")
+    pairs = []
+    for link in links:
+        if (not isinstance(link, Sequence) or len(link) != 2
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in link)):
+            raise ValueError(f"each link must be a pair (source_index, target_index) of ints, got {link!r}")
+        s, t = link
+        if not (0 <= s < len(source) and 0 <= t < len(target)):
+            raise ValueError(f"link {link!r} is out of range: source has {len(source)} words, "
+                             f"target has {len(target)}")
+        pairs.append((s, t))
+    crossing = {p for p in pairs for q in pairs if (p[0] - q[0]) * (p[1] - q[1]) < 0}
+
+    n = max(len(source), len(target))
+    width = min(10.0, max(6.0, 0.1 * sum(len(w) for w in max(source, target, key=len)) + 0.3 * n))
+    fig, ax = _canvas(width, 2.9, "draw_word_alignment")
+    ys, yt = 2.2, 0.75
+    xs = _word_row(ax, source, ys, width, COLORS["state"])
+    xt = _word_row(ax, target, yt, width, COLORS["query"])
+    for s, t in pairs:
+        cross = (s, t) in crossing
+        ax.plot([xs[s], xt[t]], [ys - 0.18, yt + 0.18], color=COLORS["context"] if cross else _MUTED,
+                lw=2.0 if cross else 1.2, solid_capstyle="round", zorder=1)
+    _label(ax, 0.2, ys + 0.42, "source (what is read)", ha="left", size=9.5)
+    _label(ax, 0.2, yt - 0.42, "target (what is written): each word looks back at the word(s) it translates",
+           ha="left", size=9.5)
+    if crossing:
+        _label(ax, width - 0.2, yt - 0.42, "crossing links: the word order differs", ha="right",
+               size=9.5, color=COLORS["context"])
+    return fig
+
+
+def draw_encoder_decoder() -> Figure:
+    """An RNN encoder-decoder whose only link is one fixed-size context vector: the bottleneck."""
+    fig, ax = _canvas(10.0, 3.6, "draw_encoder_decoder")
+    y, w, h = 1.8, 0.62, 0.48
+    enc = [0.75 + 1.05 * i for i in range(4)]
+    dec = [7.05 + 1.05 * i for i in range(3)]
+    for i, x in enumerate(enc):
+        _box(ax, x, y, w, h, f"$h_{i + 1}$")
+        _box(ax, x, 0.55, 0.5, 0.38, f"$x_{i + 1}$", fill="white")
+        _arrow(ax, (x, 0.74), (x, y - h / 2))
+        if i:
+            _arrow(ax, (enc[i - 1] + w / 2, y), (x - w / 2, y))
+    cx, cw = 5.4, 1.3
+    _box(ax, cx, y, cw, 0.62, "$c$", COLORS["context"], size=14, lw=2.2, fill=_light(COLORS["context"], 0.6))
+    _label(ax, cx, y - 0.58, "fixed-size context vector c\n(D numbers)", color=COLORS["context"], size=9.5)
+    _arrow(ax, (enc[-1] + w / 2, y), (cx - cw / 2, y), COLORS["context"], lw=1.8)
+    for i, x in enumerate(dec):
+        _box(ax, x, y, w, h, f"$s_{i + 1}$")
+        _box(ax, x, 3.0, 0.5, 0.38, f"$y_{i + 1}$", fill="white")
+        _arrow(ax, (x, y + h / 2), (x, 2.81))
+        if i:
+            _arrow(ax, (dec[i - 1] + w / 2, y), (x - w / 2, y))
+        # c feeds every decoder step, from below
+        _arrow(ax, (cx + 0.25, y - 0.31), (x, y - h / 2), COLORS["context"], lw=1.5, rad=0.25 if i else 0.35)
+    _label(ax, (enc[0] + enc[-1]) / 2, 2.55, "encoder reads the whole input", size=10, color=_INK)
+    _label(ax, (dec[0] + dec[-1]) / 2, 3.45, "decoder writes the output", size=10, color=_INK)
+    _label(ax, cx, 2.75, "the bottleneck: everything\nthe decoder knows passes here", size=9.5,
+           color=COLORS["context"], style="italic")
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 05
+_ALPHA = [0.1, 0.6, 0.2, 0.1]
+
+
+def _attention_block(ax, ox, score_text):
+    """Encoder states, the score box, the weight bars and c_t; returns c_t's centre."""
+    xs = [ox + 2.0 + 0.7 * j for j in range(4)]
+    for j, x in enumerate(xs):
+        _box(ax, x, 0.4, 0.58, 0.38, f"$h_{j + 1}$")
+        bar = 0.55 * _ALPHA[j]
+        ax.add_patch(Rectangle((x - 0.14, 0.78), 0.28, bar, facecolor=_light(COLORS["weights"], 0.35),
+                               edgecolor=COLORS["weights"], lw=1.0, zorder=3))
+        _label(ax, x, 0.78 + bar + 0.1, f"{_ALPHA[j]:.1f}", size=8.5, color=COLORS["weights"])
+    _label(ax, xs[-1] + 0.42, 0.4, "encoder\nstates", ha="left", size=8.5)
+    _label(ax, xs[-1] + 0.42, 1.0, "weights\n$\\alpha_{tj}$", ha="left", size=8.5, color=COLORS["weights"])
+    _box(ax, ox + 0.8, 0.95, 1.4, 0.7, score_text, COLORS["weights"], size=8.5)
+    _arrow(ax, (ox + 1.5, 0.95), (xs[0] - 0.22, 0.95), COLORS["weights"])
+    _label(ax, ox + 1.62, 1.1, "softmax", size=7.5, color=COLORS["weights"], ha="left")
+    c = (ox + 3.05, 2.1)
+    _box(ax, *c, 1.4, 0.42, "$c_t = \\sum_j \\alpha_{tj} h_j$", COLORS["context"], size=9.5)
+    _arrow(ax, (c[0], 1.5), (c[0], c[1] - 0.21), COLORS["context"])
+    return c
+
+
+def draw_bahdanau_vs_luong() -> Figure:
+    """Which decoder state queries, and where the context enters: Bahdanau vs Luong."""
+    fig, ax = _canvas(10.0, 5.0, "draw_bahdanau_vs_luong")
+    q = COLORS["query"]
+    # Bahdanau: the previous state queries; c_t is an input of the GRU
+    ox = 0.0
+    cx, cy = _attention_block(ax, ox, "additive score\n$v^\\top\\tanh(W s_{t-1}$\n$+\\,U h_j)$")
+    _box(ax, ox + 0.8, 2.3, 0.8, 0.42, "$s_{t-1}$", q, size=11)
+    _arrow(ax, (ox + 0.8, 2.09), (ox + 0.8, 1.3), q, ls="--")
+    _label(ax, ox + 0.72, 1.7, "query", size=8.5, color=q, ha="right")
+    _box(ax, cx, 3.3, 1.4, 0.45, "GRU", size=10.5)
+    _arrow(ax, (cx, cy + 0.21), (cx, 3.075), COLORS["context"])
+    _box(ax, ox + 4.5, 2.1, 0.9, 0.42, "$e(y_{t-1})$", size=9.5, fill="white")
+    _arrow(ax, (ox + 4.3, 2.31), (cx + 0.45, 3.075))
+    _label(ax, cx + 0.75, 2.75, "input\n$[e(y_{t-1}); c_t]$", size=8, ha="left")
+    _route(ax, [(ox + 0.8, 2.51), (ox + 0.8, 3.3), (cx - 0.7, 3.3)])
+    _box(ax, cx, 4.2, 0.7, 0.42, "$s_t$", size=11)
+    _arrow(ax, (cx, 3.525), (cx, 3.99))
+    _box(ax, ox + 4.5, 4.2, 0.75, 0.42, "$y_t$", size=11, fill="white")
+    _arrow(ax, (cx + 0.35, 4.2), (ox + 4.125, 4.2))
+    _label(ax, ox + 2.45, 4.8, "Bahdanau: the previous state $s_{t-1}$ queries", size=10.5, color=_INK)
+    # Luong: the GRU runs first; the current state queries; c_t is combined after the GRU
+    ox = 5.2
+    cx, cy = _attention_block(ax, ox, "general score\n$h_t^\\top W_a h_j$")
+    _box(ax, ox + 0.8, 2.3, 0.8, 0.42, "$h_t$", q, size=11)
+    _arrow(ax, (ox + 0.8, 2.09), (ox + 0.8, 1.3), q, ls="--")
+    _label(ax, ox + 0.72, 1.7, "query", size=8.5, color=q, ha="right")
+    _box(ax, ox + 0.8, 3.3, 0.9, 0.45, "GRU", size=10.5)
+    _arrow(ax, (ox + 0.8, 3.075), (ox + 0.8, 2.51))
+    _box(ax, ox + 0.45, 4.2, 0.8, 0.42, "$e(y_{t-1})$", size=9, fill="white")
+    _box(ax, ox + 1.35, 4.2, 0.7, 0.42, "$h_{t-1}$", size=10, fill="white")
+    _arrow(ax, (ox + 0.45, 3.99), (ox + 0.65, 3.525))
+    _arrow(ax, (ox + 1.35, 3.99), (ox + 0.95, 3.525))
+    _box(ax, cx, 3.3, 2.0, 0.45, "$\\tilde h_t = \\tanh(W_c[c_t; h_t])$", COLORS["context"], size=9.5)
+    _arrow(ax, (cx, cy + 0.21), (cx, 3.075), COLORS["context"])
+    _route(ax, [(ox + 1.2, 2.3), (ox + 1.6, 2.3), (ox + 1.6, 3.3), (cx - 1.0, 3.3)])
+    _box(ax, cx, 4.2, 0.75, 0.42, "$y_t$", size=11, fill="white")
+    _arrow(ax, (cx, 3.525), (cx, 3.99))
+    _label(ax, ox + 2.45, 4.8, "Luong: the current state $h_t$ queries", size=10.5, color=_INK)
+    ax.plot([5.05, 5.05], [0.2, 4.9], color="#cccccc", lw=1.0)
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 06
+def draw_qkv_pipeline(T: int = 4, d_model: int = 8, d_k: int = 4) -> Figure:
+    """X -> Q, K, V -> scaled scores -> row softmax -> weights -> weights @ V, with shapes."""
+    T, d_model, d_k = require_int(T, "T"), require_int(d_model, "d_model"), require_int(d_k, "d_k")
+    fig, ax = _canvas(10.0, 3.9, "draw_qkv_pipeline")
+    rows = {"Q": 3.1, "K": 1.95, "V": 0.8}
+    _box(ax, 0.65, rows["K"], 1.0, 0.9, f"$X$\n{T} × {d_model}", size=11)
+    _label(ax, 0.65, rows["K"] - 0.62, "(T × d_model)", size=8.5)
+    for name, role in (("Q", "query"), ("K", "key"), ("V", "value")):
+        y, c = rows[name], COLORS[role]
+        _arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y), rad=0.0)
+        _box(ax, 2.3, y, 0.9, 0.6, f"$W_{name}$\n{d_model} × {d_k}", c, size=9.5)
+        _arrow(ax, (2.75, y), (3.25, y), c)
+        _box(ax, 3.7, y, 0.9, 0.6, f"${name}$\n{T} × {d_k}", c, size=10.5)
+        _label(ax, 3.7, y - 0.42, "(T × d_k)", size=8)
+    sy, sx = (rows["Q"] + rows["K"]) / 2, 5.45
+    _box(ax, sx, sy, 1.5, 0.9, f"scores\n$QK^\\top/\\sqrt{{d_k}}$\n{T} × {T}", COLORS["weights"], size=9.5)
+    _label(ax, sx, sy - 0.62, "(T × T)", size=8)
+    _arrow(ax, (4.15, rows["Q"]), (sx - 0.75, sy + 0.2), COLORS["query"])
+    _arrow(ax, (4.15, rows["K"]), (sx - 0.75, sy - 0.2), COLORS["key"])
+    _label(ax, 4.45, sy, "$K^\\top$", size=9, color=COLORS["key"])
+    wx = 7.55
+    _arrow(ax, (sx + 0.75, sy), (wx - 0.65, sy), COLORS["weights"])
+    _label(ax, (sx + wx) / 2 + 0.05, sy + 0.22, "softmax\n(each row)", size=8.5, color=COLORS["weights"])
+    _box(ax, wx, sy, 1.3, 0.9, f"weights\n{T} × {T}\nrows sum to 1", COLORS["weights"], size=9.5,
+         fill=_light(COLORS["weights"], 0.6))
+    _circle(ax, wx, rows["V"], 0.22, "@")
+    _arrow(ax, (wx, sy - 0.45), (wx, rows["V"] + 0.22), COLORS["weights"])
+    _arrow(ax, (4.15, rows["V"]), (wx - 0.22, rows["V"]), COLORS["value"])
+    _box(ax, 9.2, rows["V"], 1.2, 0.6, f"output\n{T} × {d_k}", size=10)
+    _label(ax, 9.2, rows["V"] - 0.42, "(T × d_k)", size=8)
+    _arrow(ax, (wx + 0.22, rows["V"]), (8.6, rows["V"]))
+    _label(ax, (wx + 8.6) / 2, rows["V"] + 0.18, "weights @ V", size=8, color=_INK)
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 07
+def _grid(ax, x, y, T, D, H, cell, *, cols=None, gap=0.0, mix=False):
+    """A T x D matrix with lower-left corner (x, y), columns coloured by head; ``gap`` between heads.
+
+    ``cols`` restricts it to one head's columns. Returns the drawn width.
+    """
+    d = D // H
+    cols = range(D) if cols is None else cols
+    cx = x
+    for k, j in enumerate(cols):
+        if k and j % d == 0:
+            cx += gap
+        color = "#888888" if mix else _HEADS[(j // d) % len(_HEADS)]
+        for i in range(T):
+            ax.add_patch(Rectangle((cx, y + (T - 1 - i) * cell), cell, cell, facecolor=_light(color, 0.45),
+                                   edgecolor="white", lw=0.6, zorder=3))
+        cx += cell
+    return cx - x
+
+
+def draw_split_merge_heads(B: int = 2, T: int = 5, D: int = 8, H: int = 2) -> Figure:
+    """Split (B, T, D) into H heads of d = D // H features, attend per head, merge back, W_O."""
+    B, T, D, H = (require_int(v, n) for v, n in ((B, "B"), (T, "T"), (D, "D"), (H, "H")))
+    if D % H:
+        raise ValueError(f"D={D} is not divisible by H={H}: each of the H heads gets d = D // H features, "
+                         "so D must be a multiple of H")
+    d = D // H
+    fig, ax = _canvas(10.0, 3.6, "draw_split_merge_heads")
+    # cells small enough that the widest stage fits ~1.1 in and the stacked heads fit ~2.2 in
+    cell = min(0.12, 1.0 / D, 1.1 / T, 2.3 / (H * T + (H - 1) * 1.5))
+    mid = 1.9
+    tall = T * cell
+
+    def caption(x, sym, nums, op=None):
+        _label(ax, x, 0.45, sym, size=9, color=_INK)
+        _label(ax, x, 0.2, nums, size=8.5)
+
+    stages = []
+    x = 0.2
+    w = _grid(ax, x, mid - tall / 2, T, D, H, cell)
+    stages.append((x, w, "(B, T, D)", f"({B}, {T}, {D})", None))
+    x += w + 0.55
+    w = _grid(ax, x, mid - tall / 2, T, D, H, cell, gap=0.1)
+    stages.append((x, w, "(B, T, H, d)", f"({B}, {T}, {H}, {d})", "view"))
+    x += w + 0.6
+    stack_h = H * tall + (H - 1) * 0.75 * cell * 2
+    heads_y = [mid + stack_h / 2 - tall - h * (tall + 1.5 * cell) for h in range(H)]
+    for h, hy in enumerate(heads_y):
+        _grid(ax, x, hy, T, D, H, cell, cols=range(h * d, (h + 1) * d))
+    w = d * cell
+    stages.append((x, w, "(B, H, T, d)", f"({B}, {H}, {T}, {d})", "transpose(1, 2)"))
+    ax_ = x + w + 0.3
+    for h, hy in enumerate(heads_y):
+        c = _HEADS[h % len(_HEADS)]
+        _box(ax, ax_ + 0.45, hy + tall / 2, 0.9, max(min(tall, 0.4), 0.22), f"head {h + 1}", c, size=8)
+        _arrow(ax, (x + w + 0.04, hy + tall / 2), (ax_, hy + tall / 2), c, lw=1.0)
+        _arrow(ax, (ax_ + 0.9, hy + tall / 2), (ax_ + 1.2, hy + tall / 2), c, lw=1.0)
+        _grid(ax, ax_ + 1.25, hy, T, D, H, cell, cols=range(h * d, (h + 1) * d))
+    _label(ax, ax_ + 0.45, 0.45, "each head attends\nseparately", size=9, color=_INK)
+    x = ax_ + 1.25
+    stages.append((x, w, "", "", None))
+    x += w + 0.6
+    w = _grid(ax, x, mid - tall / 2, T, D, H, cell, gap=0.1)
+    stages.append((x, w, "(B, T, H, d)", f"({B}, {T}, {H}, {d})", "transpose"))
+    x += w + 0.55
+    w = _grid(ax, x, mid - tall / 2, T, D, H, cell)
+    stages.append((x, w, "(B, T, D)", f"({B}, {T}, {D})", "reshape"))
+    x += w + 0.3
+    _box(ax, x + 0.3, mid, 0.6, 0.5, "$W_O$", size=11)
+    _arrow(ax, (x - 0.25, mid), (x, mid))
+    x += 0.9
+    w = _grid(ax, x, mid - tall / 2, T, D, H, cell, mix=True)
+    _arrow(ax, (x - 0.3, mid), (x - 0.05, mid))
+    stages.append((x, w, "(B, T, D)", "heads mixed", None))
+    for i, (sx, sw, sym, nums, op) in enumerate(stages):
+        if sym:
+            caption(sx + sw / 2, sym, nums)
+        if op:
+            px, pw = stages[i - 1][0], stages[i - 1][1]
+            _arrow(ax, (px + pw + 0.05, mid), (sx - 0.05, mid), lw=1.0)
+            _label(ax, (px + pw + sx) / 2, mid + 0.15, op, size=8, color=_INK, rotation=0)
+    _label(ax, 0.2, 3.35, f"one batch element shown (B = {B}); colours mark which features go to which head "
+           f"(H = {H}, d = D // H = {d})", ha="left", size=9)
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 08
+def _vector(ax, angle, length, color, text, *, ls="-", lw=2.0):
+    x, y = length * math.cos(angle), length * math.sin(angle)
+    ax.add_patch(FancyArrowPatch((0, 0), (x, y), arrowstyle="-|>", mutation_scale=14, color=color, lw=lw,
+                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=3))
+    _label(ax, 1.14 * x, 1.14 * y, text, size=10, color=color)
+
+
+def _angle(ax, a0, a1, r, color, text):
+    lo, hi = sorted((a0, a1))
+    ax.add_patch(Arc((0, 0), 2 * r, 2 * r, theta1=math.degrees(lo), theta2=math.degrees(hi), color=color, lw=1.4))
+    mid = (lo + hi) / 2
+    _label(ax, (r + 0.2) * math.cos(mid), (r + 0.2) * math.sin(mid), text, size=9.5, color=color)
+
+
+def draw_rope_rotation(position: int = 3, theta: float = 0.4) -> Figure:
+    """RoPE on one feature pair: rotate by m*theta; q.k then depends only on (m - n)*theta."""
+    m = require_int(position, "position", minimum=0)
+    theta = require_positive_number(theta, "theta")
+    n = m - 2 if m >= 2 else m + 2
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.2))
+    fig.set_label(ALT["draw_rope_rotation"])
+    for ax in axes:
+        ax.set_xlim(-1.45, 1.45)
+        ax.set_ylim(-1.25, 1.45)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        _arrow(ax, (-1.3, 0), (1.3, 0), "#999999", lw=0.9)
+        _arrow(ax, (0, -1.15), (0, 1.3), "#999999", lw=0.9)
+        _label(ax, 1.32, -0.1, "$x_{2i}$", ha="left", size=9)
+        _label(ax, 0.06, 1.32, "$x_{2i+1}$", ha="left", size=9)
+    base = math.radians(15)
+    ax = axes[0]
+    _vector(ax, base, 1.0, _MUTED, "$x$", ls="--")
+    _vector(ax, base + m * theta, 1.0, COLORS["query"], f"$R_{{{m}}}\\,x$")
+    _angle(ax, base, base + m * theta, 0.35, COLORS["query"], f"$m\\theta$ = {m}×{theta:g}")
+    ax.set_title(f"position m = {m}: rotate the pair by m·θ", fontsize=10.5)
+    ax = axes[1]
+    _vector(ax, base, 1.0, "#bbbbbb", "", ls="--", lw=1.2)
+    _vector(ax, base + m * theta, 1.0, COLORS["query"], f"$q$ at m = {m}")
+    _vector(ax, base + n * theta, 0.8, COLORS["key"], f"$k$ at n = {n}")
+    _angle(ax, base + n * theta, base + m * theta, 0.45, COLORS["weights"], "$(m-n)\\theta$")
+    ax.set_title("$q\\cdot k$ depends only on the angle $(m-n)\\theta$", fontsize=10.5)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 10
+def draw_pre_post_norm() -> Figure:
+    """Post-norm (x -> sublayer -> add -> LayerNorm) above pre-norm (x -> LayerNorm -> sublayer -> add)."""
+    fig, ax = _canvas(10.0, 4.2, "draw_pre_post_norm")
+    post = [("io", "$x$"), ("mha", "multi-head\nattention"), ("+", ""), ("ln", "LayerNorm"),
+            ("ffn", "feed-forward"), ("+", ""), ("ln", "LayerNorm"), ("io", "out")]
+    pre = [("io", "$x$"), ("ln", "LayerNorm"), ("mha", "multi-head\nattention"), ("+", ""),
+           ("ln", "LayerNorm"), ("ffn", "feed-forward"), ("+", ""), ("io", "out")]
+    for y, items, title, splits_at in (
+            (2.9, post, "Post-norm (original Transformer): sublayer → add → LayerNorm", (0, 3)),
+            (0.75, pre, "Pre-norm (GPT-2): LayerNorm → sublayer → add", (0, 3))):
+        xs, x = [], 0.4
+        widths = {"io": 0.4, "+": 0.36, "ln": 1.0, "mha": 1.4, "ffn": 1.3}
+        for kind, _ in items:
+            xs.append(x + widths[kind] / 2)
+            x += widths[kind] + 0.45
+        colors = {"io": COLORS["state"], "ln": COLORS["norm"], "mha": COLORS["weights"], "ffn": COLORS["ffn"]}
+        for i, (kind, text) in enumerate(items):
+            cx, w = xs[i], widths[kind]
+            if kind == "+":
+                _circle(ax, cx, y, 0.18, "+", size=12)
+            elif kind == "io":
+                _label(ax, cx, y, text, size=12, color=_INK)
+            else:
+                _box(ax, cx, y, w, 0.55, text, colors[kind], size=9.5)
+            if i:
+                pk = items[i - 1][0]
+                _arrow(ax, (xs[i - 1] + widths[pk] / 2 + 0.03, y), (cx - w / 2 - 0.03, y))
+        # residual paths: from the junction after position a to the '+' of each sublayer
+        plus = [i for i, (k, _) in enumerate(items) if k == "+"]
+        for start, p in zip(splits_at, plus):
+            sx = xs[start] + widths[items[start][0]] / 2 + 0.2
+            ax.add_patch(Circle((sx, y), 0.04, color=_INK, zorder=4))
+            _route(ax, [(sx, y), (sx, y + 0.6), (xs[p], y + 0.6), (xs[p], y + 0.18)], _MUTED, lw=1.4)
+        _label(ax, 0.2, y + 0.95, title, ha="left", size=10.5, color=_INK)
+    return fig
