@@ -99,13 +99,13 @@ def _light(color: str, amount: float = 0.82) -> tuple[float, float, float]:
     return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
 
 
-def _canvas(width: float, height: float, name: str):
-    """A figure whose data units are inches: one axes over the whole figure, axis off."""
+def _canvas(width: float, height: float, name: str, y0: float = 0.0):
+    """A figure whose data units are inches (y from ``y0``): one axes over the whole figure, axis off."""
     fig = plt.figure(figsize=(width, height))
     fig.set_label(ALT[name])
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
-    ax.set_ylim(0, height)
+    ax.set_ylim(y0, y0 + height)
     ax.set_axis_off()
     return fig, ax
 
@@ -212,32 +212,35 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
 
 def draw_encoder_decoder() -> Figure:
     """An RNN encoder-decoder whose only link is one fixed-size context vector: the bottleneck."""
-    fig, ax = _canvas(10.0, 3.6, "draw_encoder_decoder")
-    y, w, h = 1.8, 0.62, 0.48
+    fig, ax = _canvas(10.0, 3.5, "draw_encoder_decoder")
+    y, w, h = 1.55, 0.62, 0.48
     enc = [0.75 + 1.05 * i for i in range(4)]
     dec = [7.05 + 1.05 * i for i in range(3)]
     for i, x in enumerate(enc):
         _box(ax, x, y, w, h, f"$h_{i + 1}$")
-        _box(ax, x, 0.55, 0.5, 0.38, f"$x_{i + 1}$", fill="white")
-        _arrow(ax, (x, 0.74), (x, y - h / 2))
+        _box(ax, x, 0.4, 0.5, 0.38, f"$x_{i + 1}$", fill="white")
+        _arrow(ax, (x, 0.59), (x, y - h / 2))
         if i:
             _arrow(ax, (enc[i - 1] + w / 2, y), (x - w / 2, y))
-    cx, cw = 5.4, 1.3
-    _box(ax, cx, y, cw, 0.62, "$c$", COLORS["context"], size=14, lw=2.2, fill=_light(COLORS["context"], 0.6))
-    _label(ax, cx, y - 0.58, "fixed-size context vector c\n(D numbers)", color=COLORS["context"], size=9.5)
+    cx, cw, ch = 5.4, 1.2, 0.62
+    _box(ax, cx, y, cw, ch, "$c = h_4$", COLORS["context"], size=13, lw=2.2, fill=_light(COLORS["context"], 0.6))
+    _label(ax, cx, y + 0.62, "fixed-size context vector c\n(D numbers)", color=COLORS["context"], size=9.5)
     _arrow(ax, (enc[-1] + w / 2, y), (cx - cw / 2, y), COLORS["context"], lw=1.8)
     for i, x in enumerate(dec):
         _box(ax, x, y, w, h, f"$s_{i + 1}$")
-        _box(ax, x, 3.0, 0.5, 0.38, f"$y_{i + 1}$", fill="white")
-        _arrow(ax, (x, y + h / 2), (x, 2.81))
+        _box(ax, x, 2.75, 0.5, 0.38, f"$y_{i + 1}$", fill="white")
+        _arrow(ax, (x, y + h / 2), (x, 2.56))
         if i:
             _arrow(ax, (dec[i - 1] + w / 2, y), (x - w / 2, y))
-        # c feeds every decoder step, from below
-        _arrow(ax, (cx + 0.25, y - 0.31), (x, y - h / 2), COLORS["context"], lw=1.5, rad=0.25 if i else 0.35)
-    _label(ax, (enc[0] + enc[-1]) / 2, 2.55, "encoder reads the whole input", size=10, color=_INK)
-    _label(ax, (dec[0] + dec[-1]) / 2, 3.45, "decoder writes the output", size=10, color=_INK)
-    _label(ax, cx, 2.75, "the bottleneck: everything\nthe decoder knows passes here", size=9.5,
-           color=COLORS["context"], style="italic")
+            # c feeds every decoder step: later steps get it from below
+            _route(ax, [(cx + 0.3, y - ch / 2), (cx + 0.3, 0.75), (x, 0.75), (x, y - h / 2)], COLORS["context"],
+                   lw=1.5)
+        else:
+            _arrow(ax, (cx + cw / 2, y), (x - w / 2, y), COLORS["context"], lw=1.5)
+    _label(ax, (enc[0] + enc[-1]) / 2, 3.3, "encoder: reads the whole input", size=10, color=_INK)
+    _label(ax, (dec[0] + dec[-1]) / 2, 3.3, "decoder: writes the output", size=10, color=_INK)
+    _label(ax, cx, 3.3, "the bottleneck", size=10, color=COLORS["context"], weight="bold")
+    _label(ax, (cx + 0.3 + dec[-1]) / 2, 0.55, "the same c at every step", size=8.5, color=COLORS["context"])
     return fig
 
 
@@ -245,66 +248,73 @@ def draw_encoder_decoder() -> Figure:
 _ALPHA = [0.1, 0.6, 0.2, 0.1]
 
 
-def _attention_block(ax, ox, score_text):
-    """Encoder states, the score box, the weight bars and c_t; returns c_t's centre."""
-    xs = [ox + 2.0 + 0.7 * j for j in range(4)]
+def _attention_block(ax, ox, score_text, query):
+    """Encoder states with their weight bars, the score box (query from above) and c_t; returns c_t's centre."""
+    xs = [ox + 2.55 + 0.6 * j for j in range(4)]
+    ax.add_patch(FancyBboxPatch((xs[0] - 0.33, 0.12), xs[-1] - xs[0] + 0.66, 1.5,
+                                boxstyle="round,pad=0,rounding_size=0.08", facecolor="#f6f6f6",
+                                edgecolor="#dddddd", lw=1.0, zorder=1))
+    _label(ax, (xs[0] + xs[-1]) / 2, 1.45, "weights $\\alpha_{tj}$", size=8.5, color=COLORS["weights"])
     for j, x in enumerate(xs):
-        _box(ax, x, 0.4, 0.58, 0.38, f"$h_{j + 1}$")
-        bar = 0.55 * _ALPHA[j]
-        ax.add_patch(Rectangle((x - 0.14, 0.78), 0.28, bar, facecolor=_light(COLORS["weights"], 0.35),
+        _box(ax, x, 0.42, 0.5, 0.38, f"$h_{j + 1}$")
+        bar = 0.5 * _ALPHA[j]
+        ax.add_patch(Rectangle((x - 0.13, 0.78), 0.26, bar, facecolor=_light(COLORS["weights"], 0.35),
                                edgecolor=COLORS["weights"], lw=1.0, zorder=3))
         _label(ax, x, 0.78 + bar + 0.1, f"{_ALPHA[j]:.1f}", size=8.5, color=COLORS["weights"])
-    _label(ax, xs[-1] + 0.42, 0.4, "encoder\nstates", ha="left", size=8.5)
-    _label(ax, xs[-1] + 0.42, 1.0, "weights\n$\\alpha_{tj}$", ha="left", size=8.5, color=COLORS["weights"])
-    _box(ax, ox + 0.8, 0.95, 1.4, 0.7, score_text, COLORS["weights"], size=8.5)
-    _arrow(ax, (ox + 1.5, 0.95), (xs[0] - 0.22, 0.95), COLORS["weights"])
-    _label(ax, ox + 1.62, 1.1, "softmax", size=7.5, color=COLORS["weights"], ha="left")
-    c = (ox + 3.05, 2.1)
+    _label(ax, (xs[0] + xs[-1]) / 2, 0.02, "encoder states $h_j$ (keys and values)", size=8.5, va="top")
+    sx = ox + 0.85
+    _box(ax, sx, 0.95, 1.6, 0.62, score_text, COLORS["weights"], size=8)
+    _arrow(ax, (sx + 0.8, 0.95), (xs[0] - 0.2, 0.95), COLORS["weights"])
+    _label(ax, (sx + 0.8 + xs[0] - 0.33) / 2, 1.1, "softmax", size=7.5, color=COLORS["weights"])
+    _box(ax, sx, 2.2, 0.8, 0.42, query, COLORS["query"], size=11)
+    _arrow(ax, (sx, 1.99), (sx, 1.26), COLORS["query"], ls="--")
+    _label(ax, sx + 0.08, 1.62, "query", size=8.5, color=COLORS["query"], ha="left")
+    c = ((xs[0] + xs[-1]) / 2, 2.2)
     _box(ax, *c, 1.4, 0.42, "$c_t = \\sum_j \\alpha_{tj} h_j$", COLORS["context"], size=9.5)
-    _arrow(ax, (c[0], 1.5), (c[0], c[1] - 0.21), COLORS["context"])
-    return c
+    _arrow(ax, (c[0], 1.62), (c[0], c[1] - 0.21), COLORS["context"])
+    return sx, c
+
+
+def _panel_title(ax, x, y, title, subtitle):
+    _label(ax, x, y, title, size=10.5, color=_INK)
+    _label(ax, x, y - 0.27, subtitle, size=9)
 
 
 def draw_bahdanau_vs_luong() -> Figure:
     """Which decoder state queries, and where the context enters: Bahdanau vs Luong."""
-    fig, ax = _canvas(10.0, 5.0, "draw_bahdanau_vs_luong")
-    q = COLORS["query"]
-    # Bahdanau: the previous state queries; c_t is an input of the GRU
+    fig, ax = _canvas(10.0, 5.3, "draw_bahdanau_vs_luong", y0=-0.2)
+    # Bahdanau: the previous state queries; c_t is an input of the GRU, with e(y_{t-1})
     ox = 0.0
-    cx, cy = _attention_block(ax, ox, "additive score\n$v^\\top\\tanh(W s_{t-1}$\n$+\\,U h_j)$")
-    _box(ax, ox + 0.8, 2.3, 0.8, 0.42, "$s_{t-1}$", q, size=11)
-    _arrow(ax, (ox + 0.8, 2.09), (ox + 0.8, 1.3), q, ls="--")
-    _label(ax, ox + 0.72, 1.7, "query", size=8.5, color=q, ha="right")
-    _box(ax, cx, 3.3, 1.4, 0.45, "GRU", size=10.5)
+    sx, (cx, cy) = _attention_block(ax, ox, "additive score\n$v^\\top\\tanh(W s_{t-1} + U h_j)$", "$s_{t-1}$")
+    _box(ax, cx, 3.3, 1.6, 0.6, "GRU\ninput $[e(y_{t-1}); c_t]$", size=9)
+    _arrow(ax, (cx, cy + 0.21), (cx, 3.0), COLORS["context"])
+    _box(ax, ox + 4.6, 2.65, 0.72, 0.42, "$e(y_{t-1})$", size=9, fill="white")
+    _route(ax, [(ox + 4.6, 2.86), (ox + 4.6, 3.3), (cx + 0.8, 3.3)])
+    _route(ax, [(sx, 2.41), (sx, 3.3), (cx - 0.8, 3.3)])
+    _label(ax, sx - 0.08, 2.85, "recurrent\nstate", size=8, ha="right")
+    _box(ax, cx, 4.15, 0.7, 0.42, "$s_t$", size=11)
+    _arrow(ax, (cx, 3.6), (cx, 3.94))
+    _box(ax, ox + 4.55, 4.15, 0.7, 0.42, "$y_t$", size=11, fill="white")
+    _arrow(ax, (cx + 0.35, 4.15), (ox + 4.2, 4.15))
+    _panel_title(ax, ox + 2.5, 4.9, "Bahdanau: the previous state $s_{t-1}$ queries",
+                 "$c_t$ enters the GRU as an input")
+    # Luong: the GRU runs first; the current state queries; c_t is combined with h_t after the GRU
+    ox = 5.1
+    sx, (cx, cy) = _attention_block(ax, ox, "general score\n$h_t^\\top W_a h_j$", "$h_t$")
+    _box(ax, sx, 3.3, 0.9, 0.45, "GRU", size=10.5)
+    _arrow(ax, (sx, 3.075), (sx, 2.41))
+    _box(ax, sx - 0.45, 4.15, 0.8, 0.42, "$e(y_{t-1})$", size=9, fill="white")
+    _box(ax, sx + 0.45, 4.15, 0.7, 0.42, "$h_{t-1}$", size=10, fill="white")
+    _arrow(ax, (sx - 0.45, 3.94), (sx - 0.2, 3.525))
+    _arrow(ax, (sx + 0.45, 3.94), (sx + 0.2, 3.525))
+    _box(ax, cx, 3.3, 1.95, 0.45, "$\\tilde h_t = \\tanh(W_c[c_t; h_t])$", COLORS["context"], size=9.5)
     _arrow(ax, (cx, cy + 0.21), (cx, 3.075), COLORS["context"])
-    _box(ax, ox + 4.5, 2.1, 0.9, 0.42, "$e(y_{t-1})$", size=9.5, fill="white")
-    _arrow(ax, (ox + 4.3, 2.31), (cx + 0.45, 3.075))
-    _label(ax, cx + 0.75, 2.75, "input\n$[e(y_{t-1}); c_t]$", size=8, ha="left")
-    _route(ax, [(ox + 0.8, 2.51), (ox + 0.8, 3.3), (cx - 0.7, 3.3)])
-    _box(ax, cx, 4.2, 0.7, 0.42, "$s_t$", size=11)
-    _arrow(ax, (cx, 3.525), (cx, 3.99))
-    _box(ax, ox + 4.5, 4.2, 0.75, 0.42, "$y_t$", size=11, fill="white")
-    _arrow(ax, (cx + 0.35, 4.2), (ox + 4.125, 4.2))
-    _label(ax, ox + 2.45, 4.8, "Bahdanau: the previous state $s_{t-1}$ queries", size=10.5, color=_INK)
-    # Luong: the GRU runs first; the current state queries; c_t is combined after the GRU
-    ox = 5.2
-    cx, cy = _attention_block(ax, ox, "general score\n$h_t^\\top W_a h_j$")
-    _box(ax, ox + 0.8, 2.3, 0.8, 0.42, "$h_t$", q, size=11)
-    _arrow(ax, (ox + 0.8, 2.09), (ox + 0.8, 1.3), q, ls="--")
-    _label(ax, ox + 0.72, 1.7, "query", size=8.5, color=q, ha="right")
-    _box(ax, ox + 0.8, 3.3, 0.9, 0.45, "GRU", size=10.5)
-    _arrow(ax, (ox + 0.8, 3.075), (ox + 0.8, 2.51))
-    _box(ax, ox + 0.45, 4.2, 0.8, 0.42, "$e(y_{t-1})$", size=9, fill="white")
-    _box(ax, ox + 1.35, 4.2, 0.7, 0.42, "$h_{t-1}$", size=10, fill="white")
-    _arrow(ax, (ox + 0.45, 3.99), (ox + 0.65, 3.525))
-    _arrow(ax, (ox + 1.35, 3.99), (ox + 0.95, 3.525))
-    _box(ax, cx, 3.3, 2.0, 0.45, "$\\tilde h_t = \\tanh(W_c[c_t; h_t])$", COLORS["context"], size=9.5)
-    _arrow(ax, (cx, cy + 0.21), (cx, 3.075), COLORS["context"])
-    _route(ax, [(ox + 1.2, 2.3), (ox + 1.6, 2.3), (ox + 1.6, 3.3), (cx - 1.0, 3.3)])
-    _box(ax, cx, 4.2, 0.75, 0.42, "$y_t$", size=11, fill="white")
-    _arrow(ax, (cx, 3.525), (cx, 3.99))
-    _label(ax, ox + 2.45, 4.8, "Luong: the current state $h_t$ queries", size=10.5, color=_INK)
-    ax.plot([5.05, 5.05], [0.2, 4.9], color="#cccccc", lw=1.0)
+    _route(ax, [(sx + 0.4, 2.2), (sx + 0.75, 2.2), (sx + 0.75, 3.3), (cx - 0.975, 3.3)])
+    _box(ax, cx, 4.15, 0.7, 0.42, "$y_t$", size=11, fill="white")
+    _arrow(ax, (cx, 3.525), (cx, 3.94))
+    _panel_title(ax, ox + 2.5, 4.9, "Luong: the current state $h_t$ queries",
+                 "$c_t$ joins $h_t$ after the GRU step")
+    ax.plot([5.0, 5.0], [0.1, 5.1], color="#cccccc", lw=1.0)
     return fig
 
 
@@ -345,22 +355,22 @@ def draw_qkv_pipeline(T: int = 4, d_model: int = 8, d_k: int = 4) -> Figure:
 
 
 # ---------------------------------------------------------------- chapter 07
-def _grid(ax, x, y, T, D, H, cell, *, cols=None, gap=0.0, mix=False):
-    """A T x D matrix with lower-left corner (x, y), columns coloured by head; ``gap`` between heads.
+def _grid(ax, x, y, T, heads, d, cell, *, gap=0.0, mix=False):
+    """A T-row matrix with lower-left corner (x, y): d columns per head in ``heads``, ``gap`` between heads.
 
-    ``cols`` restricts it to one head's columns. Returns the drawn width.
+    Columns are coloured by head (grey when ``mix``: W_O has mixed them). Returns the drawn width.
     """
-    d = D // H
-    cols = range(D) if cols is None else cols
     cx = x
-    for k, j in enumerate(cols):
-        if k and j % d == 0:
-            cx += gap
-        color = "#888888" if mix else _HEADS[(j // d) % len(_HEADS)]
-        for i in range(T):
-            ax.add_patch(Rectangle((cx, y + (T - 1 - i) * cell), cell, cell, facecolor=_light(color, 0.45),
-                                   edgecolor="white", lw=0.6, zorder=3))
-        cx += cell
+    for k, h in enumerate(heads):
+        color = "#9a9a9a" if mix else _HEADS[h % len(_HEADS)]
+        ax.add_patch(Rectangle((cx, y), d * cell, T * cell, facecolor=_light(color, 0.45), edgecolor="none",
+                               zorder=3))
+        if cell >= 0.04:  # cell lines only while the cells are big enough to see
+            for i in range(1, d):
+                ax.plot([cx + i * cell] * 2, [y, y + T * cell], color="white", lw=0.6, zorder=4)
+            for i in range(1, T):
+                ax.plot([cx, cx + d * cell], [y + i * cell] * 2, color="white", lw=0.6, zorder=4)
+        cx += d * cell + (gap if k < len(heads) - 1 else 0.0)
     return cx - x
 
 
@@ -370,63 +380,72 @@ def draw_split_merge_heads(B: int = 2, T: int = 5, D: int = 8, H: int = 2) -> Fi
     if D % H:
         raise ValueError(f"D={D} is not divisible by H={H}: each of the H heads gets d = D // H features, "
                          "so D must be a multiple of H")
-    d = D // H
-    fig, ax = _canvas(10.0, 3.6, "draw_split_merge_heads")
-    # cells small enough that the widest stage fits ~1.1 in and the stacked heads fit ~2.2 in
-    cell = min(0.12, 1.0 / D, 1.1 / T, 2.3 / (H * T + (H - 1) * 1.5))
-    mid = 1.9
-    tall = T * cell
+    d, heads = D // H, range(H)
+    # big tensors are drawn schematically: at most ~24 feature columns and a few rows (labels stay exact)
+    dd, TT = (d if D <= 24 else max(1, 24 // H)), min(T, max(2, 16 // H))
+    hgap, vgap = 0.08, min(0.15, 0.6 / max(H - 1, 1))
+    # fixed widths (gaps, the head boxes, W_O) and cells: the row fits 10 in, the head stack ~2.3 in
+    fixed = 5.55 + 2 * hgap * (H - 1)
+    cell = min(0.13, (10.0 - fixed) / (5 * H * dd + 2 * dd), (2.3 - vgap * (H - 1)) / (H * TT))
+    tall = TT * cell
+    stack = H * tall + (H - 1) * vgap
+    mid = 0.95 + stack / 2
+    fig, ax = _canvas(10.0, mid + stack / 2 + 0.95, "draw_split_merge_heads")
+    heads_y = [mid + stack / 2 - tall - h * (tall + vgap) for h in heads]
+    op_y = mid + stack / 2 + 0.22
 
-    def caption(x, sym, nums, op=None):
-        _label(ax, x, 0.45, sym, size=9, color=_INK)
-        _label(ax, x, 0.2, nums, size=8.5)
+    def caption(x, sym, nums):
+        _label(ax, x, 0.42, sym, size=9, color=_INK)
+        _label(ax, x, 0.17, nums, size=8.5)
 
-    stages = []
-    x = 0.2
-    w = _grid(ax, x, mid - tall / 2, T, D, H, cell)
-    stages.append((x, w, "(B, T, D)", f"({B}, {T}, {D})", None))
-    x += w + 0.55
-    w = _grid(ax, x, mid - tall / 2, T, D, H, cell, gap=0.1)
-    stages.append((x, w, "(B, T, H, d)", f"({B}, {T}, {H}, {d})", "view"))
-    x += w + 0.6
-    stack_h = H * tall + (H - 1) * 0.75 * cell * 2
-    heads_y = [mid + stack_h / 2 - tall - h * (tall + 1.5 * cell) for h in range(H)]
-    for h, hy in enumerate(heads_y):
-        _grid(ax, x, hy, T, D, H, cell, cols=range(h * d, (h + 1) * d))
-    w = d * cell
-    stages.append((x, w, "(B, H, T, d)", f"({B}, {H}, {T}, {d})", "transpose(1, 2)"))
-    ax_ = x + w + 0.3
-    for h, hy in enumerate(heads_y):
+    def op(x0, x1, text):
+        _label(ax, (x0 + x1) / 2, op_y, text, size=8.5, color=_INK, family="monospace")
+
+    x = 0.25
+    w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell)
+    caption(x + w / 2, "(B, T, D)", f"({B}, {T}, {D})")
+    x0, x = x + w, x + w + 0.6
+    _arrow(ax, (x0 + 0.05, mid), (x - 0.05, mid))
+    op(x0, x, "view")
+    w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell, gap=hgap)
+    caption(x + w / 2, "(B, T, H, d)", f"({B}, {T}, {H}, {d})")
+    x0, x = x + w, x + w + 0.75
+    op(x0, x, "transpose\n(1, 2)")
+    hw = dd * cell
+    for h, hy in enumerate(heads_y):  # each head: its columns, its own attention, its output
         c = _HEADS[h % len(_HEADS)]
-        _box(ax, ax_ + 0.45, hy + tall / 2, 0.9, max(min(tall, 0.4), 0.22), f"head {h + 1}", c, size=8)
-        _arrow(ax, (x + w + 0.04, hy + tall / 2), (ax_, hy + tall / 2), c, lw=1.0)
-        _arrow(ax, (ax_ + 0.9, hy + tall / 2), (ax_ + 1.2, hy + tall / 2), c, lw=1.0)
-        _grid(ax, ax_ + 1.25, hy, T, D, H, cell, cols=range(h * d, (h + 1) * d))
-    _label(ax, ax_ + 0.45, 0.45, "each head attends\nseparately", size=9, color=_INK)
-    x = ax_ + 1.25
-    stages.append((x, w, "", "", None))
-    x += w + 0.6
-    w = _grid(ax, x, mid - tall / 2, T, D, H, cell, gap=0.1)
-    stages.append((x, w, "(B, T, H, d)", f"({B}, {T}, {H}, {d})", "transpose"))
-    x += w + 0.55
-    w = _grid(ax, x, mid - tall / 2, T, D, H, cell)
-    stages.append((x, w, "(B, T, D)", f"({B}, {T}, {D})", "reshape"))
+        _arrow(ax, (x0 + 0.05, mid + tall / 2 - (h + 0.5) * tall / H), (x - 0.05, hy + tall / 2), c, lw=1.0)
+        _grid(ax, x, hy, TT, [h], dd, cell)
+        _arrow(ax, (x + hw + 0.05, hy + tall / 2), (x + hw + 0.25, hy + tall / 2), c, lw=1.0)
+        _box(ax, x + hw + 0.625, hy + tall / 2, 0.75, max(min(tall, 0.36), 0.2),
+             f"head {h + 1}" if H <= 4 else f"{h + 1}", c, size=8)
+        _arrow(ax, (x + hw + 1.0, hy + tall / 2), (x + hw + 1.2, hy + tall / 2), c, lw=1.0)
+        _grid(ax, x + hw + 1.25, hy, TT, [h], dd, cell)
+    caption(x + hw / 2, "(B, H, T, d)", f"({B}, {H}, {T}, {d})")
+    _label(ax, x + hw + 0.625, 0.3, "each head\nattends\nseparately", size=8.5, color=_INK)
+    caption(x + hw + 1.25 + hw / 2, "(B, H, T, d)", f"({B}, {H}, {T}, {d})")
+    x0, x = x + 2 * hw + 1.25, x + 2 * hw + 1.25 + 0.75
+    op(x0, x, "transpose\n(1, 2)")
+    for h, hy in enumerate(heads_y):
+        _arrow(ax, (x0 + 0.05, hy + tall / 2), (x - 0.05, mid + tall / 2 - (h + 0.5) * tall / H),
+               _HEADS[h % len(_HEADS)], lw=1.0)
+    w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell, gap=hgap)
+    caption(x + w / 2, "(B, T, H, d)", f"({B}, {T}, {H}, {d})")
+    x0, x = x + w, x + w + 0.6
+    _arrow(ax, (x0 + 0.05, mid), (x - 0.05, mid))
+    op(x0, x, "reshape")
+    w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell)
+    caption(x + w / 2, "(B, T, D)", f"({B}, {T}, {D})")
     x += w + 0.3
-    _box(ax, x + 0.3, mid, 0.6, 0.5, "$W_O$", size=11)
-    _arrow(ax, (x - 0.25, mid), (x, mid))
-    x += 0.9
-    w = _grid(ax, x, mid - tall / 2, T, D, H, cell, mix=True)
-    _arrow(ax, (x - 0.3, mid), (x - 0.05, mid))
-    stages.append((x, w, "(B, T, D)", "heads mixed", None))
-    for i, (sx, sw, sym, nums, op) in enumerate(stages):
-        if sym:
-            caption(sx + sw / 2, sym, nums)
-        if op:
-            px, pw = stages[i - 1][0], stages[i - 1][1]
-            _arrow(ax, (px + pw + 0.05, mid), (sx - 0.05, mid), lw=1.0)
-            _label(ax, (px + pw + sx) / 2, mid + 0.15, op, size=8, color=_INK, rotation=0)
-    _label(ax, 0.2, 3.35, f"one batch element shown (B = {B}); colours mark which features go to which head "
-           f"(H = {H}, d = D // H = {d})", ha="left", size=9)
+    _arrow(ax, (x - 0.27, mid), (x - 0.03, mid))
+    _box(ax, x + 0.25, mid, 0.5, 0.45, "$W_O$", size=11)
+    _arrow(ax, (x + 0.53, mid), (x + 0.77, mid))
+    x += 0.8
+    w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell, mix=True)
+    caption(x + w / 2, "(B, T, D)", "heads mixed")
+    _label(ax, 0.25, op_y + 0.45, f"One batch element of B = {B} shown. Colours: which of the D = {D} features go to "
+           f"which of the H = {H} heads (d = D // H = {d} each)." + (" Drawn schematically." if (dd, TT) != (d, T) else ""),
+           ha="left", size=9)
     return fig
 
 
