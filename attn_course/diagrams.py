@@ -172,8 +172,9 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
     Defaults: the English-French pair of Bahdanau et al. (2015). Links that cross another link
     (the word order differs) are highlighted.
     """
+    names = ("source", "target")
     if source is None and target is None and links is None:
-        source, target, links = _SOURCE, _TARGET, _LINKS
+        source, target, links, names = _SOURCE, _TARGET, _LINKS, ("English (source)", "French (target)")
     if source is None or target is None or links is None:
         raise ValueError("draw_word_alignment: pass source, target and links together (or none of them)")
     for name, words in (("source", source), ("target", target)):
@@ -195,18 +196,17 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
     width = min(10.0, max(6.0, 0.1 * sum(len(w) for w in max(source, target, key=len)) + 0.3 * n))
     fig, ax = _canvas(width, 2.9, "draw_word_alignment")
     ys, yt = 2.2, 0.75
-    xs = _word_row(ax, source, ys, width, COLORS["state"])
-    xt = _word_row(ax, target, yt, width, COLORS["query"])
+    xs = _word_row(ax, source, ys, width, COLORS["key"])  # read words: what is attended to
+    xt = _word_row(ax, target, yt, width, COLORS["query"])  # written words: what attends
     for s, t in pairs:
         cross = (s, t) in crossing
-        ax.plot([xs[s], xt[t]], [ys - 0.18, yt + 0.18], color=COLORS["context"] if cross else _MUTED,
+        ax.plot([xs[s], xt[t]], [ys - 0.18, yt + 0.18], color=COLORS["weights"] if cross else _MUTED,
                 lw=2.0 if cross else 1.2, solid_capstyle="round", zorder=1)
-    _label(ax, 0.2, ys + 0.42, "source (what is read)", ha="left", size=9.5)
-    _label(ax, 0.2, yt - 0.42, "target (what is written): each word looks back at the word(s) it translates",
-           ha="left", size=9.5)
+    _label(ax, 0.2, ys + 0.42, f"{names[0]}: the sentence that is read", ha="left", size=9.5)
+    _label(ax, 0.2, yt - 0.42, f"{names[1]}: each word attends to the word(s) it translates", ha="left", size=9.5)
     if crossing:
         _label(ax, width - 0.2, yt - 0.42, "crossing links: the word order differs", ha="right",
-               size=9.5, color=COLORS["context"])
+               size=9.5, color=COLORS["weights"])
     return fig
 
 
@@ -350,7 +350,7 @@ def draw_qkv_pipeline(T: int = 4, d_model: int = 8, d_k: int = 4) -> Figure:
     _box(ax, 9.2, rows["V"], 1.2, 0.6, f"output\n{T} × {d_k}", size=10)
     _label(ax, 9.2, rows["V"] - 0.42, "(T × d_k)", size=8)
     _arrow(ax, (wx + 0.22, rows["V"]), (8.6, rows["V"]))
-    _label(ax, (wx + 8.6) / 2, rows["V"] + 0.18, "weights @ V", size=8, color=_INK)
+    _label(ax, (wx + 8.6) / 2 + 0.1, rows["V"] + 0.2, "weights @ V", size=8, color=_INK)
     return fig
 
 
@@ -450,18 +450,37 @@ def draw_split_merge_heads(B: int = 2, T: int = 5, D: int = 8, H: int = 2) -> Fi
 
 
 # ---------------------------------------------------------------- chapter 08
-def _vector(ax, angle, length, color, text, *, ls="-", lw=2.0):
-    x, y = length * math.cos(angle), length * math.sin(angle)
-    ax.add_patch(FancyArrowPatch((0, 0), (x, y), arrowstyle="-|>", mutation_scale=14, color=color, lw=lw,
-                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=3))
-    _label(ax, 1.14 * x, 1.14 * y, text, size=10, color=color)
+_R = 1.3  # vector length in inches
 
 
-def _angle(ax, a0, a1, r, color, text):
+def _polar(o, angle, r=_R):
+    return o[0] + r * math.cos(angle), o[1] + r * math.sin(angle)
+
+
+def _vector(ax, o, angle, color, text, *, r=_R, ls="-", lw=2.2):
+    """An arrow of length ``r`` from ``o`` at ``angle`` (radians), labelled beyond its tip."""
+    ax.add_patch(FancyArrowPatch(o, _polar(o, angle, r), arrowstyle="-|>", mutation_scale=15, color=color,
+                                 lw=lw, linestyle=ls, shrinkA=0, shrinkB=0, zorder=3))
+    if text:
+        ha = "left" if math.cos(angle) >= 0 else "right"
+        _label(ax, *_polar(o, angle, r + 0.12), text, size=10, color=color, ha=ha)
+
+
+def _angle(ax, o, a0, a1, r, color, text, label_r):
+    """An arc from angle ``a0`` to ``a1`` around ``o``, labelled at radius ``label_r`` in its middle."""
     lo, hi = sorted((a0, a1))
-    ax.add_patch(Arc((0, 0), 2 * r, 2 * r, theta1=math.degrees(lo), theta2=math.degrees(hi), color=color, lw=1.4))
-    mid = (lo + hi) / 2
-    _label(ax, (r + 0.2) * math.cos(mid), (r + 0.2) * math.sin(mid), text, size=9.5, color=color)
+    hi = lo + (hi - lo) % (2 * math.pi)
+    ax.add_patch(Arc(o, 2 * r, 2 * r, theta1=math.degrees(lo), theta2=math.degrees(hi), color=color, lw=1.5,
+                     zorder=3))
+    _label(ax, *_polar(o, (lo + hi) / 2, label_r), text, size=9.5, color=color)
+
+
+def _plane(ax, o, x0, x1, y0, y1):
+    """The feature plane's axes through ``o``, spanning x0..x1, y0..y1 (relative to ``o``)."""
+    _arrow(ax, (o[0] + x0, o[1]), (o[0] + x1, o[1]), "#aaaaaa", lw=0.9)
+    _arrow(ax, (o[0], o[1] + y0), (o[0], o[1] + y1), "#aaaaaa", lw=0.9)
+    _label(ax, o[0] + x1 + 0.05, o[1], "$x_{2i}$", ha="left", size=9)
+    _label(ax, o[0], o[1] + y1 + 0.03, "$x_{2i+1}$", va="bottom", size=9)
 
 
 def draw_rope_rotation(position: int = 3, theta: float = 0.4) -> Figure:
@@ -469,66 +488,80 @@ def draw_rope_rotation(position: int = 3, theta: float = 0.4) -> Figure:
     m = require_int(position, "position", minimum=0)
     theta = require_positive_number(theta, "theta")
     n = m - 2 if m >= 2 else m + 2
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.2))
-    fig.set_label(ALT["draw_rope_rotation"])
-    for ax in axes:
-        ax.set_xlim(-1.45, 1.45)
-        ax.set_ylim(-1.25, 1.45)
-        ax.set_aspect("equal")
-        ax.set_axis_off()
-        _arrow(ax, (-1.3, 0), (1.3, 0), "#999999", lw=0.9)
-        _arrow(ax, (0, -1.15), (0, 1.3), "#999999", lw=0.9)
-        _label(ax, 1.32, -0.1, "$x_{2i}$", ha="left", size=9)
-        _label(ax, 0.06, 1.32, "$x_{2i+1}$", ha="left", size=9)
     base = math.radians(15)
-    ax = axes[0]
-    _vector(ax, base, 1.0, _MUTED, "$x$", ls="--")
-    _vector(ax, base + m * theta, 1.0, COLORS["query"], f"$R_{{{m}}}\\,x$")
-    _angle(ax, base, base + m * theta, 0.35, COLORS["query"], f"$m\\theta$ = {m}×{theta:g}")
-    ax.set_title(f"position m = {m}: rotate the pair by m·θ", fontsize=10.5)
-    ax = axes[1]
-    _vector(ax, base, 1.0, "#bbbbbb", "", ls="--", lw=1.2)
-    _vector(ax, base + m * theta, 1.0, COLORS["query"], f"$q$ at m = {m}")
-    _vector(ax, base + n * theta, 0.8, COLORS["key"], f"$k$ at n = {n}")
-    _angle(ax, base + n * theta, base + m * theta, 0.45, COLORS["weights"], "$(m-n)\\theta$")
-    ax.set_title("$q\\cdot k$ depends only on the angle $(m-n)\\theta$", fontsize=10.5)
-    fig.tight_layout()
+    angles = [base, base + m * theta, base + n * theta]
+    # the plane's extent: room for every vector and its label, above and below the origin
+    up = max(0.45, max(math.sin(a) for a in angles) * (_R + 0.35))
+    down = max(0.3, -min(math.sin(a) for a in angles) * (_R + 0.35))
+    fig, ax = _canvas(10.0, up + down + 1.5, "draw_rope_rotation")
+    for cx in (2.5, 7.5):
+        o = (cx, 0.75 + down)
+        _plane(ax, o, -1.7, 1.7, -down, up)
+    top = 0.75 + down + up + 0.5
+    o = (2.5, 0.75 + down)
+    _vector(ax, o, base, _MUTED, "", ls="--", lw=1.6)
+    _label(ax, o[0] + 0.75 * _R, o[1] - 0.08, "$x$ (position 0)", va="top", size=10)
+    _vector(ax, o, base + m * theta, COLORS["query"], f"$R_{{{m}}}\\,x$")
+    _angle(ax, o, base, base + m * theta, 0.5, COLORS["query"], f"$m\\theta$ = {m}×{theta:g}\n= {m * theta:.2f} rad", 0.95)
+    _label(ax, 2.5, top, f"position m = {m}: rotate the pair ($x_{{2i}}, x_{{2i+1}}$) by $m\\theta$", size=10.5,
+           color=_INK)
+    _label(ax, 2.5, 0.3, "$R_m x = (x_{2i}\\cos m\\theta - x_{2i+1}\\sin m\\theta,\\;"
+           "x_{2i}\\sin m\\theta + x_{2i+1}\\cos m\\theta)$", size=9, color=_INK)
+    o = (7.5, 0.75 + down)
+    _vector(ax, o, base, "#aaaaaa", "", ls="--", lw=1.2)
+    _label(ax, o[0] + 0.75 * _R, o[1] - 0.08, "q and k before rotation", va="top", size=8.5, color="#999999")
+    _vector(ax, o, base + m * theta, COLORS["query"], f"$q$ at m = {m}")
+    _vector(ax, o, base + n * theta, COLORS["key"], f"$k$ at n = {n}", r=0.8 * _R)
+    _angle(ax, o, base + n * theta, base + m * theta, 0.85, COLORS["weights"], "$(m-n)\\theta$", 1.02)
+    _label(ax, 7.5, top, "query at m, key at n: the angle between them is $(m-n)\\theta$", size=10.5, color=_INK)
+    _label(ax, 7.5, 0.3, "$q\\cdot k = |q|\\,|k|\\cos((m-n)\\theta)$: shift m and n together, nothing changes",
+           size=9, color=_INK)
+    ax.plot([5.0, 5.0], [0.1, top + 0.1], color="#cccccc", lw=1.0)
     return fig
 
 
 # ---------------------------------------------------------------- chapter 10
+def _chain(ax, y, items, residual_from):
+    """A left-to-right chain of (kind, text) items at height ``y``; a residual arrow from just after each
+    item index in ``residual_from`` around the sublayer to the next '+'."""
+    widths = {"io": 0.4, "+": 0.36, "ln": 1.0, "mha": 1.4, "ffn": 1.3}
+    colors = {"ln": COLORS["norm"], "mha": COLORS["weights"], "ffn": COLORS["ffn"]}
+    xs, x = [], 0.4
+    for kind, _ in items:
+        xs.append(x + widths[kind] / 2)
+        x += widths[kind] + 0.45
+    for i, (kind, text) in enumerate(items):
+        cx, w = xs[i], widths[kind]
+        if kind == "+":
+            _circle(ax, cx, y, 0.18, "+", size=12)
+        elif kind == "io":
+            _label(ax, cx, y, text, size=12, color=_INK)
+        else:
+            _box(ax, cx, y, w, 0.55, text, colors[kind], size=9.5)
+        if i:
+            _arrow(ax, (xs[i - 1] + widths[items[i - 1][0]] / 2 + 0.03, y), (cx - w / 2 - 0.03, y))
+    plus = [i for i, (k, _) in enumerate(items) if k == "+"]
+    for n, (start, p) in enumerate(zip(residual_from, plus)):
+        sx = xs[start] + widths[items[start][0]] / 2 + 0.2
+        ax.add_patch(Circle((sx, y), 0.045, color=_INK, zorder=4))
+        _route(ax, [(sx, y), (sx, y + 0.6), (xs[p], y + 0.6), (xs[p], y + 0.18)], _MUTED, lw=1.4)
+        if n == 0:
+            _label(ax, (sx + xs[p]) / 2, y + 0.68, "residual (skip) path", size=8, va="bottom")
+
+
 def draw_pre_post_norm() -> Figure:
     """Post-norm (x -> sublayer -> add -> LayerNorm) above pre-norm (x -> LayerNorm -> sublayer -> add)."""
-    fig, ax = _canvas(10.0, 4.2, "draw_pre_post_norm")
-    post = [("io", "$x$"), ("mha", "multi-head\nattention"), ("+", ""), ("ln", "LayerNorm"),
-            ("ffn", "feed-forward"), ("+", ""), ("ln", "LayerNorm"), ("io", "out")]
-    pre = [("io", "$x$"), ("ln", "LayerNorm"), ("mha", "multi-head\nattention"), ("+", ""),
-           ("ln", "LayerNorm"), ("ffn", "feed-forward"), ("+", ""), ("io", "out")]
-    for y, items, title, splits_at in (
-            (2.9, post, "Post-norm (original Transformer): sublayer → add → LayerNorm", (0, 3)),
-            (0.75, pre, "Pre-norm (GPT-2): LayerNorm → sublayer → add", (0, 3))):
-        xs, x = [], 0.4
-        widths = {"io": 0.4, "+": 0.36, "ln": 1.0, "mha": 1.4, "ffn": 1.3}
-        for kind, _ in items:
-            xs.append(x + widths[kind] / 2)
-            x += widths[kind] + 0.45
-        colors = {"io": COLORS["state"], "ln": COLORS["norm"], "mha": COLORS["weights"], "ffn": COLORS["ffn"]}
-        for i, (kind, text) in enumerate(items):
-            cx, w = xs[i], widths[kind]
-            if kind == "+":
-                _circle(ax, cx, y, 0.18, "+", size=12)
-            elif kind == "io":
-                _label(ax, cx, y, text, size=12, color=_INK)
-            else:
-                _box(ax, cx, y, w, 0.55, text, colors[kind], size=9.5)
-            if i:
-                pk = items[i - 1][0]
-                _arrow(ax, (xs[i - 1] + widths[pk] / 2 + 0.03, y), (cx - w / 2 - 0.03, y))
-        # residual paths: from the junction after position a to the '+' of each sublayer
-        plus = [i for i, (k, _) in enumerate(items) if k == "+"]
-        for start, p in zip(splits_at, plus):
-            sx = xs[start] + widths[items[start][0]] / 2 + 0.2
-            ax.add_patch(Circle((sx, y), 0.04, color=_INK, zorder=4))
-            _route(ax, [(sx, y), (sx, y + 0.6), (xs[p], y + 0.6), (xs[p], y + 0.18)], _MUTED, lw=1.4)
-        _label(ax, 0.2, y + 0.95, title, ha="left", size=10.5, color=_INK)
+    fig, ax = _canvas(10.0, 4.05, "draw_pre_post_norm", y0=0.3)
+    mha, ffn, ln, add = ("mha", "multi-head\nattention"), ("ffn", "feed-forward"), ("ln", "LayerNorm"), ("+", "")
+    y = 3.15
+    _label(ax, 0.2, y + 1.05, "Post-norm (original Transformer): sublayer → add → LayerNorm", ha="left", size=10.5,
+           color=_INK)
+    _chain(ax, y, [("io", "$x$"), mha, add, ln, ffn, add, ln, ("io", "out")], (0, 3))
+    _label(ax, 0.2, y - 0.5, "LayerNorm sits on the residual path: every sum is re-normalised before it "
+           "reaches the next sublayer.", ha="left", size=9)
+    y = 1.0
+    _label(ax, 0.2, y + 1.05, "Pre-norm (GPT-2): LayerNorm → sublayer → add", ha="left", size=10.5, color=_INK)
+    _chain(ax, y, [("io", "$x$"), ln, mha, add, ln, ffn, add, ("io", "out")], (0, 3))
+    _label(ax, 0.2, y - 0.5, "The residual path is additions only: a clean route from input to output "
+           "(GPT-2 adds one final LayerNorm after the last block).", ha="left", size=9)
     return fig
