@@ -194,7 +194,10 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
 
     n = max(len(source), len(target))
     width = min(10.0, max(6.0, 0.1 * sum(len(w) for w in max(source, target, key=len)) + 0.3 * n))
-    fig, ax = _canvas(width, 2.9, "draw_word_alignment")
+    below = f"{names[1]}: each word attends to the word(s) it translates"
+    note = "crossing links: the word order differs" if crossing else ""
+    one_line = width >= 0.075 * (len(below) + len(note)) + 0.8  # ~0.075 in per character at 9.5 pt
+    fig, ax = _canvas(width, 2.9 if one_line else 3.1, "draw_word_alignment", y0=0.0 if one_line else -0.2)
     ys, yt = 2.2, 0.75
     xs = _word_row(ax, source, ys, width, COLORS["key"])  # read words: what is attended to
     xt = _word_row(ax, target, yt, width, COLORS["query"])  # written words: what attends
@@ -203,10 +206,10 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
         ax.plot([xs[s], xt[t]], [ys - 0.18, yt + 0.18], color=COLORS["weights"] if cross else _MUTED,
                 lw=2.0 if cross else 1.2, solid_capstyle="round", zorder=1)
     _label(ax, 0.2, ys + 0.42, f"{names[0]}: the sentence that is read", ha="left", size=9.5)
-    _label(ax, 0.2, yt - 0.42, f"{names[1]}: each word attends to the word(s) it translates", ha="left", size=9.5)
-    if crossing:
-        _label(ax, width - 0.2, yt - 0.42, "crossing links: the word order differs", ha="right",
-               size=9.5, color=COLORS["weights"])
+    _label(ax, 0.2, yt - 0.42, below, ha="left", size=9.5)
+    if note:
+        _label(ax, width - 0.2 if one_line else 0.2, yt - (0.42 if one_line else 0.7), note,
+               ha="right" if one_line else "left", size=9.5, color=COLORS["weights"])
     return fig
 
 
