@@ -110,37 +110,36 @@ def _canvas(width: float, height: float, name: str, y0: float = 0.0):
     return fig, ax
 
 
-def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3, ls="-",
-         weight="normal", round_=0.06, zorder=3):
-    """A rounded box centred at (x, y), ``w`` by ``h``, with ``text`` in it."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=f"round,pad=0,rounding_size={round_}",
+def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3):
+    """A rounded box centred at (x, y), ``w`` by ``h`` inches, edged in ``color``, with ``text`` in it."""
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
                                 facecolor=_light(color) if fill is None else fill, edgecolor=color,
-                                linewidth=lw, linestyle=ls, zorder=zorder))
+                                linewidth=lw, zorder=3))
     if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, weight=weight,
-                zorder=zorder + 1)
+        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
 
 
 def _circle(ax, x, y, r, text, color=COLORS["state"], *, size=11):
+    """A white circle (an operation: +, @) centred at (x, y)."""
     ax.add_patch(Circle((x, y), r, facecolor="white", edgecolor=color, linewidth=1.3, zorder=3))
     ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
 
 
-def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-", rad=0.0, head=True, zorder=2):
-    """A straight (or, with ``rad``, curved) arrow from ``start`` to ``end``."""
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>" if head else "-", mutation_scale=11,
-                                 connectionstyle=f"arc3,rad={rad}", color=color, linewidth=lw,
-                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=zorder))
+def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-"):
+    """A straight arrow from ``start`` to ``end`` (exactly: no shrinking, so it touches the boxes)."""
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
+                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=2))
 
 
-def _route(ax, points, color=_INK, *, lw=1.3, ls="-", zorder=2):
+def _route(ax, points, color=_INK, *, lw=1.3):
     """An arrow along the polyline ``points`` (for paths that go around boxes)."""
     path = Path(points, [Path.MOVETO] + [Path.LINETO] * (len(points) - 1))
-    ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=11, color=color,
-                                 linewidth=lw, linestyle=ls, zorder=zorder))
+    ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
+                                 zorder=2))
 
 
 def _label(ax, x, y, text, *, size=9, color=_MUTED, ha="center", va="center", **kw):
+    """Free text (captions, shapes, notes); muted grey unless ``color`` says otherwise."""
     ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=color, **kw)
 
 
@@ -331,7 +330,7 @@ def draw_qkv_pipeline(T: int = 4, d_model: int = 8, d_k: int = 4) -> Figure:
     _label(ax, 0.65, rows["K"] - 0.62, "(T × d_model)", size=8.5)
     for name, role in (("Q", "query"), ("K", "key"), ("V", "value")):
         y, c = rows[name], COLORS[role]
-        _arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y), rad=0.0)
+        _arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y))
         _box(ax, 2.3, y, 0.9, 0.6, f"$W_{name}$\n{d_model} × {d_k}", c, size=9.5)
         _arrow(ax, (2.75, y), (3.25, y), c)
         _box(ax, 3.7, y, 0.9, 0.6, f"${name}$\n{T} × {d_k}", c, size=10.5)
