@@ -332,6 +332,7 @@ def draw_qkv_pipeline(T: int = 4, d_model: int = 8, d_k: int = 4) -> Figure:
         y, c = rows[name], COLORS[role]
         _arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y))
         _box(ax, 2.3, y, 0.9, 0.6, f"$W_{name}$\n{d_model} × {d_k}", c, size=9.5)
+        _label(ax, 2.3, y - 0.42, "(d_model × d_k)", size=8)
         _arrow(ax, (2.75, y), (3.25, y), c)
         _box(ax, 3.7, y, 0.9, 0.6, f"${name}$\n{T} × {d_k}", c, size=10.5)
         _label(ax, 3.7, y - 0.42, "(T × d_k)", size=8)
