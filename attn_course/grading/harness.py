@@ -19,6 +19,7 @@ import torch
 
 from .codec import encode
 from .compare import Outcome, clone_inputs
+from .fixtures import resolve as resolve_fixtures
 from .tasks import Case
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,8 @@ def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = ()) -> Outcome:
             sys.setprofile(watch)
         try:
             with torch.no_grad():
-                out = fn(*args, **kwargs)
+                # Fixture markers become their objects for the call only; args_after keeps the markers.
+                out = fn(*resolve_fixtures(args), **resolve_fixtures(kwargs))
         finally:
             if codes or builtins:
                 sys.setprofile(None)
