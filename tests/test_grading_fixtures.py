@@ -10,7 +10,7 @@ from attn_course.grading.tasks import Case, Task, partial_points
 
 
 def test_a_marker_is_plain_data_that_survives_the_safe_loader(tmp_path):
-    marker = fixture("table_lm", table=torch.zeros(3, 3), mix=torch.ones(3, 3), max_len=4)
+    marker = fixture("table_lm", table=torch.zeros(3, 3), mix=torch.ones(3, 3), pos=torch.zeros(4, 3))
     torch.save({"cases": [{"args": [marker, torch.ones(2)]}]}, tmp_path / "in.pt")
     back = torch.load(tmp_path / "in.pt", weights_only=True)["cases"][0]["args"][0]
     assert is_fixture(back) and back[MARKER] == "table_lm"
@@ -42,7 +42,7 @@ def test_call_local_hands_the_object_and_reports_the_marker_as_the_input():
 
 def test_table_lm_is_causal_and_rowwise():
     g = torch.Generator().manual_seed(0)
-    lm = TableLM(torch.randn(5, 5, generator=g), torch.randn(5, 5, generator=g), max_len=6)
+    lm = TableLM(torch.randn(5, 5, generator=g), torch.randn(5, 5, generator=g), torch.randn(6, 5, generator=g))
     tokens = torch.randint(0, 5, (3, 6), generator=g)
     logits = lm(tokens)
     assert logits.shape == (3, 6, 5)

@@ -17,6 +17,8 @@ import torch
 
 from .._checks import fmt_shape
 from .codec import Opaque
+from .fixtures import MARKER as FIXTURE
+from .fixtures import is_fixture
 from .fixtures import resolve as resolve_fixtures
 from .tasks import Case, Task, partial_points
 
@@ -56,6 +58,8 @@ class TaskResult:
 
 
 def describe_value(v: Any) -> str:
+    if is_fixture(v):
+        return str(v[FIXTURE])  # e.g. "table_lm": an object the grader builds in the kernel
     if isinstance(v, torch.Tensor):
         return f"{str(v.dtype).replace('torch.', '')} {fmt_shape(v.shape)}"
     if isinstance(v, (tuple, list)):

@@ -14,7 +14,7 @@ Factories:
 ``planted_attention(variant)``     an attention function with the signature of
                                    ``scaled_dot_product_attention``, correct or with a planted
                                    bug (``planted_bugs``)
-``table_lm(table, mix, max_len)``  a tiny deterministic language model ``tokens (B, T) ->
+``table_lm(table, mix, pos)``      a tiny deterministic language model ``tokens (B, T) ->
                                    logits (B, T, V)`` (``TableLM``), for generation tasks
 
 Dimension glossary: B batch, T sequence length, V vocabulary size.
@@ -74,17 +74,19 @@ def resolve(value: Any) -> Any:
 class TableLM:
     """A deterministic stand-in for a causal language model: ``tokens (B, T) -> logits (B, T, V)``.
 
-    ``logits[b, t] = table[tokens[b, t]] + sum_{j <= t} mix[tokens[b, j]]``: the guess for the
-    next token depends on the last token and on the whole prefix (not on later tokens), like
-    a GPT's. Every row is computed on its own, so calling it on one row or on the batch gives
-    the same numbers. It refuses sequences longer than ``max_len``, like ``TransformerDecoder``.
+    ``logits[b, t] = table[tokens[b, t]] + sum_{j <= t} mix[tokens[b, j]] + pos[t]``: the guess
+    for the next token depends on the last token, on the whole prefix and on the position (not
+    on later tokens), like a GPT's. Every row is computed on its own, so calling it on one row
+    or on the batch gives the same numbers. ``pos`` is ``(max_len, V)``: like
+    ``TransformerDecoder``, it refuses sequences longer than ``max_len``.
     """
 
-    def __init__(self, table: torch.Tensor, mix: torch.Tensor, max_len: int) -> None:
+    def __init__(self, table: torch.Tensor, mix: torch.Tensor, pos: torch.Tensor) -> None:
         V = table.shape[0]
-        if table.shape != (V, V) or mix.shape != (V, V):
-            raise ValueError(f"table and mix must be (V, V), got {tuple(table.shape)} and {tuple(mix.shape)}")
-        self.table, self.mix, self.max_len = table, mix, int(max_len)
+        if table.shape != (V, V) or mix.shape != (V, V) or pos.dim() != 2 or pos.shape[1] != V:
+            raise ValueError(f"table and mix must be (V, V) and pos (max_len, V), got {tuple(table.shape)}, "
+                             f"{tuple(mix.shape)} and {tuple(pos.shape)}")
+        self.table, self.mix, self.pos, self.max_len = table, mix, pos, pos.shape[0]
         self.vocab_size = V
 
     def __repr__(self) -> str:
@@ -100,11 +102,11 @@ class TableLM:
             raise ValueError(f"tokens must be ids in [0, {self.vocab_size})")
         own = self.table[tokens]  # (B, T, V)
         prefix = self.mix[tokens].cumsum(dim=1)  # (B, T, V): position t sums tokens 0 .. t
-        return own + prefix  # (B, T, V)
+        return own + prefix + self.pos[: tokens.shape[1]]  # (B, T, V)
 
 
-def _table_lm(table: torch.Tensor, mix: torch.Tensor, max_len: int) -> TableLM:
-    return TableLM(table, mix, max_len)
+def _table_lm(table: torch.Tensor, mix: torch.Tensor, pos: torch.Tensor) -> TableLM:
+    return TableLM(table, mix, pos)
 
 
 FACTORIES: dict[str, Callable[..., Any]] = {

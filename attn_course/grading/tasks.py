@@ -102,6 +102,7 @@ EXERCISE_MODULES: tuple[str, ...] = (
     "ex02_masks_and_scores",
     "ex03_multihead_positions",
     "ex04_decoder_step",
+    "ex05_transformer_block",
 )
 
 
