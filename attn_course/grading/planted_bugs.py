@@ -66,6 +66,8 @@ def _correct_loop(query, key, value, mask=None, is_causal=False, scale=None):
     L, S = query.shape[-2], key.shape[-2]
     s = _default(scale, query.shape[-1])
     allowed = _allowed(L, S, mask, is_causal)
+    if allowed is not None:
+        allowed = allowed.expand(torch.broadcast_shapes(allowed.shape, (*query.shape[:-1], S)))  # (..., L, S)
     outs, rows = [], []
     for i in range(L):
         scores = (query[..., i, None, :] * key).sum(-1) * s  # (..., 1, d) * (..., S, d) -> (..., S)

@@ -103,6 +103,7 @@ EXERCISE_MODULES: tuple[str, ...] = (
     "ex03_multihead_positions",
     "ex04_decoder_step",
     "ex05_transformer_block",
+    "ex06_find_the_bug",
 )
 
 
