@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, ou
     # what torchrun sets for each process
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep gloo's traffic on the loopback interface
+    # keep gloo's traffic on the loopback interface (otherwise it picks the host name's interface)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
     torch.set_num_threads(1)  # P processes share the cores
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size)
     try:

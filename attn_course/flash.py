@@ -332,7 +332,8 @@ def tiled_attention(
         q: ``(B, H, L, d)``.  k: ``(B, H, S, d)``.  v: ``(B, H, S, d_v)``.
         causal: query ``i`` sees keys ``j <= i`` (upper-left aligned, like torch's ``is_causal``).
         block_size: ``Bq = Bk``, or a pair ``(Bq, Bk)``. Larger blocks mean fewer Python steps
-            (on a CPU ``(256, 512)`` is a good choice at N = 4096) but a larger score buffer.
+            but a larger score buffer ``(B*H, Bq, Bk)`` per worker; on a CPU ``(128, 256)`` is a
+            good choice at N = 4096 (1 MiB of scores per worker for 8 heads in float32).
         scale: score multiplier, default ``1 / sqrt(d)``.
         threads: CPU worker threads (default ``torch.get_num_threads()``); query blocks are
             shared among them. Leave at the default unless measuring.

@@ -342,7 +342,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=list(DTYPES), default=None, help="default float32 on CPU, bfloat16 on GPU")
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--block-size", type=int, nargs=2, default=[128, 512], metavar=("BQ", "BK"),
+    ap.add_argument("--block-size", type=int, nargs=2, default=[128, 256], metavar=("BQ", "BK"),
                     help="tiled_attention's (Bq, Bk)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     ap.add_argument("--naive-max-gb", type=float, default=8.0, help="skip naive/math when 3 N^2 scores exceed this")
