@@ -108,25 +108,51 @@ def make_inputs(B: int, H: int, N: int, d: int, dtype: torch.dtype, device: str)
 # --------------------------------------------------------------------------- measuring
 
 
-def time_call(fn: Callable, args: tuple, device: str, repeats: int) -> float:
-    """Best-of-``repeats`` seconds for one call, after a warm-up call."""
-    if device == "cuda":
-        try:
-            from triton.testing import do_bench
+def time_methods(fns: dict[str, Callable], args: tuple, device: str, repeats: int) -> dict[str, float | str]:
+    """Seconds per call of each method (or the error message if it cannot run).
 
-            return do_bench(lambda: fn(*args), warmup=10, rep=max(20, 20 * repeats)) * 1e-3
-        except ImportError:
-            pass
+    CUDA: ``triton.testing.do_bench`` (mean) when triton is there, else CUDA events. CPU: best of
+    ``repeats`` after a warm-up, the methods interleaved round by round so that a change in the
+    machine's load (shared machines) hits all of them alike.
+    """
+    out: dict[str, float | str] = {}
+    for name, fn in fns.items():  # warm-up, and find what cannot run
+        try:
+            if device == "cuda":
+                out[name] = _cuda_time(fn, args, repeats)
+            else:
+                fn(*args)
+                out[name] = float("inf")
+        except RuntimeError as e:
+            out[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if device == "cuda":
+        return out
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if isinstance(out[name], str):
+                continue
+            start = time.perf_counter()
+            fn(*args)
+            out[name] = min(out[name], time.perf_counter() - start)
+    return out
+
+
+def _cuda_time(fn: Callable, args: tuple, repeats: int) -> float:
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        return do_bench(lambda: fn(*args), warmup=10, rep=max(20, 20 * repeats)) * 1e-3
     fn(*args)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     best = float("inf")
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start.record()
         fn(*args)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e-3)
     return best
 
 
@@ -215,22 +241,24 @@ def run_table(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list
     while N <= args.max_n:
         q, k, v = make_inputs(B, H, N, d, dtype, device)
         flops = 4 * B * H * N * N * d / (2 if args.causal else 1)
-        results = {}
+        runnable = {}
         for name, fn in fns.items():
             naive_like = name in ("naive", "sdpa[math]")
             if naive_like and 3 * B * H * N * N * elem > args.naive_max_gb * 2**30:
                 continue  # would not fit (or take ages)
             if name == "tiled" and device == "cuda" and N > 8192:
                 continue  # a Python loop of ~4000 small kernels: not what a GPU is for
-            try:
-                t = time_call(fn, (q, k, v), device, args.repeats)
-            except RuntimeError as e:  # e.g. an SDPA backend that does not support this input
-                print(f"{N:>6} {name:>12}  unavailable: {str(e).splitlines()[0][:70]}")
+            runnable[name] = fn
+        times = time_methods(runnable, (q, k, v), device, args.repeats)
+        results = {}
+        for name, t in times.items():
+            if isinstance(t, str):  # e.g. an SDPA backend that does not support this input
+                print(f"{N:>6} {name:>12}  unavailable: {t[:70]}")
                 continue
             if args.no_memory:
                 mem = float("nan")
             elif device == "cuda":
-                mem = cuda_extra_bytes(fn, (q, k, v))
+                mem = cuda_extra_bytes(fns[name], (q, k, v))
             else:
                 mem = cpu_extra_bytes_subprocess(args, name, N)
             results[name] = (t, mem)
