@@ -297,11 +297,14 @@ def blockwise_attention(
     return out
 
 
-# Lazy rescaling (as in FlashAttention-4): the running max is only raised when a block's scores
-# exceed it by more than this many nats. Until then exp(s - m) <= e^8 ~ 3000, harmless in
-# float32 (the row's true max still contributes >= 1 to l, so nothing underflows), and the
-# result is exact to rounding because every term is scaled by the same exp(-m).
-_RESCALE_THRESHOLD = 8.0
+# Lazy rescaling (in the spirit of FlashAttention-4): after the first key block, a block is
+# exponentiated against the running max m without first finding its own max (one pass fewer
+# over the scores). Its row sums bound every exp(s - m) in the row; only when one exceeds this
+# limit (a score more than ~20 - ln(Bk) nats above m, or an overflow to inf) is the block
+# redone with a raised max. Below it, exp(s - m) <= e^20 is harmless in float32 and the result
+# is exact to rounding, since every term of a row is scaled by the same exp(-m); m never
+# exceeds the row's true max, so nothing underflows that would not in the standard algorithm.
+_ROW_SUM_LIMIT = math.exp(20.0)
 
 
 def tiled_attention(
@@ -321,8 +324,9 @@ def tiled_attention(
     * every head of a query block is handled in one batched call (``(B*H, Bq, d)`` views, no copies);
     * scores go into one preallocated buffer; ``torch.baddbmm`` computes ``scale * q k^T - m``
       in the matrix multiply itself, and ``exp_`` / ``baddbmm_`` work in place;
-    * lazy rescaling: the running max ``m`` is raised (and ``l``, ``acc`` rescaled) only when
-      a block exceeds it by more than ``_RESCALE_THRESHOLD``, which after the first blocks is rare;
+    * lazy rescaling: after the first key block, blocks are exponentiated against the running
+      max ``m`` without computing their own max; only when a row sum shows a score far above
+      ``m`` (rare) is the block redone with a raised ``m`` (see ``_ROW_SUM_LIMIT``);
     * on a CPU, query blocks are shared among ``threads`` Python threads, each running
       single-threaded torch ops (see the comment in the code);
     * causal: key blocks after the query block are skipped, only blocks crossing the diagonal
@@ -415,16 +419,21 @@ def _tiled_rows(
                 l = s.sum(dim=-1)  # (BH, nq)
                 torch.bmm(s, vj, out=acc)  # (BH, nq, nk) @ (BH, nk, d_v)
                 continue
-            grow = s.amax(dim=-1)  # (BH, nq): how far this block's max is above m (-inf if masked)
-            if float(grow.max()) > _RESCALE_THRESHOLD:
-                shift = grow.clamp_(min=0.0)  # raise m only where the block beats it
-                s.sub_(shift.unsqueeze(-1))
-                alpha = torch.exp(-shift)  # (BH, nq)
+            # Optimistic: exponentiate against the current m without looking for the block's max.
+            s.exp_()  # p = exp(s - m), in place
+            row_sum = s.sum(dim=-1)  # (BH, nq); >= exp(block max - m), so it bounds every p
+            if not float(row_sum.max()) <= _ROW_SUM_LIMIT:  # (rare; also catches inf) redo with a new max
+                torch.baddbmm(neg_m.unsqueeze(-1), qi, ktj, alpha=c, out=s)  # the scores again
+                if causal and j0 + nk - 1 > i0:
+                    s.masked_fill_(hidden_cache[(j0 - i0, nq, nk)], float("-inf"))
+                shift = s.amax(dim=-1).clamp_(min=0.0)  # (BH, nq): raise m only where the block beats it
+                s.sub_(shift.unsqueeze(-1)).exp_()
+                alpha = torch.exp(-shift)  # (BH, nq): rescales what was summed against the old m
                 l.mul_(alpha)
                 acc.mul_(alpha.unsqueeze(-1))
                 neg_m.sub_(shift)
-            s.exp_()  # p = exp(s - m), in place
-            l.add_(s.sum(dim=-1))
+                row_sum = s.sum(dim=-1)
+            l.add_(row_sum)
             acc.baddbmm_(s, vj)  # acc += p @ v_j
         torch.div(acc, l.unsqueeze(-1), out=out[:, i0 : i0 + nq])
 
