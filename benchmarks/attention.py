@@ -335,11 +335,11 @@ def plot(path: str, rows: list[dict], tflops_rows: list[dict], device_name: str)
     for name in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == name]
         axes[0].plot([r["N"] for r in rs], [r["ms"] for r in rs], marker="o", label=name)
-        mem = [(r["N"], r["extra_mb"]) for r in rs if r["extra_mb"] == r["extra_mb"]]
+        mem = [(r["N"], max(r["extra_mb"], 0.01)) for r in rs if r["extra_mb"] == r["extra_mb"]]  # log axis
         if mem:
             axes[1].plot(*zip(*mem), marker="o", label=name)
     axes[0].set(xscale="log", yscale="log", xlabel="N", ylabel="ms per call", title=f"time ({device_name})")
-    axes[1].set(xscale="log", yscale="symlog", xlabel="N", ylabel="peak extra MB", title="peak extra memory")
+    axes[1].set(xscale="log", yscale="log", xlabel="N", ylabel="peak extra MB (floor 0.01)", title="peak extra memory")
     if tflops_rows:
         for d in (64, 128):
             for causal in (False, True):
