@@ -494,6 +494,11 @@ def generate(
         elif not isinstance(cache, KVCache):
             raise TypeError(f"cache must be None, a kind in {CACHE_KINDS} or a KVCache, got {type(cache).__name__}")
         cache.check_compatible(cfg.n_layer, cfg.n_kv_head, cfg.head_dim)
+        if isinstance(cache, StaticCache) and cache.max_len < total:
+            raise ValueError(f"cache has max_len = {cache.max_len}; this generation needs {total} positions "
+                             f"({T} prompt + {max_new_tokens} new)")
+        if cache.batch_size is not None and cache.batch_size != B:
+            raise ValueError(f"cache was built for batch_size = {cache.batch_size}; idx has {B} rows")
         if cache.seq_len:
             raise ValueError(f"cache already holds {cache.seq_len} positions; pass an empty one (cache.reset())")
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attn_course._checks import fmt_shape, require_floating, shape_error
+from attn_course._checks import fmt_shape, require_floating, require_int, shape_error
 
 __all__ = [
     "KVCache",
@@ -64,12 +64,6 @@ __all__ = [
 ]
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 # --------------------------------------------------------------------------- the formula
 
 
@@ -83,9 +77,8 @@ def kv_cache_bytes(
     """
     for name, value in [("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
                         ("batch", batch), ("dtype_bytes", dtype_bytes)]:
-        _positive_int(value, name)
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ValueError(f"tokens must be a non-negative int, got {tokens!r}")
+        require_int(value, name)
+    require_int(tokens, "tokens", minimum=0)
     return 2 * num_layers * num_kv_heads * head_dim * tokens * batch * dtype_bytes
 
 
@@ -143,9 +136,9 @@ class KVCache(ABC):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        self.num_layers = _positive_int(num_layers, "num_layers")
-        self.num_kv_heads = _positive_int(num_kv_heads, "num_kv_heads")
-        self.head_dim = _positive_int(head_dim, "head_dim")
+        self.num_layers = require_int(num_layers, "num_layers")
+        self.num_kv_heads = require_int(num_kv_heads, "num_kv_heads")
+        self.head_dim = require_int(head_dim, "head_dim")
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
         self._lengths = [0] * self.num_layers  # positions stored per layer
@@ -267,8 +260,8 @@ class StaticCache(KVCache):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
-        self._batch = _positive_int(batch_size, "batch_size")
-        self.max_len = _positive_int(max_len, "max_len")
+        self._batch = require_int(batch_size, "batch_size")
+        self.max_len = require_int(max_len, "max_len")
         shape = (batch_size, num_kv_heads, max_len, head_dim)  # (B, H_kv, max_len, d)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -311,8 +304,8 @@ class SlidingWindowCache(KVCache):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
-        self._batch = _positive_int(batch_size, "batch_size")
-        self.window = _positive_int(window, "window")
+        self._batch = require_int(batch_size, "batch_size")
+        self.window = require_int(window, "window")
         shape = (batch_size, num_kv_heads, window, head_dim)  # (B, H_kv, W, d)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -396,9 +389,9 @@ class PagedCache(KVCache):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
-        self.block_size = _positive_int(block_size, "block_size")
-        self.num_blocks = _positive_int(num_blocks, "num_blocks")
-        _positive_int(batch_size, "batch_size")
+        self.block_size = require_int(block_size, "block_size")
+        self.num_blocks = require_int(num_blocks, "num_blocks")
+        require_int(batch_size, "batch_size")
         shape = (num_blocks, block_size, num_kv_heads, head_dim)  # (num_blocks, P, H_kv, d)
         self.key_pool = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.value_pool = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -535,9 +528,9 @@ def simulate_paging(
     prefix's ``shared_prefix // block_size`` full blocks once (a partly filled last prefix
     block is copied on write, so each request keeps its own copy of it).
     """
-    _positive_int(num_requests, "num_requests")
-    _positive_int(max_len, "max_len")
-    _positive_int(block_size, "block_size")
+    require_int(num_requests, "num_requests")
+    require_int(max_len, "max_len")
+    require_int(block_size, "block_size")
     if isinstance(shared_prefix, bool) or not isinstance(shared_prefix, int) or not 0 <= shared_prefix < max_len:
         raise ValueError(f"shared_prefix must be an int in [0, max_len = {max_len}), got {shared_prefix!r}")
     rng = random.Random(seed)

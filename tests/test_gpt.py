@@ -176,6 +176,10 @@ def test_errors_name_the_argument():
         GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
     with pytest.raises(ValueError, match="n_head = 5 must divide n_embd = 32"):
         GPTConfig(n_head=5, n_embd=32)
+    with pytest.raises(ValueError, match="cache has max_len = 5; this generation needs 6 positions"):
+        generate(model, idx, 2, cache=model.new_cache("static", batch_size=1, max_len=5))
+    with pytest.raises(ValueError, match="cache was built for batch_size = 2; idx has 1 rows"):
+        generate(model, idx, 2, cache=model.new_cache("static", batch_size=2, max_len=8))
     with pytest.raises(ValueError, match="cache kind must be one of"):
         generate(model, idx, 2, cache="ring")
     with pytest.raises(ValueError, match="attention_mask must be left-padded"):
