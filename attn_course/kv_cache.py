@@ -397,6 +397,7 @@ class PagedCache(KVCache):
         self.value_pool = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.ref_counts = [0] * num_blocks
         self.free_blocks = list(range(num_blocks - 1, -1, -1))  # a stack: pop() gives block 0 first
+        self.initial_batch_size = batch_size
         self.block_tables: list[list[int]] = [[] for _ in range(batch_size)]
         self.copies_on_write = 0  # how many shared blocks were copied before an append
 
@@ -469,9 +470,9 @@ class PagedCache(KVCache):
         return k_all, v_all
 
     def reset(self) -> None:
-        """Free every block; keep one empty sequence per original batch row."""
+        """Free every block and drop forked sequences: ``initial_batch_size`` empty sequences remain."""
         super().reset()
-        self.block_tables = [[] for _ in self.block_tables]
+        self.block_tables = [[] for _ in range(self.initial_batch_size)]
         self.ref_counts = [0] * self.num_blocks
         self.free_blocks = list(range(self.num_blocks - 1, -1, -1))
 

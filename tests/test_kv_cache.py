@@ -133,6 +133,8 @@ def test_prefix_sharing_and_copy_on_write():
     assert len({t[0] for t in cache.block_tables}) == 1  # the full prefix block is still shared
     for b, x in enumerate([100, 200, 300]):
         assert k_all[b, 0, :, 0].tolist() == [0, 1, 2, 3, 4, 5, x]
+    cache.reset()
+    assert cache.blocks_in_use == 0 and cache.batch_size == 1
 
 
 def test_forked_sequences_decode_like_separate_ones():
