@@ -18,6 +18,7 @@ Dimension glossary (see ``attn_course`` for the full one)::
 * ``load_gpt2_state_dict``     a Hugging Face ``GPT2LMHeadModel`` state dict -> ``GPT`` (exact).
 * ``generate``                 greedy / temperature / top-k / top-p decoding, with or without a
                                cache, batched prompts of different lengths via left padding.
+* ``generate_shared_prompt``   several samples of one prompt sharing its KV blocks (``PagedCache``).
 * ``top_k_filter``, ``top_p_filter``, ``sampling_distribution``   what each method samples from.
 * ``generation_macs``          multiply-adds to produce one token, with and without a cache.
 
@@ -48,6 +49,7 @@ __all__ = [
     "load_gpt2_state_dict",
     "config_from_hf",
     "generate",
+    "generate_shared_prompt",
     "top_k_filter",
     "top_p_filter",
     "sampling_distribution",
@@ -435,7 +437,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 # --------------------------------------------------------------------------- generation
 
 
-@torch.inference_mode()
 def generate(
     model: GPT,
     idx: torch.Tensor,
@@ -468,8 +469,17 @@ def generate(
 
     Returns:
         tokens ``(B, T + max_new_tokens)``, and with ``return_logits`` the logits
-        ``(B, max_new_tokens, V)``.
+        ``(B, max_new_tokens, V)``. (Decoding runs under ``torch.inference_mode``; the results are
+        returned as ordinary tensors, usable in autograd later.)
     """
+    with torch.inference_mode():
+        result = _generate(model, idx, max_new_tokens, use_cache, temperature, top_k, top_p, seed,
+                           attention_mask, cache, return_logits)
+    return tuple(t.clone() for t in result) if isinstance(result, tuple) else result.clone()
+
+
+def _generate(model, idx, max_new_tokens, use_cache, temperature, top_k, top_p, seed, attention_mask, cache,
+              return_logits):
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a GPT, got {type(model).__name__}")
     cfg = model.config
@@ -548,6 +558,65 @@ def generate(
     if return_logits:
         return out, torch.stack(step_logits, dim=1)  # (B, T + new), (B, new, V)
     return out
+
+
+@torch.no_grad()  # not inference_mode: the returned cache must accept updates afterwards
+def generate_shared_prompt(
+    model: GPT,
+    prompt: torch.Tensor,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    block_size: int = 16,
+) -> tuple[torch.Tensor, PagedCache]:
+    """``num_samples`` continuations of one prompt whose KV blocks they all share (prefix sharing).
+
+    The prompt ``(1, T)`` is run once into a ``PagedCache``; the sequence is forked
+    ``num_samples - 1`` times (its blocks' reference counts go up, nothing is copied), and the
+    samples decode side by side, copying a shared block only when they first write into it.
+
+    Returns:
+        tokens ``(num_samples, T + max_new_tokens)`` and the cache, whose ``blocks_in_use`` and
+        ``copies_on_write`` say what sharing saved (without it: ``num_samples`` x the prompt's blocks).
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+    require_tensor(prompt, "prompt")
+    if prompt.dim() != 2 or prompt.shape[0] != 1:
+        raise shape_error("prompt", prompt, "(1, T): one prompt")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    _check_sampling(temperature, top_k, top_p)
+    T = prompt.shape[1]
+    total = T + max_new_tokens
+    if total > model.config.context_length:
+        raise ValueError(f"a {T}-token prompt plus max_new_tokens = {max_new_tokens} needs {total} positions; "
+                         f"context_length = {model.config.context_length}")
+    blocks_per_seq = math.ceil(total / block_size)
+    cache = model.new_cache("paged", batch_size=1, max_len=total, block_size=block_size,
+                            num_blocks=num_samples * blocks_per_seq)
+    generator = None if seed is None or temperature == 0 else torch.Generator(device=prompt.device).manual_seed(seed)
+    out = torch.empty(num_samples, total, dtype=torch.long, device=prompt.device)  # (N, T + new)
+    out[:, :T] = prompt
+    was_training = model.training
+    model.eval()
+    try:
+        logits, _ = model(prompt, cache, last_only=True)  # prefill once: (1, 1, V)
+        for _ in range(num_samples - 1):
+            cache.fork(0)
+        logits = logits.expand(num_samples, -1, -1)  # every sample starts from the same distribution
+        for i in range(max_new_tokens):
+            out[:, T + i] = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            if i + 1 < max_new_tokens:
+                logits, _ = model(out[:, T + i:T + i + 1], cache, last_only=True)  # (N, 1, V)
+    finally:
+        model.train(was_training)
+    return out, cache
 
 
 # --------------------------------------------------------------------------- work

@@ -98,6 +98,16 @@ def test_sampling_is_reproducible_and_cache_independent():
     assert not torch.equal(a, c)
 
 
+def test_generated_tokens_are_ordinary_tensors():
+    """Decoding uses inference_mode inside, but what it returns can be trained on."""
+    model = tiny_model()
+    out = generate(model, torch.zeros(1, 2, dtype=torch.long), 3)
+    assert not out.is_inference()
+    logits, _ = model(out)
+    logits.sum().backward()
+    assert model.wte.weight.grad is not None
+
+
 def test_training_mode_is_restored():
     model = tiny_model().train()
     generate(model, torch.zeros(1, 2, dtype=torch.long), 2)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attn_course.gpt import GPT, GPTConfig
+from attn_course.gpt import GPT, GPTConfig, generate_shared_prompt
 from attn_course.kv_cache import (
     PUBLISHED_SHAPES,
     DynamicCache,
@@ -178,3 +178,21 @@ def test_simulation_counts_what_the_paged_cache_allocates():
         assert one.blocks_in_use == -(-n // 4)
     assert stats.paged_slots == sum(-(-n // 4) for n in lengths) * 4
     assert stats.shared_slots == stats.paged_slots - 2 * (6 // 4) * 4
+
+
+def test_generate_shared_prompt():
+    """Samples share the prompt's blocks; each sample's last logits equal a full forward of its own sequence."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, context_length=40, n_layer=2, n_head=4, n_embd=32)).eval()
+    prompt = torch.randint(0, 40, (1, 17))  # 4 full blocks of 4 and one partial one
+    out, cache = generate_shared_prompt(model, prompt, 5, 6, temperature=1.0, seed=0, block_size=4)
+    assert out.shape == (5, 23) and torch.equal(out[:, :17], prompt.expand(5, 17))
+    assert len({tuple(row) for row in out[:, 17:].tolist()}) > 1  # different samples
+    assert cache.copies_on_write == 4  # the partial prompt block, copied by all but the last writer
+    # 5 samples x 23 tokens: 6 blocks each without sharing; the 4 full prompt blocks are stored once
+    assert cache.blocks_in_use == 5 * 6 - 4 * 4
+    with torch.no_grad():
+        assert cache.seq_len == 22  # the last sampled token has not been fed back yet
+        step, _ = model(out[:, -1:], cache)  # feed it through the shared cache
+        full, _ = model(out)
+    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=0)
