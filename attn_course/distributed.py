@@ -137,6 +137,15 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, ou
         dist.destroy_process_group()
 
 
+def _start_method() -> str:
+    """``forkserver`` where there is one: a server process imports torch once and forks every later
+    process from that clean state (fast, and no threads are forked); elsewhere ``spawn``."""
+    if "forkserver" in mp.get_all_start_methods():
+        mp.set_forkserver_preload(["torch", "attn_course.distributed"])
+        return "forkserver"
+    return "spawn"
+
+
 def launch(fn: Callable, world_size: int, args: tuple = (), timeout: float = 120.0) -> list:
     """Run ``fn(*args)`` in ``world_size`` fresh CPU processes joined in a gloo process group.
 
@@ -149,7 +158,7 @@ def launch(fn: Callable, world_size: int, args: tuple = (), timeout: float = 120
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
     with tempfile.TemporaryDirectory() as out_dir:
         ctx = mp.start_processes(_worker, args=(world_size, _free_port(), fn, args, out_dir),
-                                 nprocs=world_size, join=False, start_method="spawn")
+                                 nprocs=world_size, join=False, start_method=_start_method())
         waited = 0.0
         while not ctx.join(timeout=1.0):  # raises ProcessRaisedException if a rank failed
             waited += 1.0

@@ -43,6 +43,7 @@ from attn_course._checks import require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.flash import check_qkv
 from attn_course.masking import masked_softmax
+from attn_course.utils import num_threads
 
 __all__ = [
     "sliding_window_mask",
@@ -257,14 +258,22 @@ def time_vs_length(
     d: int = 32,
     repeats: int = 3,
     seed: int = 0,
+    threads: int | None = 1,
 ) -> list[dict[str, float]]:
     """Time dense-with-mask vs block-skipping attention for each ``N`` in ``lengths``.
 
     ``mask_fn(N)`` gives the ``(N, N)`` mask (e.g. ``lambda N: sliding_window_mask(N, 64)``); the
     block-sparse version computes only the tiles of ``mask_to_layout(mask, block_size)``.
     Returns one dict per N: ``N``, ``dense_ms``, ``sparse_ms``, ``speedup``, ``density`` (fraction
-    of tiles computed), ``max_abs_diff`` (the two outputs agree).
+    of tiles computed), ``max_abs_diff`` (the two outputs agree). Both run with ``threads`` torch
+    threads (default 1: the small per-block ops of the sparse loop lose most from threading, and
+    timings on a shared machine are steadier); ``None`` keeps the current setting.
     """
+    with num_threads(threads, "threads"):
+        return _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed)
+
+
+def _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed) -> list[dict[str, float]]:
     rows = []
     g = torch.Generator().manual_seed(seed)
     for N in lengths:

@@ -78,6 +78,15 @@ def _autotune_configs() -> list:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_stages=s, num_warps=w) for m, n, s, w in shapes]
 
 
+def _prune_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """Small head dims (16, 32) are cheap per key: skip the 8-warp configs (fewer compilations)."""
+    d = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    if d is not None and d <= 32:
+        small = [c for c in configs if c.num_warps == 4]
+        return small or configs
+    return configs
+
+
 if TRITON_AVAILABLE:
 
     @triton.jit
@@ -126,7 +135,11 @@ if TRITON_AVAILABLE:
 
     # Tuned per (L, S, d, causal). The lengths are not specialised on (no recompilation for
     # each new length's divisibility): only the ragged last block depends on them.
-    @triton.autotune(configs=_autotune_configs(), key=["N_Q", "N_KV", "HEAD_DIM", "CAUSAL"])
+    @triton.autotune(
+        configs=_autotune_configs(),
+        key=["N_Q", "N_KV", "HEAD_DIM", "CAUSAL"],
+        prune_configs_by={"early_config_prune": _prune_configs},
+    )
     @triton.jit(do_not_specialize=["N_Q", "N_KV"])
     def _attn_fwd(
         Q, K, V, Out, sm_scale,  #

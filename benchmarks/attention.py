@@ -101,8 +101,8 @@ def theory_bytes(name: str, B: int, H: int, N: int, d: int, elem: int, block_siz
 
 
 def make_inputs(B: int, H: int, N: int, d: int, dtype: torch.dtype, device: str):
-    g = torch.Generator(device="cpu").manual_seed(0)
-    return tuple(torch.randn(B, H, N, d, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+    g = torch.Generator(device=device).manual_seed(0)  # on the device: large inputs are made fast
+    return tuple(torch.randn(B, H, N, d, generator=g, device=device, dtype=dtype) for _ in range(3))
 
 
 # --------------------------------------------------------------------------- measuring

@@ -1,7 +1,7 @@
 """Ring attention on 2 and 3 CPU processes (gloo on 127.0.0.1) equals single-process attention.
 
-Each launch starts fresh processes that import torch (a second or two each on an idle machine),
-so each launch checks several things at once.
+The first launch starts a forkserver that imports torch (seconds); later launches fork from it
+(under a second). Each launch checks several things at once.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ def test_ring_attention_equals_single_process(world_size):
         torch.testing.assert_close(out, naive_attention(q, k, v, causal=causal), atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow  # a third launch of fresh processes (seconds each); the two above cover the ring
 def test_ring_attention_multiprocess_helper():
     q, k, v = qkv(N=8, B=2)
     out = ring_attention_multiprocess(q, k, v, world_size=2, causal=True)
