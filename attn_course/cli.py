@@ -108,7 +108,8 @@ def _default_log(json_path: str | None, csv_path: str | None) -> str:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    isolate_grader()
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
     from .grading.report import (
         ProgressLog,
         check_targets,
@@ -137,6 +138,7 @@ def _grade(args: argparse.Namespace) -> int:
     if problem:
         print(f"attn-course grade: {clean(problem)}", file=sys.stderr)
         return 2
+    isolate_grader()  # before any upload runs
     box = detect(args.sandbox)
     if box is None:
         print("attn-course grade: bubblewrap (bwrap) is not installed or does not work here, so uploads cannot "

@@ -162,9 +162,12 @@ class ProgressLog:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         self.fd = os.open(path, flags, 0o600)
-        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(self.fd)
             raise ValueError(f"{path} is not a regular file")
+        if st.st_size and not _read_regular(path)[-1:] == b"\n":
+            os.write(self.fd, b"\n")  # a line torn by a killed grader stays a line of its own
 
     def write(self, record: dict[str, Any]) -> None:
         os.write(self.fd, (json.dumps(record, ensure_ascii=True) + "\n").encode())
@@ -236,16 +239,18 @@ def grade_paths(uploads: list[Upload], sandbox: Sandbox, timeout: float = 120.0,
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 futures = {pool.submit(_grade_one, uploads[i], exercises, timeout, call_timeout, run, wall_clock): i
                            for i in todo}
+                started = time.monotonic()
                 for fut in as_completed(futures):
                     i = futures[fut]
                     try:
-                        rows = fut.result()
+                        rows, seconds = fut.result()
                     except Exception as exc:  # grade_notebook should never raise; still lose nothing
                         rows = [Row(str(uploads[i].path), "?", "-", 0.0, 0, "error", f"internal grader error: {exc}")]
+                        seconds = time.monotonic() - started
                     results[i] = _rows_for(uploads[i], rows)
                     if log is not None:
                         log.write({"type": "notebook", "notebook": str(uploads[i].path), "sha256": uploads[i].sha256,
-                                   "rows": [r.as_dict() for r in results[i]]})
+                                   "seconds": round(seconds, 2), "rows": [r.as_dict() for r in results[i]]})
                     bar.update(1)
             bar.close()
     finally:
@@ -254,8 +259,10 @@ def grade_paths(uploads: list[Upload], sandbox: Sandbox, timeout: float = 120.0,
 
 
 def _grade_one(upload: Upload, exercises, timeout: float, call_timeout: float, run: GradingRun,
-               wall_clock: float | None) -> list[Row]:
-    return grade_notebook(upload.path, exercises, timeout, call_timeout, run=run, wall_clock=wall_clock)
+               wall_clock: float | None) -> tuple[list[Row], float]:
+    start = time.monotonic()
+    rows = grade_notebook(upload.path, exercises, timeout, call_timeout, run=run, wall_clock=wall_clock)
+    return rows, time.monotonic() - start
 
 
 def totals(rows: list[Row]) -> dict[str, dict[str, float]]:
