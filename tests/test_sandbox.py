@@ -157,7 +157,7 @@ def test_inside_the_sandbox(tmp_path, monkeypatch):
     if "network namespace" in applied:
         assert seen["network"] is False
     if "pid namespace" in applied:
-        assert max(seen["procs"]) < 10 and os.getpid() not in seen["procs"] or len(seen["procs"]) <= 3
+        assert max(seen["procs"]) <= 3  # bwrap's init and the kernel: nothing of the machine's
     if "user namespace" in applied:
         assert seen["uid"] == sb.INSIDE_UID
     if "uts namespace" in applied:

@@ -19,6 +19,9 @@ from .._checks import fmt_shape
 from .codec import Opaque
 from .tasks import Case, Task
 
+# A public seed: the default of ``evaluate`` for tests and tools. The grader never uses it: it
+# draws a secret seed per run (``runner.grading_run``), since inputs from a public seed can be
+# answered from a table computed offline.
 GRADING_SEED = 20261125
 
 

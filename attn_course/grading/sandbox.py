@@ -160,6 +160,8 @@ def _runtime_roots() -> list[str]:
     """Folders that hold the Python runtime and its packages (bound read-only)."""
     roots = {sys.base_prefix, sys.prefix, os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    # Package folders outside the prefixes (a user site, say), but never a folder of sources.
+    roots |= {os.path.realpath(p) for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")}
     roots = {r for r in roots if r and os.path.isdir(r) and r != "/"}
     keep = []
     for r in sorted(roots, key=len):
