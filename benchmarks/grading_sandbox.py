@@ -45,8 +45,8 @@ def sandbox_start(repeat: int) -> tuple[float, float]:
     box = detect("bwrap")
     argv = [sys.executable, "-c", "pass"]
     with grading_run(box) as run:
-        work, inputs = run.new_dirs()
-        wrapped = box.command(argv, work, inputs, run.package)
+        work, inputs, cgroup = run.new_dirs()
+        wrapped = box.command(argv, work, inputs, run.package, cgroup)
         best = []
         for cmd in (argv, wrapped):
             times = []

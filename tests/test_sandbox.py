@@ -128,6 +128,31 @@ except OSError:
     out["usr_writable"] = False
 out["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 out["limits"] = [resource.getrlimit(r)[0] for r in (resource.RLIMIT_AS, resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE)]
+try:
+    bytearray(16 << 30)
+    out["memory"] = "allocated"
+except MemoryError:
+    out["memory"] = "refused"
+import signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+try:
+    with open("/tmp/big", "wb") as f:
+        f.truncate(1 << 30)
+    out["file"] = "written"
+except OSError:
+    out["file"] = "refused"
+children, out["forks"] = [], "all"
+for _ in range(400):  # more than the process limit
+    try:
+        pid = os.fork()
+    except OSError:
+        out["forks"] = len(children)
+        break
+    if pid == 0:
+        import time
+        time.sleep(2)
+        os._exit(0)
+    children.append(pid)
 print(json.dumps(out))
 """
 
@@ -140,8 +165,13 @@ def test_inside_the_sandbox(tmp_path, monkeypatch):
     inputs.mkdir()
     pkg = sb.stripped_package(str(tmp_path / "pkg"))
     checkout = str(PKG.parent)
-    cmd = BOX.command([sys.executable, "-c", PROBE, checkout], str(work), str(inputs), pkg)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cgroup = sb.new_cgroup(BOX.pids_cgroup, f"attn-course-test-{os.getpid()}", BOX.limits.processes) \
+        if BOX.pids_cgroup else None
+    cmd = BOX.command([sys.executable, "-c", PROBE, checkout], str(work), str(inputs), pkg, cgroup)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        sb.kill_cgroup(cgroup)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout)
     applied = " ".join(BOX.applied)
@@ -149,10 +179,17 @@ def test_inside_the_sandbox(tmp_path, monkeypatch):
     assert seen["checker"] is True  # the in-notebook Checker works without them
     assert "ATTN_TEST_TOKEN" not in seen["env"] and "SSH_AUTH_SOCK" not in seen["env"]
     assert seen["home_listing"] == []
-    assert seen["checkout"] in (None, ["attn_course"])  # only the stripped package, no exercises/source
+    # Of the course checkout, only the stripped package (and a virtual environment kept inside it).
+    venvs = {Path(r).relative_to(checkout).parts[0] for r in sb._runtime_roots() if r.startswith(checkout + os.sep)}
+    assert set(seen["checkout"] or []) <= {"attn_course"} | venvs, seen["checkout"]
     assert seen["instructor_home"] in (None, []) or ".pyenv" in seen["instructor_home"]
     assert seen["usr_writable"] is False
     assert seen["limits"] == [BOX.limits.memory_bytes, BOX.limits.processes, BOX.limits.file_bytes]
+    assert seen["memory"] == "refused" and seen["file"] == "refused"
+    if "processes" in applied:  # setrlimit (not root) or a pids cgroup (root)
+        assert seen["forks"] != "all" and seen["forks"] < BOX.limits.processes, seen["forks"]
+    else:
+        assert any("process limit" in m for m in BOX.missing)
     # Each isolation the report claims is checked here.
     if "network namespace" in applied:
         assert seen["network"] is False

@@ -52,7 +52,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, evaluate
-from .sandbox import Sandbox, stripped_package
+from .sandbox import Sandbox, kill_cgroup, new_cgroup, stripped_package
 from .tasks import Case, Exercise, Task, load_exercises
 
 GRACE_SECONDS = 5  # what a cell still gets once the notebook's time is used up
@@ -90,11 +90,13 @@ class GradingRun:
     root: str
     package: str | None
     seed: int = field(repr=False)
+    cgroup: str | None = None  # this run's cgroup (pids controller), parent of each kernel's
     _count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def new_dirs(self) -> tuple[str, str]:
-        """(work folder, inputs folder) for one kernel: the first writable by it, the second not."""
+    def new_dirs(self) -> tuple[str, str, str | None]:
+        """(work folder, inputs folder, cgroup) for one kernel: the first writable by it, the second
+        not; the cgroup (None where there is none) holds its processes under the process limit."""
         with self._lock:
             self._count += 1
             n = self._count
@@ -102,7 +104,10 @@ class GradingRun:
         work, inputs = os.path.join(base, "work"), os.path.join(base, "in")
         for d in (base, work, inputs):
             os.mkdir(d, 0o755)
-        return work, inputs
+        cgroup = None
+        if self.cgroup:
+            cgroup = new_cgroup(self.cgroup, f"k{n}", self.sandbox.limits.processes)
+        return work, inputs, cgroup
 
 
 @contextmanager
@@ -110,10 +115,18 @@ def grading_run(sandbox: Sandbox, seed: int | None = None):
     """A ``GradingRun``; its folder is removed afterwards. ``seed`` None: a secret one, new each run."""
     root = tempfile.mkdtemp(prefix="attn-course-run-")
     os.chmod(root, 0o711)  # bwrap must reach the subfolders it binds; nobody may list them
+    cgroup = None
+    if sandbox.pids_cgroup:
+        cgroup = new_cgroup(sandbox.pids_cgroup, os.path.basename(root), None)
     try:
         package = stripped_package(os.path.join(root, "pkg")) if sandbox.isolated else None
-        yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed)
+        yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroup)
     finally:
+        if cgroup:
+            for child in Path(cgroup).iterdir():
+                if child.is_dir():
+                    kill_cgroup(str(child))
+            kill_cgroup(cgroup)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -208,6 +221,7 @@ class _KernelManager(AsyncKernelManager):
     grading: GradingRun | None = None
     workdir: str = ""
     inputs: str = ""
+    cgroup: str | None = None
 
     @property
     def kernel_spec(self) -> KernelSpec:
@@ -219,7 +233,7 @@ class _KernelManager(AsyncKernelManager):
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         cmd = super().format_kernel_cmd(extra_arguments)
         assert self.grading is not None
-        return self.grading.sandbox.command(cmd, self.workdir, self.inputs, self.grading.package)
+        return self.grading.sandbox.command(cmd, self.workdir, self.inputs, self.grading.package, self.cgroup)
 
     def client(self, **kwargs: Any):
         # Every socket the client opens refuses messages over the cap (the kernel is disconnected).
@@ -251,6 +265,7 @@ class _Kernel:
         self.deadline = deadline  # the notebook's hard wall clock (time.monotonic())
         self.client: _Client | None = None
         self.workdir = self.inputs = ""
+        self.cgroup: str | None = None
         self.alive = False
         self.expired = False
         self.good_cells: list[int] = []  # cells that ran without error, replayed after a restart
@@ -260,7 +275,8 @@ class _Kernel:
         if self.expired or time.monotonic() >= self.deadline:
             self.expired = True
             raise TimeoutError("the notebook's wall clock ran out")
-        self.workdir, self.inputs = self.run_ctx.new_dirs()
+        kill_cgroup(self.cgroup)  # the previous kernel's, if any
+        self.workdir, self.inputs, self.cgroup = self.run_ctx.new_dirs()
         client = _Client(
             nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]),
             kernel_name="python3",
@@ -275,7 +291,7 @@ class _Kernel:
             resources={"metadata": {"path": self.workdir}},
         )
         km = _KernelManager(kernel_name="python3")
-        km.grading, km.workdir, km.inputs = self.run_ctx, self.workdir, self.inputs
+        km.grading, km.workdir, km.inputs, km.cgroup = self.run_ctx, self.workdir, self.inputs, self.cgroup
         # Talk over local sockets in the kernel's work folder, not TCP: no port is opened, and
         # the sockets work across the sandbox's network namespace.
         km.transport = "ipc"
@@ -312,6 +328,10 @@ class _Kernel:
                 pass
         self.alive = False
 
+    def _end_cgroup(self) -> None:
+        kill_cgroup(self.cgroup)  # whatever is left, even a process that keeps forking
+        self.cgroup = None
+
     def stop(self) -> None:
         self.kill()
         if self.client is not None:
@@ -322,6 +342,7 @@ class _Kernel:
             ctx = getattr(self.client.km, "_client_context", None) if self.client.km is not None else None
             if ctx is not None:
                 ctx.destroy(linger=0)
+        self._end_cgroup()
         self.alive = False
 
     def remaining(self) -> float:

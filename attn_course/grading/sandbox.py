@@ -66,6 +66,7 @@ class Sandbox:
     missing: list[str] = field(default_factory=list)  # isolation this machine did not allow
     limits: Limits = field(default_factory=Limits)
     flags: list[str] = field(default_factory=list)  # the namespace/identity flags that passed the probe
+    pids_cgroup: str = ""  # a cgroup folder of the pids controller we may create children in ("" if none)
 
     @property
     def isolated(self) -> bool:
@@ -85,15 +86,21 @@ class Sandbox:
             text += "; not available here: " + ", ".join(self.missing)
         return text
 
-    def command(self, argv: list[str], workdir: str, inputs: str, package: str | None) -> list[str]:
-        """``argv`` (the kernel's command) wrapped in the sandbox, with the limits applied inside."""
+    def command(self, argv: list[str], workdir: str, inputs: str, package: str | None,
+                cgroup: str | None = None) -> list[str]:
+        """``argv`` (the kernel's command) wrapped in the sandbox, with the limits applied inside.
+
+        With ``cgroup`` (a folder made by ``new_cgroup``) the command first moves itself into it,
+        so that every process the kernel ever forks is counted there and can be found to be killed.
+        """
         python = argv[0]
         env = kernel_env(self, workdir)
         limited = [python, "-I", "-c", _LIMITS_SNIPPET, str(self.limits.memory_bytes), str(self.limits.processes),
                    str(self.limits.file_bytes), *argv]
+        enter = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup] if cgroup else []
         if not self.isolated:
-            return limited
-        args = [self.bwrap, *self.flags, "--die-with-parent", "--new-session"]
+            return enter + limited
+        args = [*enter, self.bwrap, *self.flags, "--die-with-parent", "--new-session"]
         args += _runtime_mounts()
         real_pkg = Path(_package_dir()).resolve()
         solutions = real_pkg.parent / "exercises"
@@ -202,6 +209,79 @@ def stripped_package(dest: str) -> str:
     return pkg
 
 
+def _pids_cgroup_base() -> str:
+    """A cgroup folder (pids controller) this process may create children in, or "".
+
+    cgroup v1 as root (CI containers); cgroup v2 where the pids controller is delegated to us.
+    Root inside a user namespace is exempt from RLIMIT_NPROC, so there this is the process limit.
+    """
+    candidates = ["/sys/fs/cgroup/pids"]
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                candidates.append("/sys/fs/cgroup" + line[3:].rstrip("/"))
+    except OSError:
+        pass
+    for base in candidates:
+        test = os.path.join(base, f"attn-course-probe-{os.getpid()}")
+        try:
+            os.mkdir(test)
+        except OSError:
+            continue
+        try:
+            if os.path.exists(os.path.join(test, "pids.max")):
+                return base
+        finally:
+            try:
+                os.rmdir(test)
+            except OSError:
+                pass
+    return ""
+
+
+def new_cgroup(base: str, name: str, max_pids: int | None) -> str | None:
+    """A child cgroup of ``base`` with a process limit (None: no limit of its own); None if it cannot be made."""
+    path = os.path.join(base, name)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    try:
+        with open(os.path.join(path, "pids.max"), "w") as f:
+            f.write("max" if max_pids is None else str(max_pids))
+    except OSError:
+        kill_cgroup(path)
+        return None
+    return path
+
+
+def kill_cgroup(path: str | None, rounds: int = 50) -> None:
+    """Kill every process in the cgroup until it is empty (a process that keeps forking cannot
+    outrun this: its forks land in the same cgroup, under its process limit), then remove it."""
+    if not path:
+        return
+    import signal
+    import time
+
+    for _ in range(rounds):
+        try:
+            pids = [int(p) for p in Path(path, "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            break
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.02)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 # Namespace and identity flags, in the order they are given up when the probe fails.
 _OPTIONAL = [
     ("no further user namespaces", ["--disable-userns"]),
@@ -234,8 +314,9 @@ def find_bwrap() -> str | None:
 def detect(kind: str = "auto", limits: Limits | None = None) -> Sandbox | None:
     """The sandbox to grade in; ``None`` when ``kind`` is "auto" or "bwrap" and bwrap does not work here."""
     limits = limits or Limits()
+    cgroup = _pids_cgroup_base() if os.geteuid() == 0 else ""
     if kind == "none":
-        return Sandbox("none", limits=limits, missing=["every isolation (--sandbox none)"])
+        return Sandbox("none", limits=limits, missing=["every isolation (--sandbox none)"], pids_cgroup=cgroup)
     bwrap = find_bwrap()
     if bwrap is None:
         return None
@@ -260,7 +341,15 @@ def detect(kind: str = "auto", limits: Limits | None = None) -> Sandbox | None:
     flags = [f for _, fl in chosen for f in fl]
     applied = ["mount namespace (read-only runtime, no course sources or solutions, private /tmp and HOME)"]
     applied += [name for name, _ in reversed(chosen)]
-    applied += ["minimal environment", "setrlimit: address space, processes, file size",
-                "dies with the grader", "hard wall clock per notebook (kills the whole sandbox)"]
+    applied += ["minimal environment", "setrlimit: address space, file size"]
+    if os.geteuid() != 0:
+        applied.append("setrlimit: processes")
+    elif cgroup:
+        applied.append("cgroup: processes")
+    else:
+        # Root inside a user namespace is exempt from RLIMIT_NPROC; the PID namespace still bounds
+        # what a fork bomb can reach, and the wall clock still ends it.
+        dropped.append("process limit (root without a writable pids cgroup)")
+    applied += ["dies with the grader", "hard wall clock per notebook (kills the whole sandbox)"]
     return Sandbox("bwrap", bwrap=bwrap, version=version, applied=applied, missing=dropped, limits=limits,
-                   flags=flags)
+                   flags=flags, pids_cgroup=cgroup)
