@@ -33,6 +33,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -225,8 +226,6 @@ class _KernelManager(AsyncKernelManager):
 
     @property
     def kernel_spec(self) -> KernelSpec:
-        import sys
-
         return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                           display_name="attn-course grading", language="python", interrupt_mode="message")
 
@@ -246,14 +245,14 @@ class _KernelManager(AsyncKernelManager):
 class _Client(NotebookClient):
     """nbclient, keeping nothing a kernel prints: only the name and a capped message of errors."""
 
-    def output(self, outs, msg, display_id, cell_index):  # noqa: D102
+    def output(self, outs, msg, display_id, cell_index):
         if msg.get("msg_type") == "error":
             content = msg.get("content") or {}
             outs.append(nbformat.v4.new_output("error", ename=str(content.get("ename", ""))[:200],
                                                evalue=str(content.get("evalue", ""))[:1000], traceback=[]))
         return None
 
-    def handle_comm_msg(self, outs, msg, cell_index):  # noqa: D102
+    def handle_comm_msg(self, outs, msg, cell_index):
         return None  # no widget state is kept for an untrusted kernel
 
 

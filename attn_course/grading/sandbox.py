@@ -13,7 +13,10 @@ A submission is untrusted code. Its kernel runs inside ``bwrap`` with
 - a private, size-limited, writable ``/tmp`` and ``HOME``; one writable work folder that
   holds the kernel's sockets and the results file; a read-only folder with the inputs;
 - a minimal environment (no tokens, no agent sockets, no terminal multiplexer variables);
-- limits on address space, processes and file size (``Limits``), set inside the sandbox;
+- limits on address space, processes and file size (``Limits``), set inside the sandbox with
+  setrlimit; where the grader is root (exempt from RLIMIT_NPROC even inside a user namespace),
+  the process limit is a pids cgroup instead, when one can be made, and a kernel's cgroup is
+  also how every process it left is found and killed, with or without the sandbox;
 - ``--die-with-parent``: it ends with the grader. The grader's hard wall clock per notebook
   kills ``bwrap`` itself, which ends the PID namespace and so every process in it, however
   it forked or detached.
