@@ -102,9 +102,9 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         require_floating(images, "images")
-        I, C = self.img_size, self.in_chans
-        if images.dim() != 4 or tuple(images.shape[1:]) != (C, I, I):
-            raise shape_error("images", images, f"(B, {C}, {I}, {I})")
+        side, C = self.img_size, self.in_chans
+        if images.dim() != 4 or tuple(images.shape[1:]) != (C, side, side):
+            raise shape_error("images", images, f"(B, {C}, {side}, {side})")
         x = self.proj(images)  # (B, D, I/P, I/P): one vector per patch
         return x.flatten(2).transpose(1, 2)  # (B, D, N) -> (B, N, D), patches in row-major order
 
