@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The exact torch lives here only: a local CPU wheel on our machines. The package itself asks for
 # torch>=2.1, so that in Colab the install cell keeps Colab's own CUDA build.
-TORCH  := torch==2.13.0
+TORCH  := torch==2.13.0 torchvision==0.28.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # nbmake skips any path with a _build folder in it, so the executed copy lives beside _build.
 EXECUTED := executed-book
@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[book,dev]"
 	# Register this environment's Python as the "python3" kernel the notebooks name.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
