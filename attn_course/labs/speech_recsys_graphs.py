@@ -47,7 +47,7 @@ class SpeechResult:
     seconds: float
 
 
-def run_speech(steps: int = 300, n_train: int = 1500, n_test: int = 300, seed: int = 0,
+def run_speech(steps: int = 250, n_train: int = 1500, n_test: int = 300, seed: int = 0,
                progress: bool = True) -> SpeechResult:
     """Listen-Attend-Spell with Bahdanau attention vs the same listener with a fixed-context speller."""
     start = time.perf_counter()
