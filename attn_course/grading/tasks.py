@@ -72,7 +72,8 @@ class Exercise:
 
 
 # Modules under attn_course.exercises that define ``EXERCISE``; one per exercise notebook.
-EXERCISE_MODULES: tuple[str, ...] = ("ex01_softmax_attention", "ex02_masks_and_scores", "ex03_multihead_positions")
+EXERCISE_MODULES: tuple[str, ...] = ("ex01_softmax_attention", "ex02_masks_and_scores", "ex03_multihead_positions",
+                                     "ex07_attention_across_fields")
 
 
 def load_exercises() -> dict[str, Exercise]:
