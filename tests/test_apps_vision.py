@@ -9,9 +9,12 @@ from attn_course.apps.vision import (
     ObjectQueryDetector,
     PatchEmbedding,
     PooledCNN,
+    SpatialCaptioner,
     VisionTransformer,
     ViTConfig,
     box_iou,
+    caption_tokens,
+    caption_vocab,
     hungarian_match,
     load_timm_weights,
     make_part_images,
@@ -124,3 +127,27 @@ def test_detector_shapes_with_and_without_attention():
         cls, boxes, w = ObjectQueryDetector(attention=attention)(torch.rand(2, 3, 16, 16))
         assert cls.shape == (2, 4, 4) and boxes.shape == (2, 4, 4) and w.shape == (2, 4, 64)
         torch.testing.assert_close(w.sum(-1), torch.ones(2, 4))
+
+
+def test_captions_name_the_shapes_from_left_to_right():
+    s = make_scenes(20, torch.Generator().manual_seed(1), random_colors=True)
+    tokens, obj = caption_tokens(s)
+    vocab = caption_vocab()
+    assert tokens.shape == (20, 4) and obj.shape == (20, 4)
+    for i in range(20):
+        left = int(s.boxes[i, :, 0].argmin())
+        assert obj[i, 0] == obj[i, 1] == left
+        assert vocab[int(tokens[i, 0])] == s.color_names[int(s.colors[i, left])]
+        assert vocab[int(tokens[i, 1])] == s.class_names[int(s.classes[i, left])]
+
+
+def test_captioner_shapes_with_and_without_attention():
+    images = torch.rand(3, 3, 16, 16)
+    tokens = torch.randint(0, 6, (3, 4))
+    for attention in (True, False):
+        model = SpatialCaptioner(attention=attention)
+        logits, w = model(images, tokens)
+        assert logits.shape == (3, 4, 6) and w.shape == (3, 4, 64)
+        torch.testing.assert_close(w.sum(-1), torch.ones(3, 4))
+        words, _ = model.caption(images, 4)
+        assert words.shape == (3, 4) and (words < 6).all()

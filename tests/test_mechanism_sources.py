@@ -40,6 +40,7 @@ MECHANISMS = [
     ("11_attention_in_language", "StoryReader.forward", None),
     ("12_attention_in_vision", "PatchEmbedding.forward", "ex07_attention_across_fields"),
     ("12_attention_in_vision", "VisionTransformer.forward", "ex07_attention_across_fields"),
+    ("12_attention_in_vision", "SpatialCaptioner._step", None),
     ("12_attention_in_vision", "ObjectQueryDetector.forward", "ex07_attention_across_fields"),
     ("12_attention_in_vision", "hungarian_match", "ex07_attention_across_fields"),
     ("13_speech_recsys_graphs", "FrameEncoder.forward", None),

@@ -15,7 +15,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from ..diagrams import COLORS
 
 __all__ = ["ALT", "draw_attention_pooling", "draw_story_reader", "draw_sentence_scorer", "draw_vit",
-           "draw_part_pooling", "draw_object_queries", "draw_listen_attend_spell", "draw_sasrec", "draw_gat"]
+           "draw_part_pooling", "draw_captioner", "draw_object_queries", "draw_listen_attend_spell", "draw_sasrec", "draw_gat"]
 
 _INK, _MUTED = "#222222", "#666666"
 
@@ -44,6 +44,11 @@ ALT = {
         "An image goes through two convolutions to a feature map; attention pooling with a learned query "
         "puts its weight on the few positions of the small distinguishing part, while global average "
         "pooling spreads equal weight over the whole map."
+    ),
+    "draw_captioner": (
+        "A scene with a red square and a blue disk becomes a grid of CNN features with positions. A GRU "
+        "decoder writes the caption 'red square blue disk'; before each word its previous state queries the "
+        "grid, and the weights, drawn over the image, light up the shape that the next word names."
     ),
     "draw_object_queries": (
         "A convolutional backbone turns the scene into a grid of features with position embeddings. A few "
@@ -229,6 +234,35 @@ def draw_part_pooling() -> Figure:
     _arrow(ax, (2.0, 1.8), (3.2, 2.0))
     _arrow(ax, (2.0, 1.6), (6.2, 1.4))
     _label(ax, 1.2, 0.8, "the part: a 3×3 stroke", size=8.5)
+    return fig
+
+
+def draw_captioner() -> Figure:
+    """Show, attend and tell: the decoder state queries the feature grid before each word."""
+    fig, ax = _canvas(10.0, 3.6, "draw_captioner")
+    _box(ax, 0.9, 1.7, 1.3, 0.9, "scene\n(16×16)", size=9, fill="white")
+    _arrow(ax, (1.55, 1.7), (2.0, 1.7))
+    _box(ax, 2.75, 1.7, 1.3, 0.7, "conv backbone\n+ positions", size=8.5)
+    _arrow(ax, (3.4, 1.7), (3.9, 1.7), COLORS["key"])
+    hot = {(1, 0), (1, 1), (2, 0), (2, 1)}
+    for r in range(4):
+        for c in range(4):
+            v = 0.55 if (r, c) in hot else 0.02
+            ax.add_patch(Rectangle((4.0 + 0.25 * c, 1.2 + 0.25 * r), 0.23, 0.23,
+                                   facecolor=_light(COLORS["weights"], 1 - v), edgecolor=COLORS["key"], lw=0.6, zorder=3))
+    _label(ax, 4.5, 0.9, "feature grid (keys, values);\npurple: weights for 'square'", size=8)
+    words = ["red", "square", "blue", "disk"]
+    xs = [6.0 + 1.0 * k for k in range(4)]
+    for k, (x, w) in enumerate(zip(xs, words)):
+        _box(ax, x, 2.9, 0.8, 0.4, f"$s_{k + 1}$", size=9)
+        _box(ax, x, 1.7, 0.8, 0.4, w, COLORS["context"] if k == 1 else COLORS["state"], size=8.5, fill="white")
+        _arrow(ax, (x, 2.7), (x, 1.9))
+        if k:
+            _arrow(ax, (xs[k - 1] + 0.4, 2.9), (x - 0.4, 2.9))
+    _arrow(ax, (xs[0] + 0.1, 3.1), (5.05, 2.1), COLORS["query"], ls="--")
+    _label(ax, 5.3, 3.3, "previous state = query", color=COLORS["query"])
+    _label(ax, 7.5, 0.9, "context $c_t$ and previous word feed the GRU;\nbaseline: the grid's mean at every word",
+           size=8, color=_INK)
     return fig
 
 

@@ -40,6 +40,9 @@ __all__ = [
     "Scenes",
     "make_scenes",
     "ObjectQueryDetector",
+    "caption_tokens",
+    "caption_vocab",
+    "SpatialCaptioner",
     "hungarian_match",
     "box_iou",
     "require_package",
@@ -262,21 +265,27 @@ class Scenes:
     boxes: torch.Tensor  # (N, M, 4) (cx, cy, w, h) in [0, 1]
     classes: torch.Tensor  # (N, M) shape class ids
     class_names: list[str]
+    colors: torch.Tensor  # (N, M) colour ids (the class's own colour unless random_colors)
+    color_names: list[str]
 
 
 SHAPES = ["square", "disk", "cross"]
-_SHAPE_COLORS = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.5, 0.9], [0.2, 0.8, 0.3]])
+COLORS = ["red", "blue", "green"]
+_RGB = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.5, 0.9], [0.2, 0.8, 0.3]])
 
 
 def make_scenes(n: int, generator: torch.Generator, size: int = 16, objects: int = 2,
-                min_side: int = 4, max_side: int = 7) -> Scenes:
-    """Scenes of ``objects`` non-overlapping shapes (square, disk, cross), each in its class colour.
+                min_side: int = 4, max_side: int = 7, random_colors: bool = False) -> Scenes:
+    """Scenes of ``objects`` non-overlapping shapes (square, disk, cross).
 
-    Boxes are ``(cx, cy, w, h)`` as fractions of the image side (DETR's convention).
+    Each shape has its class's colour, or a random one of the three with ``random_colors``
+    (for captions, where colour and shape are separate words). Boxes are ``(cx, cy, w, h)`` as
+    fractions of the image side (DETR's convention).
     """
     n, size, M = require_int(n, "n"), require_int(size, "size", minimum=8), require_int(objects, "objects")
     images = torch.zeros(n, 3, size, size)
     boxes, classes = torch.zeros(n, M, 4), torch.zeros(n, M, dtype=torch.long)
+    colors = torch.zeros(n, M, dtype=torch.long)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     for i in range(n):
         taken = torch.zeros(size, size, dtype=torch.bool)
@@ -293,11 +302,13 @@ def make_scenes(n: int, generator: torch.Generator, size: int = 16, objects: int
                 inside &= (yy - cy) ** 2 + (xx - cx) ** 2 <= rad**2
             elif k == 2:
                 inside &= ((yy - cy).abs() <= s / 6 + 0.5) | ((xx - cx).abs() <= s / 6 + 0.5)
-            images[i, :, inside] = _SHAPE_COLORS[k][:, None]
+            col = int(torch.randint(0, len(COLORS), (1,), generator=generator)) if random_colors else k
+            images[i, :, inside] = _RGB[col][:, None]
+            colors[i, m] = col
             taken[r:r + s, c:c + s] = True
             boxes[i, m] = torch.tensor([(c + s / 2) / size, (r + s / 2) / size, s / size, s / size])
             classes[i, m] = k
-    return Scenes(images, boxes, classes, list(SHAPES))
+    return Scenes(images, boxes, classes, list(SHAPES), colors, list(COLORS))
 
 
 class ObjectQueryDetector(nn.Module):
@@ -364,3 +375,86 @@ def hungarian_match(class_logits: torch.Tensor, boxes: torch.Tensor, target_clas
         rows, cols = optimize.linear_sum_assignment(cost.numpy())
         out[i, torch.as_tensor(cols)] = torch.as_tensor(rows)
     return out
+
+
+# ----------------------------------------------------------------------------- captioning with spatial attention
+
+
+def caption_vocab() -> list[str]:
+    """Token ids: the colours, then the shapes, then ``<bos>``."""
+    return [*COLORS, *SHAPES, "<bos>"]
+
+
+def caption_tokens(scenes: Scenes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions "colour shape colour shape ..." from left to right: ``(tokens (N, 2M), object (N, 2M))``.
+
+    ``object[i, t]`` is the index (into ``scenes.boxes``) of the shape that word ``t`` describes.
+    """
+    order = scenes.boxes[..., 0].argsort(-1)  # (N, M): objects from left to right
+    color = scenes.colors.gather(1, order)  # (N, M)
+    shape = scenes.classes.gather(1, order) + len(COLORS)  # (N, M)
+    tokens = torch.stack([color, shape], -1).flatten(1)  # (N, 2M): c0 s0 c1 s1 ...
+    return tokens, order.repeat_interleave(2, dim=1)
+
+
+class SpatialCaptioner(nn.Module):
+    """Show, attend and tell (Xu et al., 2015) in miniature: a GRU writes the caption word by word.
+
+    Before each word, the previous state queries the feature grid with cross-attention (the
+    library's ``MultiHeadAttention``, one head); the context and the previous word feed the GRU.
+    ``attention=False`` feeds the grid's mean instead (the baseline). ``forward(images, tokens)``
+    is teacher-forced on ``tokens (B, T)`` and returns ``(logits (B, T, V), weights (B, T, h*w))``;
+    ``caption(images, T)`` decodes greedily.
+    """
+
+    def __init__(self, vocab_size: int = 7, dim: int = 32, image_size: int = 16, attention: bool = True) -> None:
+        super().__init__()
+        self.attention, self.bos = attention, vocab_size - 1
+        self.backbone = nn.Sequential(nn.Conv2d(3, dim, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(dim, dim, 3, padding=1, stride=2), nn.ReLU())
+        side = (image_size + 1) // 2
+        self.pos = nn.Parameter(torch.randn(1, side * side, dim) * 0.1)
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.init = nn.Linear(dim, dim)
+        self.attn = MultiHeadAttention(dim, 1)
+        self.cell = nn.GRUCell(2 * dim, dim)
+        self.out = nn.Linear(2 * dim, vocab_size - 1)  # never predicts <bos>
+
+    def _memory(self, images):
+        f = self.backbone(images)  # (B, D, h, w)
+        return f.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, D)
+
+    def _step(self, memory, h, word):
+        if self.attention:
+            ctx, w = self.attn(h[:, None], memory, memory)  # (B, 1, D), (B, 1, 1, h*w)
+            ctx, w = ctx[:, 0], w[:, 0, 0]  # (B, D), (B, h*w)
+        else:
+            ctx = memory.mean(1)  # (B, D): the same context at every word
+            w = torch.full(memory.shape[:2], 1.0 / memory.shape[1])
+        h = self.cell(torch.cat([self.embed(word), ctx], -1), h)  # (B, D)
+        return self.out(torch.cat([h, ctx], -1)), h, w
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        memory = self._memory(images)
+        h = torch.tanh(self.init(memory.mean(1)))  # (B, D)
+        prev = torch.full_like(tokens[:, 0], self.bos)
+        logits, weights = [], []
+        for t in range(tokens.shape[1]):
+            lg, h, w = self._step(memory, h, prev)
+            logits.append(lg)
+            weights.append(w)
+            prev = tokens[:, t]
+        return torch.stack(logits, 1), torch.stack(weights, 1)  # (B, T, V), (B, T, h*w)
+
+    @torch.no_grad()
+    def caption(self, images: torch.Tensor, length: int):
+        memory = self._memory(images)
+        h = torch.tanh(self.init(memory.mean(1)))
+        prev = torch.full((images.shape[0],), self.bos, dtype=torch.long)
+        words, weights = [], []
+        for _ in range(length):
+            lg, h, w = self._step(memory, h, prev)
+            prev = lg.argmax(-1)
+            words.append(prev)
+            weights.append(w)
+        return torch.stack(words, 1), torch.stack(weights, 1)  # (B, T), (B, T, h*w)
