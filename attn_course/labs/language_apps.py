@@ -88,18 +88,22 @@ def run_sentiment(steps: int = 200, n_train: int = 2000, n_test: int = 500, test
     return SentimentResult(acc, cue_weight, weights, test, time.perf_counter() - start)
 
 
-def plot_word_weights(result: SentimentResult, index: int = 0, ax=None):
-    """One test review as a bar per word: the attention weight; cue words in colour."""
+def plot_word_weights(result: SentimentResult, index: int = 0, window: int = 30, ax=None):
+    """``window`` words of one test review around its first cue word: a bar per word, its attention weight."""
     d = result.data
     n = int(d.mask[index].sum())
-    words = [d.vocab[int(t)] for t in d.tokens[index, :n]]
-    w = result.weights[index, :n].numpy()
+    first = int(torch.nonzero(d.cue[index])[0])
+    lo = max(0, min(first - window // 2, n - window))
+    hi = min(n, lo + window)
+    words = [d.vocab[int(t)] for t in d.tokens[index, lo:hi]]
+    w = result.weights[index, lo:hi].numpy()
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 2.8))
-    colors = ["#c51b7d" if c else "#9a9a9a" for c in d.cue[index, :n].tolist()]
-    ax.bar(range(n), w, color=colors)
-    ax.set_xticks(range(n), words, rotation=90, fontsize=8)
+        _, ax = plt.subplots(figsize=(10, 3.0))
+    colors = ["#c51b7d" if c else "#9a9a9a" for c in d.cue[index, lo:hi].tolist()]
+    ax.bar(range(hi - lo), w, color=colors)
+    ax.set_xticks(range(hi - lo), words, rotation=90, fontsize=8)
     ax.set_ylabel("attention weight")
+    ax.set_xlabel(f"words {lo + 1} to {hi} of {n}")
     label = "positive" if int(d.labels[index]) == 1 else "negative"
     ax.set_title(f"Attention pooling over one {label} review (cue words in magenta)")
     ax.figure.tight_layout()

@@ -89,14 +89,15 @@ def run_digits(steps: int = 400, seed: int = 0, mlp_hidden: int = 128, progress:
 
 
 def plot_cls_attention(result: DigitsResult, count: int = 6):
-    """Test digits with the class token's attention over the 4x4 patches drawn on top."""
-    fig, axes = plt.subplots(1, count, figsize=(1.6 * count, 2.0))
-    for k, ax in enumerate(axes):
-        ax.imshow(result.images[k, 0], cmap="gray_r", extent=(0, 8, 8, 0))
-        ax.imshow(result.cls_attention[k], cmap="magma", alpha=0.55, extent=(0, 8, 8, 0))
-        ax.set_title(f"digit {int(result.labels[k])}", fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle("Class-token attention over the 2x2 patches (last block; brighter = more weight)", fontsize=10)
+    """Test digits (top) and the class token's attention over their 4x4 patches (bottom)."""
+    fig, axes = plt.subplots(2, count, figsize=(1.6 * count, 3.6))
+    for k in range(count):
+        axes[0, k].imshow(result.images[k, 0], cmap="gray_r")
+        axes[0, k].set_title(f"digit {int(result.labels[k])}", fontsize=9)
+        axes[1, k].imshow(result.cls_attention[k], cmap="Purples", vmin=0)
+        for ax in axes[:, k]:
+            ax.set_axis_off()
+    fig.suptitle("Class-token attention over the 4x4 grid of 2x2 patches (last block, heads averaged)", fontsize=10)
     fig.tight_layout()
     return fig
 
