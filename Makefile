@@ -28,8 +28,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[book,dev]"
+	# timm (only for the ViT parity test) without its dependencies: it would pull torchvision, whose
+	# only wheel for this torch is a CUDA build that cannot load beside the CPU torch (and then
+	# breaks transformers too). The test imports timm against stand-in torchvision modules.
+	$(PIP) install -q --no-deps "timm>=1.0"
 	# Register this environment's Python as the "python3" kernel the notebooks name.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	touch $(STAMP)

@@ -36,6 +36,17 @@ MECHANISMS = [
     ("10_encoder_vs_decoder", "TransformerBlock.forward", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "next_token_batch", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "TransformerDecoder.generate", "ex05_transformer_block"),
+    ("11_attention_in_language", "AttentionPooling.forward", "ex07_attention_across_fields"),
+    ("11_attention_in_language", "StoryReader.forward", None),
+    ("12_attention_in_vision", "PatchEmbedding.forward", "ex07_attention_across_fields"),
+    ("12_attention_in_vision", "VisionTransformer.forward", "ex07_attention_across_fields"),
+    ("12_attention_in_vision", "SpatialCaptioner._step", None),
+    ("12_attention_in_vision", "ObjectQueryDetector.forward", "ex07_attention_across_fields"),
+    ("12_attention_in_vision", "hungarian_match", "ex07_attention_across_fields"),
+    ("13_speech_recsys_graphs", "FrameEncoder.forward", None),
+    ("13_speech_recsys_graphs", "SASRec.forward", None),
+    ("13_speech_recsys_graphs", "GATLayer.scores", "ex07_attention_across_fields"),
+    ("13_speech_recsys_graphs", "GATLayer.forward", "ex07_attention_across_fields"),
 ]
 
 

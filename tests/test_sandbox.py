@@ -71,7 +71,13 @@ def reference_modules() -> set[str]:
                     mods |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
     for m in EXERCISE_MODULES:
         mods |= _attn_imports(_module_file(f"attn_course.exercises.{m}"))
-    grading = {"attn_course.grading." + f[len("grading/"):-3] for f in sb.KERNEL_FILES if f.startswith("grading/")}
+    # the grading modules the kernel needs (exercise modules import fixtures from them); a package's
+    # __init__.py stands for the package itself
+    grading = {
+        ("attn_course.grading." + f[len("grading/"):-3]).removesuffix(".__init__")
+        for f in sb.KERNEL_FILES
+        if f.startswith("grading/")
+    }
     return {m for m in mods if _module_file(m) is not None and m != "attn_course" and m not in grading}
 
 
