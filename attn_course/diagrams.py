@@ -110,37 +110,36 @@ def _canvas(width: float, height: float, name: str, y0: float = 0.0):
     return fig, ax
 
 
-def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3, ls="-",
-         weight="normal", round_=0.06, zorder=3):
-    """A rounded box centred at (x, y), ``w`` by ``h``, with ``text`` in it."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=f"round,pad=0,rounding_size={round_}",
+def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3):
+    """A rounded box centred at (x, y), ``w`` by ``h`` inches, edged in ``color``, with ``text`` in it."""
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
                                 facecolor=_light(color) if fill is None else fill, edgecolor=color,
-                                linewidth=lw, linestyle=ls, zorder=zorder))
+                                linewidth=lw, zorder=3))
     if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, weight=weight,
-                zorder=zorder + 1)
+        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
 
 
 def _circle(ax, x, y, r, text, color=COLORS["state"], *, size=11):
+    """A white circle (an operation: +, @) centred at (x, y)."""
     ax.add_patch(Circle((x, y), r, facecolor="white", edgecolor=color, linewidth=1.3, zorder=3))
     ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
 
 
-def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-", rad=0.0, head=True, zorder=2):
-    """A straight (or, with ``rad``, curved) arrow from ``start`` to ``end``."""
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>" if head else "-", mutation_scale=11,
-                                 connectionstyle=f"arc3,rad={rad}", color=color, linewidth=lw,
-                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=zorder))
+def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-"):
+    """A straight arrow from ``start`` to ``end`` (exactly: no shrinking, so it touches the boxes)."""
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
+                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=2))
 
 
-def _route(ax, points, color=_INK, *, lw=1.3, ls="-", zorder=2):
+def _route(ax, points, color=_INK, *, lw=1.3):
     """An arrow along the polyline ``points`` (for paths that go around boxes)."""
     path = Path(points, [Path.MOVETO] + [Path.LINETO] * (len(points) - 1))
-    ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=11, color=color,
-                                 linewidth=lw, linestyle=ls, zorder=zorder))
+    ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
+                                 zorder=2))
 
 
 def _label(ax, x, y, text, *, size=9, color=_MUTED, ha="center", va="center", **kw):
+    """Free text (captions, shapes, notes); muted grey unless ``color`` says otherwise."""
     ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=color, **kw)
 
 
@@ -194,7 +193,10 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
 
     n = max(len(source), len(target))
     width = min(10.0, max(6.0, 0.1 * sum(len(w) for w in max(source, target, key=len)) + 0.3 * n))
-    fig, ax = _canvas(width, 2.9, "draw_word_alignment")
+    below = f"{names[1]}: each word attends to the word(s) it translates"
+    note = "crossing links: the word order differs" if crossing else ""
+    one_line = width >= 0.075 * (len(below) + len(note)) + 0.8  # ~0.075 in per character at 9.5 pt
+    fig, ax = _canvas(width, 2.9 if one_line else 3.1, "draw_word_alignment", y0=0.0 if one_line else -0.2)
     ys, yt = 2.2, 0.75
     xs = _word_row(ax, source, ys, width, COLORS["key"])  # read words: what is attended to
     xt = _word_row(ax, target, yt, width, COLORS["query"])  # written words: what attends
@@ -203,10 +205,10 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
         ax.plot([xs[s], xt[t]], [ys - 0.18, yt + 0.18], color=COLORS["weights"] if cross else _MUTED,
                 lw=2.0 if cross else 1.2, solid_capstyle="round", zorder=1)
     _label(ax, 0.2, ys + 0.42, f"{names[0]}: the sentence that is read", ha="left", size=9.5)
-    _label(ax, 0.2, yt - 0.42, f"{names[1]}: each word attends to the word(s) it translates", ha="left", size=9.5)
-    if crossing:
-        _label(ax, width - 0.2, yt - 0.42, "crossing links: the word order differs", ha="right",
-               size=9.5, color=COLORS["weights"])
+    _label(ax, 0.2, yt - 0.42, below, ha="left", size=9.5)
+    if note:
+        _label(ax, width - 0.2 if one_line else 0.2, yt - (0.42 if one_line else 0.7), note,
+               ha="right" if one_line else "left", size=9.5, color=COLORS["weights"])
     return fig
 
 
@@ -328,8 +330,9 @@ def draw_qkv_pipeline(T: int = 4, d_model: int = 8, d_k: int = 4) -> Figure:
     _label(ax, 0.65, rows["K"] - 0.62, "(T × d_model)", size=8.5)
     for name, role in (("Q", "query"), ("K", "key"), ("V", "value")):
         y, c = rows[name], COLORS[role]
-        _arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y), rad=0.0)
+        _arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y))
         _box(ax, 2.3, y, 0.9, 0.6, f"$W_{name}$\n{d_model} × {d_k}", c, size=9.5)
+        _label(ax, 2.3, y - 0.42, "(d_model × d_k)", size=8)
         _arrow(ax, (2.75, y), (3.25, y), c)
         _box(ax, 3.7, y, 0.9, 0.6, f"${name}$\n{T} × {d_k}", c, size=10.5)
         _label(ax, 3.7, y - 0.42, "(T × d_k)", size=8)

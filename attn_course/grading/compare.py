@@ -17,7 +17,10 @@ import torch
 
 from .._checks import fmt_shape
 from .codec import Opaque
-from .tasks import Case, Task
+from .fixtures import MARKER as FIXTURE
+from .fixtures import is_fixture
+from .fixtures import resolve as resolve_fixtures
+from .tasks import Case, Task, partial_points
 
 GRADING_SEED = 20261125
 
@@ -55,6 +58,8 @@ class TaskResult:
 
 
 def describe_value(v: Any) -> str:
+    if is_fixture(v):
+        return str(v[FIXTURE])  # e.g. "table_lm": an object the grader builds in the kernel
     if isinstance(v, torch.Tensor):
         return f"{str(v.dtype).replace('torch.', '')} {fmt_shape(v.shape)}"
     if isinstance(v, (tuple, list)):
@@ -187,7 +192,8 @@ def judge(task: Task, case: Case, expected: Any, outcome: Outcome) -> tuple[str,
 
 
 def expected_outputs(task: Task, cases: list[Case]) -> list[Any]:
-    return [task.reference(*clone_inputs(c.args), **clone_inputs(c.kwargs)) for c in cases]
+    return [task.reference(*resolve_fixtures(clone_inputs(c.args)), **resolve_fixtures(clone_inputs(c.kwargs)))
+            for c in cases]
 
 
 def evaluate(task: Task, call: Callable[[list[Case]], list[Outcome]], seed: int = GRADING_SEED) -> TaskResult:
@@ -204,16 +210,18 @@ def evaluate(task: Task, call: Callable[[list[Case]], list[Outcome]], seed: int 
     status = "passed"
     hints: list[str] = []
     passed = 0
+    passed_flags: list[bool] = []
     for i, case in enumerate(cases):
         if i >= len(outcomes):
             break
         case_status, problem = judge(task, case, expected[i], outcomes[i])
+        passed_flags.append(problem is None)
         if problem is None:
             passed += 1
             continue
         if status == "passed":
             status = case_status
-            if case.hint:
+            if case.hint and case_status != "not_implemented":  # a stub has no mistake to hint at
                 hints.append(case.hint)
         failures.append(problem)
         if case_status in ("not_implemented", "timeout"):
@@ -228,7 +236,10 @@ def evaluate(task: Task, call: Callable[[list[Case]], list[Outcome]], seed: int 
     msg = failures[0]
     if status not in ("not_implemented", "timeout"):
         msg += f" [{passed} of {len(cases)} cases passed]"
+    earned = partial_points(cases, passed_flags) if task.partial_credit else 0.0
+    if earned:
+        msg += f" [{earned:g} of {task.points} points]"
     hint = " ".join(h for h in hints if h)
     if hint:
         msg += f" Hint: {hint}"
-    return TaskResult(task.name, 0.0, task.points, status, msg, passed, len(cases), failures)
+    return TaskResult(task.name, earned, task.points, status, msg, passed, len(cases), failures)

@@ -19,6 +19,7 @@ import torch
 
 from .codec import encode
 from .compare import Outcome, clone_inputs
+from .fixtures import resolve as resolve_fixtures
 from .tasks import Case
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +68,9 @@ def resolve_forbidden(names: tuple[str, ...]) -> tuple[dict[Any, str], dict[str,
 
 def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = ()) -> Outcome:
     args, kwargs = clone_inputs(case.args), clone_inputs(case.kwargs)
+    # Fixture markers become their objects for the call only (built before the forbidden-call
+    # watch starts); args_after keeps the markers.
+    call_args, call_kwargs = resolve_fixtures(args), resolve_fixtures(kwargs)
     codes, builtins = resolve_forbidden(forbidden) if forbidden else ({}, {})
     used: list[str] = []
 
@@ -83,7 +87,7 @@ def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = ()) -> Outcome:
             sys.setprofile(watch)
         try:
             with torch.no_grad():
-                out = fn(*args, **kwargs)
+                out = fn(*call_args, **call_kwargs)
         finally:
             if codes or builtins:
                 sys.setprofile(None)

@@ -20,12 +20,19 @@ class Case:
     """One input to try: positional args and keyword args, plus a readable name.
 
     ``hint`` is shown when this case (and only this one) fails, e.g. for an edge case.
+
+    ``points`` and ``required`` matter only for a task with ``partial_credit`` (see
+    ``partial_points``): passing the case earns ``points``; failing a ``required`` case scores
+    the whole task 0. An argument may be a fixture marker (``fixtures.fixture``) where the
+    function takes something that cannot cross into a grading kernel as a value, e.g. a function.
     """
 
     name: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     hint: str = ""
+    points: float = 0.0
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,8 @@ class Task:
     name:       the function name the learner defines in the notebook
     reference:  the package's implementation; its output on each case is the expected value
     cases:      ``cases(generator) -> list[Case]``; the grader draws them with its own seed
-    points:     what the task is worth; scoring is all-or-nothing over the cases
+    points:     what the task is worth; scoring is all-or-nothing over the cases, unless
+                ``partial_credit``: then each passed case earns its ``Case.points``
     hint:       a general hint, shown with any failure
     rtol/atol:  tolerance for floating-point comparison
     arg_names:  names of the positional arguments, used in messages ("scores: float32 (4, 7)")
@@ -52,6 +60,23 @@ class Task:
     atol: float = 1e-5
     arg_names: tuple[str, ...] = ()
     forbidden: tuple[str, ...] = ()
+    partial_credit: bool = False
+
+
+def partial_points(cases: list[Case], passed: list[bool]) -> float:
+    """Points of a ``partial_credit`` task: the sum of ``Case.points`` over the passed cases.
+
+    A failed ``required`` case scores 0; so does passing only required cases (they are gates:
+    a leakage test that calls every attention correct passes the gate and must still catch a
+    bug to earn anything, and one that calls every attention buggy never passes it).
+    """
+    if len(passed) < len(cases):
+        passed = list(passed) + [False] * (len(cases) - len(passed))
+    if any(c.required and not p for c, p in zip(cases, passed)):
+        return 0.0
+    if not any(p and not c.required for c, p in zip(cases, passed)):
+        return 0.0
+    return float(sum(c.points for c, p in zip(cases, passed) if p))
 
 
 @dataclass(frozen=True)
@@ -72,7 +97,14 @@ class Exercise:
 
 
 # Modules under attn_course.exercises that define ``EXERCISE``; one per exercise notebook.
-EXERCISE_MODULES: tuple[str, ...] = ("ex01_softmax_attention", "ex02_masks_and_scores", "ex03_multihead_positions")
+EXERCISE_MODULES: tuple[str, ...] = (
+    "ex01_softmax_attention",
+    "ex02_masks_and_scores",
+    "ex03_multihead_positions",
+    "ex04_decoder_step",
+    "ex05_transformer_block",
+    "ex06_find_the_bug",
+)
 
 
 def load_exercises() -> dict[str, Exercise]:

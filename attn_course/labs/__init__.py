@@ -17,6 +17,7 @@ lab                         chapter what it holds
 ``position_ablation``       08      "is it sorted?"; the same model with each position scheme
 ``mask_leakage``            09      a masked token model; which outputs move when inputs change
 ``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
+``generation``              IV      a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
 ``training``                all     the optimisation loop the training runs share
 ==========================  ======  ==============================================================
 """

@@ -1,0 +1,94 @@
+"""Exercise 6: find the bug, write the test that catches leaking attention (practises chapter 9).
+
+Task:
+    leakage_test(attention) -> bool
+        True when ``attention`` (the signature of ``scaled_dot_product_attention``:
+        ``attention(q, k, v, mask=None, is_causal=False) -> (output, weights)``) is correct,
+        False when it is not.
+
+The learner's test is run against attention functions built in the kernel from
+``grading.planted_bugs`` (the cases pass fixture markers, see ``grading.fixtures``): two correct
+implementations, which it must accept (required: a test that rejects everything earns
+nothing), and three with a planted bug, one point for each it rejects (partial credit):
+
+    off_by_one          the causal mask lets position t see t + 1
+    missing_transpose   a multi-head wrapper splits the heads without the transpose
+    missing_scale       no 1 / sqrt(d)
+
+``reference_leakage_test`` is a test that catches all three; its verdicts are the expected
+values (a unit test checks them against ``planted_bugs.CORRECT``).
+
+Dimension glossary: B batch, H heads, T sequence length, d head width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..grading.fixtures import fixture
+from ..grading.tasks import Case, Exercise, Task
+
+
+def reference_leakage_test(attention: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """True if ``attention`` computes causal scaled dot-product attention and never sees the future."""
+    g = torch.Generator().manual_seed(0)
+    B, H, T, d = 2, 3, 6, 4  # several heads and d > 1: some bugs hide with one head or d = 1
+    q, k, v = (torch.randn(B, H, T, d, generator=g) for _ in range(3))  # (B, H, T, d) each
+    out, weights = attention(q, k, v, is_causal=True)
+    # 1. It computes what it should: softmax(q k^T / sqrt(d)) with the future masked, times v.
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (B, H, T, T)
+    future = ~torch.ones(T, T, dtype=torch.bool).tril()  # (T, T): True above the diagonal
+    expected = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)  # (B, H, T, T)
+    if not (torch.allclose(weights, expected, atol=1e-5) and torch.allclose(out, expected @ v, atol=1e-5)):
+        return False
+    # 2. Nothing leaks from the future: new tokens after t leave the outputs at 0 .. t unchanged.
+    for t in range(T - 1):
+        q2, k2, v2 = (x.clone() for x in (q, k, v))
+        for x in (q2, k2, v2):
+            x[..., t + 1:, :] = torch.randn(B, H, T - t - 1, d, generator=g)  # on our own copies
+        out2, _ = attention(q2, k2, v2, is_causal=True)
+        if not torch.allclose(out2[..., : t + 1, :], out[..., : t + 1, :], atol=1e-5):
+            return False
+    return True
+
+
+def _cases(g: torch.Generator) -> list[Case]:
+    def planted(variant: str) -> tuple[dict]:
+        return (fixture("planted_attention", variant=variant),)
+
+    return [
+        Case("a correct attention", planted("correct"), points=1, required=True,
+             hint="A correct attention must pass, or nothing counts. Compare floats with a tolerance "
+                  "(torch.allclose), not ==, and only where the contract says what to expect."),
+        Case("a correct attention, computed one query at a time", planted("correct_loop"), required=True,
+             hint="Two correct implementations round differently: compare with torch.allclose, not ==."),
+        Case("bug: the causal mask lets position t see t + 1", planted("off_by_one"), points=1,
+             hint="Change the tokens after position t and check that the outputs at 0 .. t stay the same "
+                  "(or that the weights above the diagonal are 0), for every t."),
+        Case("bug: heads split without the transpose", planted("missing_transpose"), points=1,
+             hint="Some bugs only show with several heads: test on (B, H, T, d) inputs with H >= 2, and check "
+                  "the outputs, not only the weights."),
+        Case("bug: no 1/sqrt(d) scale", planted("missing_scale"), points=1,
+             hint="Compare the weights with softmax(q k^T / sqrt(d)) that you compute yourself, with d > 1."),
+    ]
+
+
+EXERCISE = Exercise(
+    id="ex06_find_the_bug",
+    title="Find the bug: a test that catches leaking attention",
+    tasks=(
+        Task("leakage_test", reference_leakage_test, _cases, points=4, partial_credit=True, arg_names=("attention",),
+             forbidden=("attn_course.attention.scaled_dot_product_attention", "attn_course.attention.attention_weights",
+                        "attn_course.attention.attention_loop", "torch.nn.functional.scaled_dot_product_attention",
+                        "attn_course.multihead.MultiHeadAttention.forward",
+                        "attn_course.labs.mask_leakage.causal_leakage", "attn_course.labs.mask_leakage.position_changes",
+                        "attn_course.labs.mask_leakage.padding_leakage",
+                        "attn_course.grading.planted_bugs.planted_attention", "attn_course.grading.fixtures.resolve"),
+             hint="Return True only if (1) the weights and outputs equal softmax(q k^T / sqrt(d)) with the future "
+                  "masked, and v weighted by them, and (2) changing tokens after t never changes the outputs at "
+                  "0 .. t; use several heads, d > 1 and torch.allclose."),
+    ),
+)
