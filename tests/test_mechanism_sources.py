@@ -36,6 +36,11 @@ MECHANISMS = [
     ("10_encoder_vs_decoder", "TransformerBlock.forward", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "next_token_batch", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "TransformerDecoder.generate", "ex05_transformer_block"),
+    ("21_online_softmax_tiling", "online_softmax_update", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "merge_partials", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "tiled_attention_numpy", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "blockwise_attention", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "tiled_attention", "ex10_flash_attention"),
 ]
 
 

@@ -1,0 +1,71 @@
+"""The labs of chapters 21-23: memory measurements, traffic tables, diagrams."""
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from attn_course.flash import memory_traffic, naive_attention
+from attn_course.labs import flash_diagrams
+from attn_course.labs.flash_io import (
+    memory_by_length,
+    naive_attention_numpy,
+    plot_memory_by_length,
+    plot_memory_traffic,
+    traffic_table,
+)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_naive_numpy_equals_torch():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, 9, 4), dtype=np.float32) for _ in range(3))
+    for causal in (False, True):
+        ref = naive_attention(*(torch.from_numpy(a) for a in (q, k, v)), causal=causal).numpy()
+        np.testing.assert_allclose(naive_attention_numpy(q, k, v, causal), ref, atol=1e-6)
+
+
+def test_memory_naive_quadratic_tiled_flat():
+    mem = memory_by_length([128, 256, 512], head_dim=8, block_size=32)
+    assert mem["N"] == [128, 256, 512]
+    assert all(3.3 < b / a < 4.5 for a, b in zip(mem["naive"], mem["naive"][1:]))
+    rest = [t - o for t, o in zip(mem["tiled"], mem["output"])]
+    assert max(rest) < 1.2 * min(rest)
+    assert isinstance(plot_memory_by_length(mem), matplotlib.axes.Axes)
+
+
+def test_traffic_table_matches_memory_traffic():
+    rows = traffic_table([1024, 2048], [64], 192 * 1024)
+    t = memory_traffic(2048, 64, 192 * 1024)
+    assert rows[1]["naive_MB"] == pytest.approx(t.naive_bytes / 1e6) and rows[1]["ratio"] == pytest.approx(t.ratio)
+    fig = plot_memory_traffic([512, 1024], [64, 128], [64 * 1024, 128 * 1024])
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+
+
+@pytest.mark.parametrize("name", sorted(flash_diagrams.ALT))
+def test_diagrams_are_figures_with_alt_text(name):
+    fig = getattr(flash_diagrams, name)()
+    assert isinstance(fig, Figure) and fig.get_label() == flash_diagrams.ALT[name]
+    assert len([p for ax in fig.axes for p in ax.patches]) >= 5
+    w, h = fig.get_size_inches()
+    assert 6 <= w <= 10.5 and h <= 5.5
+    assert 40 < len(flash_diagrams.ALT[name]) < 500
+
+
+def test_diagram_labels_and_arguments():
+    text = "\n".join(t.get_text() for t in flash_diagrams.draw_tiling(blocks=5, query_block=3, key_block=2)
+                     .findobj(matplotlib.text.Text))
+    assert "$Q_3$" in text and "$K_2$" in text and "$S_{32}" in text and "SRAM" in text
+    text = "\n".join(t.get_text() for t in flash_diagrams.draw_ring(3).findobj(matplotlib.text.Text))
+    assert "rank 2" in text and "P = 3" in text
+    with pytest.raises(ValueError, match="skipped"):
+        flash_diagrams.draw_tiling(query_block=1, key_block=2)
+    with pytest.raises(ValueError, match="world_size must be an int >= 2"):
+        flash_diagrams.draw_ring(1)
