@@ -69,3 +69,56 @@ def test_diagram_labels_and_arguments():
         flash_diagrams.draw_tiling(query_block=1, key_block=2)
     with pytest.raises(ValueError, match="world_size must be an int >= 2"):
         flash_diagrams.draw_ring(1)
+
+
+def test_source_of_unwraps_kernel_objects():
+    """Triton's autotuner and jit objects keep the Python function in ``.fn``: show_source reaches it."""
+    from attn_course.utils import source_of
+
+    class Wrapper:  # like triton.runtime.Autotuner / JITFunction
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __call__(self, *args):
+            return self.fn(*args)
+
+    text = source_of(Wrapper(Wrapper(naive_attention_numpy)))
+    assert text.startswith("# naive_attention_numpy: attn_course/labs/flash_io.py, line ")
+    assert "def naive_attention_numpy(" in text
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recomputed_backward_equals_autograd(causal):
+    from attn_course.labs.flash_backward import flash_backward, forward_with_lse
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 21, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    do = torch.randn(1, 2, 21, 8, generator=g, dtype=torch.float64)
+    ref = torch.autograd.grad(naive_attention(q, k, v, causal=causal), (q, k, v), do)
+    with torch.no_grad():
+        out, lse = forward_with_lse(q, k, v, causal)
+        torch.testing.assert_close(out, naive_attention(q, k, v, causal=causal))
+        grads = flash_backward(q, k, v, out, lse, do, causal=causal, block_size=8)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_recorded_table_parses():
+    from attn_course.labs.flash_benchmark import load_recorded, parse_recorded, plot_tflops
+
+    rec = load_recorded()
+    assert "H200" in rec.device and rec.dtype == "torch.bfloat16" and (rec.batch, rec.heads) == (4, 32)
+    assert len(rec.rows) == 12 and rec.columns == ["triton", "flash", "cudnn", "efficient"]
+    assert rec.rows[(128, False, 4096)]["triton"] == 490.0
+    assert len(plot_tflops(rec).axes) == 4
+    with pytest.raises(ValueError, match="no TFLOP/s table"):
+        parse_recorded("GPU torch 2\nnothing here")
+
+
+def test_kernel_block_counts():
+    from attn_course.labs.flash_benchmark import kernel_block_counts
+
+    assert kernel_block_counts(256, 256, 128, 64, causal=True) == {"full": 2, "masked": 4, "visited": 6, "all": 8}
+    assert kernel_block_counts(100, 100, 64, 32, causal=False) == {"full": 6, "masked": 2, "visited": 8, "all": 8}
+    big = kernel_block_counts(4096, 4096, 128, 64, causal=True)
+    assert big["visited"] == 32 * 33  # query block i visits 2 (i + 1) key blocks of 64
