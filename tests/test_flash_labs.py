@@ -122,3 +122,27 @@ def test_kernel_block_counts():
     assert kernel_block_counts(100, 100, 64, 32, causal=False) == {"full": 6, "masked": 2, "visited": 8, "all": 8}
     big = kernel_block_counts(4096, 4096, 128, 64, causal=True)
     assert big["visited"] == 32 * 33  # query block i visits 2 (i + 1) key blocks of 64
+
+
+def test_ring_schedule_and_step_times():
+    from attn_course.labs.ring import plot_comm_vs_compute, ring_schedule, step_times
+
+    sched = ring_schedule(3)
+    assert [[c for c, _ in row] for row in sched] == [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
+    assert all(all(ok for _, ok in row) for row in sched)
+    causal = ring_schedule(3, causal=True)
+    assert sum(ok for row in causal for _, ok in row) == 6  # P (P + 1) / 2 chunk pairs
+    rows = step_times([1024, 2048], head_dim=128, heads=32, flops_per_s=1e14, bytes_per_s=1e11)
+    assert rows[1]["compute_s"] == pytest.approx(4 * rows[0]["compute_s"])
+    assert rows[1]["send_s"] == pytest.approx(2 * rows[0]["send_s"])
+    assert rows[0]["flops_per_byte"] == pytest.approx(1024)
+    assert isinstance(plot_comm_vs_compute([512, 1024], 64, 8, 1e14, [1e10, 1e11]), matplotlib.axes.Axes)
+
+
+def test_rank_environment_in_launched_processes():
+    from attn_course.distributed import launch
+    from attn_course.labs.ring import rank_environment
+
+    envs = launch(rank_environment, 2)
+    assert [e["rank"] for e in envs] == [0, 1] and all(e["backend"] == "gloo" for e in envs)
+    assert envs[1]["RANK"] == "1" and envs[0]["WORLD_SIZE"] == "2" and envs[0]["pid"] != envs[1]["pid"]

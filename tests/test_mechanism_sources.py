@@ -44,6 +44,7 @@ MECHANISMS = [
     ("22_flash_attention_triton", "flash_attention", None),
     ("22_flash_attention_triton", "ta._attn_fwd", None),
     ("22_flash_attention_triton", "ta._attn_fwd_inner", None),
+    ("23_ring_attention", "ring_attention", "ex10_flash_attention"),
 ]
 
 
