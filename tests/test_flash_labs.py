@@ -146,3 +146,11 @@ def test_rank_environment_in_launched_processes():
     envs = launch(rank_environment, 2)
     assert [e["rank"] for e in envs] == [0, 1] and all(e["backend"] == "gloo" for e in envs)
     assert envs[1]["RANK"] == "1" and envs[0]["WORLD_SIZE"] == "2" and envs[0]["pid"] != envs[1]["pid"]
+
+
+def test_shipped_record_is_the_benchmark_output(root):
+    """The package ships a copy of benchmarks/results/flash_gpu_h200.txt (chapters run from chapters/)."""
+    from importlib import resources
+
+    shipped = resources.files("attn_course.labs").joinpath("data", "flash_gpu_h200.txt").read_text(encoding="utf-8")
+    assert shipped == (root / "benchmarks" / "results" / "flash_gpu_h200.txt").read_text(encoding="utf-8")
