@@ -14,13 +14,26 @@ EXECUTED := executed-book
 
 .PHONY: install book test test-fast lint exercises clean
 
+# The grader runs every upload in bubblewrap (`bwrap`). As root on Debian/Ubuntu (CI here) it is
+# installed through apt when missing; anywhere else, or if apt fails, the sandboxed grading
+# tests skip and say how to install it. Never fails the build.
 install: $(STAMP)
+	@if ! command -v bwrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && [ -f /etc/debian_version ] \
+		&& command -v apt-get >/dev/null 2>&1; then \
+		echo "install: installing bubblewrap (the grader's sandbox) through apt"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
+			|| echo "install: could not install bubblewrap; the sandboxed grading tests will skip"; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[book,dev]"
+	# timm (only for the ViT parity test) without its dependencies: it would pull torchvision, whose
+	# only wheel for this torch is a CUDA build that cannot load beside the CPU torch (and then
+	# breaks transformers too). The test imports timm against stand-in torchvision modules.
+	$(PIP) install -q --no-deps "timm>=1.0"
 	# Register this environment's Python as the "python3" kernel the notebooks name.
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	touch $(STAMP)

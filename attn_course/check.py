@@ -7,6 +7,9 @@
 prints one line: a pass, or what went wrong on which input and a hint. It compares your
 function with the course's reference on several random inputs, edge cases included, and
 never shows the reference code. Your function's exceptions are caught and summarised.
+
+Under the grader (``ATTN_COURSE_GRADING=1``) the checker does nothing and needs nothing: the
+grading sandbox holds no references, so it does not even load the exercise definitions.
 """
 
 from __future__ import annotations
@@ -22,17 +25,24 @@ CHECK_SEED = 0
 _ICONS = {"passed": "✅", "not_implemented": "⏳", "missing": "❓"}
 
 
+def _grading() -> bool:
+    return os.environ.get("ATTN_COURSE_GRADING") == "1"
+
+
 class Checker:
     """Checks the tasks of one exercise. ``check(task_name, function)``."""
 
     def __init__(self, exercise: str):
+        if _grading():
+            self.exercise = None  # the grader calls the functions itself, with references out of reach
+            return
         exercises = load_exercises()
         if exercise not in exercises:
             raise ValueError(f"unknown exercise {exercise!r}; known: {', '.join(sorted(exercises))}")
         self.exercise = exercises[exercise]
 
     def __call__(self, task_name: str, fn: Any = None, *, quiet: bool = False) -> TaskResult | None:
-        if os.environ.get("ATTN_COURSE_GRADING") == "1":
+        if _grading() or self.exercise is None:
             # Under the grader the checks would only cost time: it calls the functions itself.
             return None
         try:

@@ -1,6 +1,8 @@
 """The ``attn-course`` command.
 
-    attn-course grade PATH... [--timeout S] [--call-timeout S] [--jobs N] [--json F] [--csv F]
+    attn-course grade PATH... [--sandbox auto|bwrap|none] [--timeout S] [--call-timeout S]
+                      [--wall-clock S] [--jobs N] [--shard K/N] [--json F] [--csv F] [--resume]
+    attn-course merge-reports REPORT... [--json F] [--csv F]
     attn-course build-exercises [--check]
     attn-course strip NOTEBOOK...
 """
@@ -8,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -23,23 +26,52 @@ def _positive(kind):
     return parse
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 2/8, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"need 1 <= K <= N, got {text}")
+    return k, n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attn-course", description="Tools of the attention-mechanisms course.")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("grade", help="grade submitted exercise notebooks",
-                       description="Run each submitted notebook in its own kernel and score every task. "
-                                   "Exit status is 0 whenever grading ran, whatever the scores.")
+                       description="Run each submitted notebook in its own sandboxed kernel and score every task. "
+                                   "Exit status is 0 whenever grading ran and the report was written, whatever "
+                                   "the scores; 1 when a report could not be written; 2 on a usage error. "
+                                   "Put the uploads after `--` when a name could look like an option.")
     g.add_argument("paths", nargs="+", metavar="PATH", help="a submitted notebook, or a folder of them")
+    g.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                   help="auto (default): bubblewrap, and refuse to grade when it does not work here; "
+                        "none: run kernels unsandboxed (only for uploads you trust); the report says which")
     g.add_argument("--timeout", type=_positive(float), default=120.0,
                    help="seconds for running one notebook's cells (default 120)")
     g.add_argument("--call-timeout", type=_positive(float), default=20.0,
                    help="seconds for each graded function's calls (default 20)")
+    g.add_argument("--wall-clock", type=_positive(float), default=None,
+                   help="hard limit in seconds for everything one notebook does; its sandbox is killed then "
+                        "(default: timeout + call-timeout x (tasks + 1) + 120)")
     g.add_argument("--jobs", "-j", type=_positive(int), default=1, help="grade N notebooks at once")
+    g.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="grade only the K-th of N deterministic shards (give every shard the same PATHs)")
     g.add_argument("--json", metavar="FILE", help="write the report as JSON")
     g.add_argument("--csv", metavar="FILE", help="write the report as CSV (default grade-report.csv "
                                                  "when neither --json nor --csv is given)")
+    g.add_argument("--log", metavar="FILE", help="progress log, one JSON line per graded notebook "
+                                                 "(default: the report's name with .jsonl)")
+    g.add_argument("--resume", action="store_true",
+                   help="reuse the rows in the progress log for notebooks that have not changed")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+    m = sub.add_parser("merge-reports", help="join the JSON reports (or progress logs) of shards into one")
+    m.add_argument("reports", nargs="+", metavar="REPORT")
+    m.add_argument("--json", metavar="FILE")
+    m.add_argument("--csv", metavar="FILE", help="(default grade-report.csv when neither is given)")
 
     s = sub.add_parser("strip", help="remove outputs and execution counts from notebooks, in place")
     s.add_argument("paths", nargs="+", metavar="NOTEBOOK")
@@ -50,26 +82,125 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def isolate_grader() -> None:
+    """What ``python -I`` gives, for a grader started any way: no imports from the current folder
+    (where uploads may lie), and every dependency imported now, before any upload is read."""
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+    import jupyter_client.manager  # noqa: F401
+    import nbclient  # noqa: F401
+    import nbformat  # noqa: F401
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+    import tqdm.auto  # noqa: F401
+    import zmq.asyncio  # noqa: F401
+
+    from .grading import report, runner, sandbox  # noqa: F401
+    from .grading.tasks import load_exercises
+
+    load_exercises()
+
+
+def _default_log(json_path: str | None, csv_path: str | None) -> str:
+    base = json_path or csv_path or "grade-report.csv"
+    root, _ = os.path.splitext(base)
+    return root + ".jsonl"
+
+
+def _grade(args: argparse.Namespace) -> int:
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
+    from .grading.report import (
+        ProgressLog,
+        check_targets,
+        clean,
+        collect_notebooks,
+        grade_paths,
+        read_progress,
+        shard,
+        summary,
+        write_reports,
+    )
+    from .grading.sandbox import detect
+
+    uploads, missing = collect_notebooks(args.paths)
+    if missing:
+        print(f"attn-course grade: no such file or folder: {clean(', '.join(missing))}", file=sys.stderr)
+        return 2
+    if not uploads:
+        print("attn-course grade: no .ipynb files found in " + clean(", ".join(args.paths)), file=sys.stderr)
+        return 2
+    if args.shard:
+        uploads = shard(uploads, *args.shard)
+    csv_path = args.csv if (args.csv or args.json) else "grade-report.csv"
+    log_path = args.log or _default_log(args.json, csv_path)
+    problem = check_targets([args.json, csv_path, log_path])
+    if problem:
+        print(f"attn-course grade: {clean(problem)}", file=sys.stderr)
+        return 2
+    isolate_grader()  # before any upload runs
+    box = detect(args.sandbox)
+    if box is None:
+        print("attn-course grade: bubblewrap (bwrap) is not installed or does not work here, so uploads cannot "
+              "be graded in a sandbox. Install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`; Fedora: "
+              "`sudo dnf install bubblewrap`), or grade in a Linux container or VM (macOS, Windows). "
+              "To grade trusted notebooks without a sandbox, pass --sandbox none.", file=sys.stderr)
+        return 2
+    if not box.isolated:
+        print("attn-course grade: WARNING: grading without a sandbox (--sandbox none): every upload runs as you, "
+              "with your files, network and processes in reach", file=sys.stderr)
+    done = {}
+    if args.resume:
+        done, _ = read_progress(log_path)
+    log = ProgressLog(log_path)
+    try:
+        import time
+
+        log.write({"type": "run", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sandbox": box.describe(),
+                   "shard": list(args.shard) if args.shard else None})
+        rows = grade_paths(uploads, box, timeout=args.timeout, call_timeout=args.call_timeout, jobs=args.jobs,
+                           progress=not args.quiet, log=log, done=done, wall_clock=args.wall_clock)
+    finally:
+        log.close()
+    extra = {"shard": list(args.shard) if args.shard else None}
+    failed = write_reports(rows, args.json, csv_path, box.describe(), extra)
+    if not args.quiet:
+        print(summary(rows))
+        print("sandbox: " + box.summary())
+        print("report: " + clean(", ".join(p for p in (args.json, csv_path, log_path) if p)))
+    for f in failed:
+        print(f"attn-course grade: could not write {clean(f)}; every row is in {clean(log_path)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    isolate_grader()
+    from .grading.report import check_targets, clean, merge_reports, write_reports
+
+    csv_path = args.csv if (args.csv or args.json) else "grade-report.csv"
+    problem = check_targets([args.json, csv_path])
+    if problem:
+        print(f"attn-course merge-reports: {clean(problem)}", file=sys.stderr)
+        return 2
+    try:
+        rows, sandboxes, problems = merge_reports(args.reports)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"attn-course merge-reports: {clean(str(exc))}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"attn-course merge-reports: warning: {clean(p)}", file=sys.stderr)
+    failed = write_reports(rows, args.json, csv_path, sandboxes, {"merged_from": list(args.reports)})
+    for f in failed:
+        print(f"attn-course merge-reports: could not write {clean(f)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "grade":
-        from .grading.report import collect_notebooks, grade_paths, summary, write_reports
-
-        notebooks, missing = collect_notebooks(args.paths)
-        if missing:
-            print(f"attn-course grade: no such file or folder: {', '.join(missing)}", file=sys.stderr)
-            return 2
-        if not notebooks:
-            print("attn-course grade: no .ipynb files found in " + ", ".join(args.paths), file=sys.stderr)
-            return 2
-        csv_path = args.csv if (args.csv or args.json) else "grade-report.csv"
-        rows = grade_paths(notebooks, timeout=args.timeout, call_timeout=args.call_timeout, jobs=args.jobs,
-                           progress=not args.quiet)
-        write_reports(rows, args.json, csv_path)
-        if not args.quiet:
-            print(summary(rows))
-            print("report: " + ", ".join(p for p in (args.json, csv_path) if p))
-        return 0
+        return _grade(args)
+    if args.command == "merge-reports":
+        return _merge(args)
     if args.command == "strip":
         import nbformat
 

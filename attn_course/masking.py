@@ -205,3 +205,28 @@ def neg_inf_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim:
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=dim)
+
+
+def finite_masked_softmax(
+    scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -1, fill: float | None = None
+) -> torch.Tensor:
+    """``torch.softmax(scores.masked_fill(~mask, fill), dim)`` with a large *finite* negative ``fill``.
+
+    The convention of most libraries (``-1e9``, or ``torch.finfo(dtype).min``, the default
+    here): a masked score becomes so negative that its ``exp`` underflows to exactly 0 in any
+    row that keeps an allowed entry, so those rows equal ``masked_softmax``'s. A fully masked
+    row is different: all its entries equal ``fill``, the softmax of a constant row is uniform,
+    and the row gets weight ``1 / S`` on **every** (masked) key: no NaN, but not zeros either.
+
+    Args:
+        scores: floating tensor, e.g. ``(..., L, S)``. Not modified.
+        mask: optional boolean tensor broadcastable to ``scores``; ``True`` = may attend.
+        dim: the dimension that sums to one.
+        fill: the finite value written into masked scores; default ``torch.finfo(dtype).min``.
+    """
+    require_floating(scores, "scores")
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    check_mask(mask, scores.shape, "a boolean mask (True = may attend)")
+    fill = torch.finfo(scores.dtype).min if fill is None else fill
+    return torch.softmax(scores.masked_fill(~mask, fill), dim=dim)  # out of place

@@ -25,9 +25,10 @@ Conventions
 Pairs. Sinusoidal encodings and RoPE both work on pairs of features ``(2i, 2i+1)`` with the
 frequency ``theta_i = base^(-2i / dim)``, ``i = 0 .. dim/2 - 1``: pair 0 turns fastest (one
 radian per position), the last pair slowest. ``apply_rope`` uses these *interleaved* pairs by
-default, as in the RoFormer paper; ``interleaved=False`` gives the *half-split* pairing
-``(i, i + d/2)`` of GPT-NeoX and LLaMA (Hugging Face's ``rotate_half``). The two differ only by
-a fixed permutation of the features, but a model trained with one needs that one.
+default, as in the RoFormer paper and Meta's original LLaMA code; ``interleaved=False`` gives the
+*half-split* pairing ``(i, i + d/2)`` of GPT-NeoX and Hugging Face's models (``rotate_half``,
+also for their LLaMA port, whose converted ``W_q``, ``W_k`` rows are permuted to match). The two
+differ only by a fixed permutation of the features, but a model trained with one needs that one.
 
 ALiBi. ``alibi_bias(..., symmetric=False)`` (the default, the paper's causal form) penalises
 key ``j`` seen from query ``i`` by ``m_h * (i - j)`` for ``j <= i`` and leaves entries above
@@ -202,8 +203,8 @@ def apply_rope(
 
     Pairing ``(a, b)`` of pair ``i`` (see the module docstring):
 
-    * ``interleaved=True`` (default, the RoFormer paper): ``(2i, 2i + 1)``;
-    * ``interleaved=False`` (GPT-NeoX, LLaMA, Hugging Face's ``rotate_half``): ``(i, i + d/2)``.
+    * ``interleaved=True`` (default; the RoFormer paper, Meta's LLaMA code): ``(2i, 2i + 1)``;
+    * ``interleaved=False`` (GPT-NeoX, Hugging Face's ``rotate_half``): ``(i, i + d/2)``.
 
     Args:
         x: ``(..., T, d)`` floating, ``d`` even: queries or keys, e.g. ``(B, H, T, d)``.

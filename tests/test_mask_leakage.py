@@ -115,6 +115,20 @@ def test_a_fully_masked_row_poisons_the_neg_inf_model_only():
             assert bool(torch.isfinite(p.grad).all()) == finite
 
 
+def test_the_finite_fill_model_keeps_real_positions_exact_and_everything_finite():
+    finite = MaskedAttentionModel(11, 8, causal=True, softmax="finite")
+    masked = MaskedAttentionModel(11, 8, causal=True)
+    masked.load_state_dict(finite.state_dict())
+    real = torch.arange(6) >= torch.tensor([0, 2, 4])[:, None]  # left padding: (3, 6)
+    mask = real[:, None, None, :]  # (B, 1, 1, S)
+    logits_f, logits_m = finite(tokens(), mask), masked(tokens(), mask)
+    assert torch.isfinite(logits_f).all()
+    # real queries give fully masked padding keys zero weight: their outputs agree exactly ...
+    torch.testing.assert_close(logits_f[real], logits_m[real])
+    # ... the padding queries themselves average every value uniformly instead of returning zero
+    assert (logits_f[~real] - logits_m[~real]).abs().max() > 1e-3
+
+
 def test_model_validates():
     with pytest.raises(ValueError, match="softmax must be"):
         MaskedAttentionModel(5, softmax="plain")

@@ -262,3 +262,42 @@ def test_padding_mask_errors():
         padding_mask(torch.tensor([[1], [2]]), 3)
     with pytest.raises(TypeError, match="lengths must be an integer tensor"):
         padding_mask(torch.tensor([1.0, 2.0]), 3)
+
+
+# --------------------------------------------------------------------------- finite fill value
+
+
+def test_finite_masked_softmax_equals_masked_softmax_on_rows_with_an_allowed_key():
+    from attn_course.masking import finite_masked_softmax
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, 4, 5, generator=g) * 10  # (B, H, L, S)
+    mask = torch.rand(2, 1, 4, 5, generator=g) > 0.4
+    mask[..., 0] = True  # every row keeps key 0
+    before = scores.clone()
+    for fill in (None, -1e9):
+        torch.testing.assert_close(finite_masked_softmax(scores, mask, fill=fill), masked_softmax(scores, mask))
+    assert torch.equal(scores, before)  # not modified in place
+    torch.testing.assert_close(finite_masked_softmax(scores), torch.softmax(scores, -1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_finite_masked_softmax_gives_a_fully_masked_row_uniform_weights(dtype):
+    from attn_course.masking import finite_masked_softmax
+
+    scores = torch.randn(3, 6).to(dtype)  # (L, S)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1] = False  # row 1 may attend to nothing
+    w = finite_masked_softmax(scores, mask)
+    assert not w.isnan().any()
+    torch.testing.assert_close(w[1], torch.full((6,), 1 / 6, dtype=dtype))  # uniform, not zeros
+    assert torch.all(masked_softmax(scores, mask)[1] == 0)
+
+
+def test_finite_masked_softmax_checks_its_inputs():
+    from attn_course.masking import finite_masked_softmax
+
+    with pytest.raises(TypeError):
+        finite_masked_softmax(torch.arange(4), None)
+    with pytest.raises((TypeError, ValueError)):
+        finite_masked_softmax(torch.randn(2, 3), torch.ones(2, 3))  # not a boolean mask

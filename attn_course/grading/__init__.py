@@ -8,7 +8,8 @@ Pieces, in the order a submission meets them:
               compares each result with the reference: the same code serves the in-notebook
               checker (``attn_course.check``) and the grader
 ``codec``     the value format that crosses from a grading kernel back to the grader
-``runner``    executes a submitted notebook in its own kernel and calls its functions there
-``report``    rows, totals, JSON/CSV output
+``sandbox``   the OS sandbox (bubblewrap) every grading kernel runs in, and what the kernel may import
+``runner``    executes a submitted notebook in its own sandboxed kernel and calls its functions there
+``report``    uploads as data, rows, totals, progress log, JSON/CSV output, shards
 ``build``     turns an exercise source (solution + markers) into the learner notebook
 """

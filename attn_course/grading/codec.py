@@ -3,13 +3,26 @@
 The kernel runs untrusted code, so what it sends back is loaded with
 ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts only, never
 arbitrary pickled objects. Anything else the learner returns is replaced by a description.
+``load_bounded`` is the grader's side: it also refuses values nested too deeply, too many
+values (a pickle can share one list many times over: 60 bytes can stand for 2**60 items),
+and tensors that are too large or not plain CPU tensors.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
+
+MAX_DEPTH = 16
+MAX_NODES = 100_000  # values visited while checking, shared ones counted every time
+MAX_ELEMENTS = 16_000_000  # tensor elements in all
+MAX_STRING = 100_000
+
+
+class ResultError(Exception):
+    """A kernel's results could not be accepted; the message says why."""
 
 # Tags for values that torch's safe loader cannot carry as themselves.
 TUPLE, NDARRAY, OBJECT = "__tuple__", "__ndarray__", "__object__"
@@ -64,3 +77,46 @@ class Opaque:
 
     def __repr__(self) -> str:
         return f"<{self.type_name}>"
+
+
+def check_bounds(value: Any) -> None:
+    """Raise ``ResultError`` unless ``value`` is small, shallow and made of the codec's types only."""
+    stack = [(value, 0)]
+    nodes = elements = 0
+    while stack:
+        v, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ResultError(f"the results hold more than {MAX_NODES} values")
+        if depth > MAX_DEPTH:
+            raise ResultError(f"the results are nested deeper than {MAX_DEPTH} levels")
+        if isinstance(v, torch.Tensor):
+            if v.layout != torch.strided or v.device.type != "cpu" or v.is_quantized:
+                raise ResultError("the results hold a tensor that is not a plain CPU tensor")
+            elements += v.numel()
+            if elements > MAX_ELEMENTS:
+                raise ResultError(f"the results hold more than {MAX_ELEMENTS} tensor elements")
+        elif isinstance(v, str):
+            if len(v) > MAX_STRING:
+                raise ResultError("the results hold a string that is too long")
+        elif v is None or isinstance(v, (bool, int, float)):
+            pass
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise ResultError("the results hold a dict with a key that is not a string")
+                stack.append((x, depth + 1))
+        else:
+            raise ResultError(f"the results hold a {type(v).__name__}")
+
+
+def load_bounded(data: bytes) -> Any:
+    """Bytes a kernel wrote -> decoded value, or ``ResultError``."""
+    try:
+        value = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:
+        raise ResultError(f"unreadable results ({type(exc).__name__})") from None
+    check_bounds(value)
+    return decode(value)

@@ -22,6 +22,9 @@ from .fixtures import is_fixture
 from .fixtures import resolve as resolve_fixtures
 from .tasks import Case, Task, partial_points
 
+# A public seed: the default of ``evaluate`` for tests and tools. The grader never uses it: it
+# draws a secret seed per run (``runner.grading_run``), since inputs from a public seed can be
+# answered from a table computed offline.
 GRADING_SEED = 20261125
 
 

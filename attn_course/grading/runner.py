@@ -1,17 +1,23 @@
-"""Grade submitted notebooks: run each in its own kernel, then call its functions there.
+"""Grade submitted notebooks: run each in its own sandboxed kernel, then call its functions there.
 
 For one submission:
-1. read the notebook (an unreadable file is reported, not fatal) and tell which exercise it is;
-2. start a fresh kernel in an empty temporary folder and run the code cells in order, each
+1. read the notebook (a regular file only, never through a link, with a size cap; an
+   unreadable file is reported, not fatal) and tell which exercise it is;
+2. start a fresh kernel in a fresh sandbox (``sandbox``) and run the code cells in order, each
    with what is left of the per-notebook time limit (cells after the limit still get a short
    grace, so a slow cell does not cost the functions defined after it); a cell that raises,
-   times out or kills the kernel is recorded and the rest still runs (a dead kernel is
-   replaced and the cells that worked are run again);
-3. for each task, write the inputs to a file, ask the kernel to call the learner's function
-   on them (``harness.call_in_kernel``) with its own time limit, and read the returned values
-   back with torch's safe loader;
-4. score in this process with ``compare.evaluate``: nothing the notebook prints or writes
-   about itself counts.
+   times out or kills the kernel is recorded and the rest still runs (a dead or stuck kernel
+   is replaced and the cells that worked are run again);
+3. for each task, draw the inputs from this run's secret seed, write them where the kernel can
+   read but not write, ask the kernel to call the learner's function on them
+   (``harness.call_in_kernel``) with its own time limit, and read the returned values back
+   from a file opened without following links or blocking, size-capped, with a bounded
+   decoder (``codec.load_bounded``);
+4. score in this process with ``compare.evaluate``: the expected outputs are computed here
+   only, and nothing the notebook prints or writes about itself counts.
+
+One hard wall clock per notebook ends everything: when it runs out the whole sandbox is
+killed (every process in it, however it forked) and the tasks not graded yet get 0.
 
 Every failure becomes a row with 0 points and a message; nothing here raises past
 ``grade_notebook``.
@@ -22,22 +28,40 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
 import shutil
+import signal
+import stat
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import torch
+import zmq
+import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from .codec import decode
+from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, evaluate
+from .sandbox import Sandbox, kill_cgroup, new_cgroup, stripped_package
 from .tasks import Case, Exercise, Task, load_exercises
 
 GRACE_SECONDS = 5  # what a cell still gets once the notebook's time is used up
 STARTUP_SECONDS = 60
+PROBE_SECONDS = 5  # after a timeout: a kernel that cannot run `pass` in this long is replaced
+MAX_NOTEBOOK_BYTES = 20 << 20  # an upload larger than this is not read
+MAX_RESULT_BYTES = 64 << 20  # results file of one task
+MAX_MESSAGE_BYTES = 16 << 20  # one message from a kernel (zmq drops the kernel's connection beyond it)
 
 
 @dataclass
@@ -52,6 +76,116 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class GradingRun:
+    """What every notebook of one grading run shares: the sandbox, a private folder, the secret seed.
+
+    ``root`` is the grader's own folder (no sandbox sees it whole); each kernel gets fresh
+    subfolders of it (``new_dirs``). ``package`` is the stripped copy of ``attn_course`` that
+    sandboxed kernels import.
+    """
+
+    sandbox: Sandbox
+    root: str
+    package: str | None
+    seed: int = field(repr=False)
+    cgroup: str | None = None  # this run's cgroup (pids controller), parent of each kernel's
+    _count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_dirs(self) -> tuple[str, str, str | None]:
+        """(work folder, inputs folder, cgroup) for one kernel: the first writable by it, the second
+        not; the cgroup (None where there is none) holds its processes under the process limit."""
+        with self._lock:
+            self._count += 1
+            n = self._count
+        base = os.path.join(self.root, f"k{n}")
+        work, inputs = os.path.join(base, "work"), os.path.join(base, "in")
+        for d in (base, work, inputs):
+            os.mkdir(d, 0o755)
+        cgroup = None
+        if self.cgroup:
+            cgroup = new_cgroup(self.cgroup, f"k{n}", self.sandbox.limits.processes)
+        return work, inputs, cgroup
+
+
+@contextmanager
+def grading_run(sandbox: Sandbox, seed: int | None = None):
+    """A ``GradingRun``; its folder is removed afterwards. ``seed`` None: a secret one, new each run."""
+    root = tempfile.mkdtemp(prefix="attn-course-run-")
+    os.chmod(root, 0o711)  # bwrap must reach the subfolders it binds; nobody may list them
+    cgroup = None
+    if sandbox.pids_cgroup:
+        cgroup = new_cgroup(sandbox.pids_cgroup, os.path.basename(root), None)
+    try:
+        package = stripped_package(os.path.join(root, "pkg")) if sandbox.isolated else None
+        yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroup)
+    finally:
+        if cgroup:
+            for child in Path(cgroup).iterdir():
+                if child.is_dir():
+                    kill_cgroup(str(child))
+            kill_cgroup(cgroup)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def read_upload(path: Path) -> bytes:
+    """The bytes of a submitted file: a regular file, opened without following a link or blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_NOTEBOOK_BYTES:
+            raise ValueError(f"larger than {MAX_NOTEBOOK_BYTES >> 20} MiB")
+        return _read_capped(fd, MAX_NOTEBOOK_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _read_capped(fd: int, cap: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        chunk = os.read(fd, min(1 << 20, cap + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            raise ValueError(f"larger than {cap >> 20} MiB")
+
+
+def read_results(path: str) -> Any:
+    """A kernel's results file: refused unless a regular file under the size cap; decoded with bounds."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ResultError("no results file was written") from None
+    except OSError as exc:
+        raise ResultError(f"the results file could not be opened ({exc.strerror or type(exc).__name__}; "
+                          "a link?)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ResultError("the results file is not a regular file")
+        if st.st_size > MAX_RESULT_BYTES:
+            raise ResultError(f"the results file is larger than {MAX_RESULT_BYTES >> 20} MiB")
+        try:
+            data = _read_capped(fd, MAX_RESULT_BYTES)
+        except ValueError as exc:
+            raise ResultError(f"the results file is {exc}") from None
+    finally:
+        os.close(fd)
+    return load_bounded(data)
+
+
+def _write_new(path: str, obj: Any) -> None:
+    """torch.save into a file that must not exist yet (never through a link someone planted)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    with os.fdopen(fd, "wb") as f:
+        torch.save(obj, f)
 
 
 def identify_exercise(path: Path, nb: Any, exercises: dict[str, Exercise]) -> Exercise | None:
@@ -78,19 +212,73 @@ def _zero_rows(path: str, ex: Exercise | None, status: str, message: str) -> lis
     return [Row(path, ex.id, t.name, 0.0, t.points, status, message) for t in ex.tasks]
 
 
+
+class _KernelManager(AsyncKernelManager):
+    """Starts ``python -m ipykernel_launcher`` inside the run's sandbox (never a kernel the notebook names).
+
+    Interrupts go as messages: a signal to ``bwrap`` would not reach the kernel inside it.
+    """
+
+    grading: GradingRun | None = None
+    workdir: str = ""
+    inputs: str = ""
+    cgroup: str | None = None
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                          display_name="attn-course grading", language="python", interrupt_mode="message")
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        cmd = super().format_kernel_cmd(extra_arguments)
+        assert self.grading is not None
+        return self.grading.sandbox.command(cmd, self.workdir, self.inputs, self.grading.package, self.cgroup)
+
+    def client(self, **kwargs: Any):
+        # Every socket the client opens refuses messages over the cap (the kernel is disconnected).
+        ctx = zmq.asyncio.Context()
+        ctx.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._client_context = ctx
+        return super().client(context=ctx, **kwargs)
+
+
+class _Client(NotebookClient):
+    """nbclient, keeping nothing a kernel prints: only the name and a capped message of errors."""
+
+    def output(self, outs, msg, display_id, cell_index):
+        if msg.get("msg_type") == "error":
+            content = msg.get("content") or {}
+            outs.append(nbformat.v4.new_output("error", ename=str(content.get("ename", ""))[:200],
+                                               evalue=str(content.get("evalue", ""))[:1000], traceback=[]))
+        return None
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        return None  # no widget state is kept for an untrusted kernel
+
+
 class _Kernel:
-    """One kernel for one submission, with the bookkeeping to run cells under time limits."""
+    """One kernel (in one sandbox) for one submission, with the bookkeeping to run cells under time limits."""
 
-    def __init__(self, workdir: str):
-        from nbclient import NotebookClient
+    def __init__(self, run: GradingRun, deadline: float):
+        self.run_ctx = run
+        self.deadline = deadline  # the notebook's hard wall clock (time.monotonic())
+        self.client: _Client | None = None
+        self.workdir = self.inputs = ""
+        self.cgroup: str | None = None
+        self.alive = False
+        self.expired = False
+        self.good_cells: list[int] = []  # cells that ran without error, replayed after a restart
+        self._lock = threading.Lock()
 
-        self.workdir = workdir
-        self.env = {**os.environ, "ATTN_COURSE_GRADING": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
-        # nbclient stores each executed cell into its notebook at the given index; we run cells
-        # one at a time from source, so it gets a one-cell scratch notebook and index 0 always.
-        self.client = NotebookClient(
+    def start(self) -> None:
+        if self.expired or time.monotonic() >= self.deadline:
+            self.expired = True
+            raise TimeoutError("the notebook's wall clock ran out")
+        kill_cgroup(self.cgroup)  # the previous kernel's, if any
+        self.workdir, self.inputs, self.cgroup = self.run_ctx.new_dirs()
+        client = _Client(
             nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]),
-            kernel_name="python3",  # never the kernel a submission names in its metadata
+            kernel_name="python3",
             allow_errors=True,
             interrupt_on_timeout=True,
             # After interrupting, return at once with an error instead of waiting again.
@@ -99,31 +287,71 @@ class _Kernel:
             startup_timeout=STARTUP_SECONDS,
             iopub_timeout=4,
             record_timing=False,
-            resources={"metadata": {"path": workdir}},
+            resources={"metadata": {"path": self.workdir}},
         )
-        self.alive = False
+        km = _KernelManager(kernel_name="python3")
+        km.grading, km.workdir, km.inputs, km.cgroup = self.run_ctx, self.workdir, self.inputs, self.cgroup
+        # Talk over local sockets in the kernel's work folder, not TCP: no port is opened, and
+        # the sockets work across the sandbox's network namespace.
+        km.transport = "ipc"
+        km.connection_file = os.path.join(self.workdir, ".kernel.json")
+        km.ip = os.path.join(self.workdir, ".kernel-ipc")
+        client.km = km
+        self.client = client
+        from .sandbox import kernel_env
 
-    def start(self) -> None:
-        self.client.km = self.client.create_kernel_manager()
-        # Talk over local sockets in the temporary folder, not TCP: no port is opened.
-        self.client.km.transport = "ipc"
-        self.client.km.connection_file = os.path.join(self.workdir, ".kernel.json")
-        self.client.km.ip = os.path.join(self.workdir, ".kernel-ipc")
-        self.client.start_new_kernel(env=self.env)
-        self.client.start_new_kernel_client()
+        env = kernel_env(self.run_ctx.sandbox, self.workdir)
+        if not self.run_ctx.sandbox.isolated:
+            for sub in ("home", "tmp"):
+                os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
+        # The kernel's own stdout/stderr go nowhere: never to the instructor's terminal.
+        client.start_new_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client.start_new_kernel_client()
         self.alive = True
 
-    def stop(self) -> None:
-        try:
-            self.client._cleanup_kernel()  # shuts the kernel down (now) and closes the channels
-        except Exception:
-            pass
+    def kill(self) -> None:
+        """End the kernel's whole sandbox now (every process in it); safe from any thread."""
+        with self._lock:
+            km = self.client.km if self.client is not None else None
+            process = getattr(getattr(km, "provisioner", None), "process", None)
+            if process is None:
+                return
+            try:
+                if not self.run_ctx.sandbox.isolated:
+                    os.killpg(process.pid, signal.SIGKILL)  # the kernel leads its own process group
+            except OSError:
+                pass
+            try:
+                process.kill()  # bwrap: its death ends the PID namespace, and everything in it
+            except OSError:
+                pass
         self.alive = False
+
+    def _end_cgroup(self) -> None:
+        kill_cgroup(self.cgroup)  # whatever is left, even a process that keeps forking
+        self.cgroup = None
+
+    def stop(self) -> None:
+        self.kill()
+        if self.client is not None:
+            try:
+                self.client._cleanup_kernel()  # closes the channels and removes the connection file
+            except Exception:
+                pass
+            ctx = getattr(self.client.km, "_client_context", None) if self.client.km is not None else None
+            if ctx is not None:
+                ctx.destroy(linger=0)
+        self._end_cgroup()
+        self.alive = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
 
     def run(self, source: str, timeout: float) -> tuple[str, str]:
         """Run code; return (status, detail) with status ok | error | timeout | dead."""
-        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
+        if not self.alive or self.client is None:
+            return "dead", "the kernel is gone"
+        timeout = min(timeout, max(1.0, self.remaining()))
         cell = nbformat.v4.new_code_cell(source)
         self.client.timeout = max(1, math.ceil(timeout))
         start = time.monotonic()
@@ -131,22 +359,77 @@ class _Kernel:
             self.client.execute_cell(cell, 0, store_history=False)
         except DeadKernelError:
             self.alive = False
-            return "dead", "the kernel died (os._exit, a crash, or out of memory)"
+            return "dead", self._dead_detail()
         except CellTimeoutError:
-            return "timeout", f"ran past its time limit ({timeout:.0f} s)"
+            return self._after_timeout(timeout)
         except CellExecutionError as exc:  # only with raises-exception tags; treat as an error
             return "error", str(exc).strip().splitlines()[-1][:300]
         except Exception as exc:  # the kernel's channels broke: treat as dead
             self.alive = False
-            return "dead", f"lost contact with the kernel ({type(exc).__name__})"
+            self.kill()
+            return "dead", self._dead_detail(f"lost contact with the kernel ({type(exc).__name__})")
         if time.monotonic() - start >= self.client.timeout:
-            return "timeout", f"ran past its time limit ({timeout:.0f} s)"
+            return self._after_timeout(timeout)
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 if out.get("ename") == "Timeout":
-                    return "timeout", f"ran past its time limit ({timeout:.0f} s)"
+                    return self._after_timeout(timeout)
                 return "error", f"{out.get('ename')}: {str(out.get('evalue', ''))[:300]}"
         return "ok", ""
+
+    def _dead_detail(self, default: str = "the kernel died (os._exit, a crash, or out of memory)") -> str:
+        if self.expired:
+            return "the notebook ran past its wall clock and was stopped"
+        return default
+
+    def _after_timeout(self, timeout: float) -> tuple[str, str]:
+        """A cell ran past its limit and was interrupted; a kernel that stays stuck is killed."""
+        if self.expired:
+            self.alive = False
+            return "dead", self._dead_detail()
+        status, _ = self._probe()
+        if status != "ok":
+            self.kill()  # it ignores interrupts (or is stopped): replace it
+        return "timeout", f"ran past its time limit ({timeout:.0f} s)"
+
+    def _probe(self) -> tuple[str, str]:
+        cell = nbformat.v4.new_code_cell("pass")
+        self.client.timeout = PROBE_SECONDS
+        try:
+            self.client.execute_cell(cell, 0, store_history=False)
+        except Exception:
+            return "stuck", ""
+        return "ok", ""
+
+
+@contextmanager
+def _wall_clock(kernel: _Kernel):
+    """Kill the kernel's sandbox when the notebook's hard wall clock runs out."""
+    def fire() -> None:
+        kernel.expired = True
+        kernel.kill()
+
+    timer = threading.Timer(max(0.0, kernel.remaining()), fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _restart(kernel: _Kernel, sources: list[str], good: list[int], deadline: float) -> bool:
+    """Replace a dead kernel and replay the cells that worked; False when the wall clock forbids it."""
+    kernel.stop()
+    if kernel.expired:
+        return False
+    try:
+        kernel.start()
+    except Exception:
+        return False
+    for j in good:
+        kernel.run(sources[j], max(GRACE_SECONDS, deadline - time.monotonic()))
+    return kernel.alive
 
 
 def _execute_cells(kernel: _Kernel, sources: list[str], deadline: float) -> dict[int, tuple[str, str]]:
@@ -158,20 +441,17 @@ def _execute_cells(kernel: _Kernel, sources: list[str], deadline: float) -> dict
             continue
         if not kernel.alive:
             # A cell killed the kernel: start a new one and replay what worked, skipping the killers.
-            kernel.stop()
-            kernel.start()
-            for j in good:
-                kernel.run(sources[j], max(GRACE_SECONDS, deadline - time.monotonic()))
+            if not _restart(kernel, sources, good, deadline):
+                problems[i] = ("dead", kernel._dead_detail("the kernel could not be restarted"))
+                continue
         status, detail = kernel.run(src, max(GRACE_SECONDS, deadline - time.monotonic()))
         if status == "ok":
             good.append(i)
         else:
             problems[i] = (status, detail)
     if not kernel.alive:
-        kernel.stop()
-        kernel.start()
-        for j in good:
-            kernel.run(sources[j], max(GRACE_SECONDS, deadline - time.monotonic()))
+        _restart(kernel, sources, good, deadline)
+    kernel.good_cells = good
     return problems
 
 
@@ -185,13 +465,40 @@ def _defining_cell_problem(name: str, sources: list[str], problems: dict[int, tu
     return ""
 
 
-def _call_task(kernel: _Kernel, task: Task, cases: list[Case], workdir: str, k: int, call_timeout: float,
+def _outcome(o: Any) -> Outcome:
+    """One outcome as the kernel reported it; every field checked for its type."""
+    if not isinstance(o, dict):
+        raise ResultError("malformed results")
+
+    def text(key: str) -> str:
+        v = o.get(key, "")
+        return v[:1000] if isinstance(v, str) else ""
+
+    args_after = o.get("args_after")
+    kwargs_after = o.get("kwargs_after")
+    return Outcome(
+        ok=o.get("ok") is True,
+        output=o.get("output"),
+        args_after=tuple(args_after) if isinstance(args_after, (list, tuple)) else None,
+        kwargs_after=kwargs_after if isinstance(kwargs_after, dict) else None,
+        error_type=text("error_type"),
+        error_message=text("error_message"),
+        error_where=text("error_where"),
+        forbidden_used=text("forbidden_used"),
+    )
+
+
+def _call_task(kernel: _Kernel, task: Task, cases: list[Case], k: int, call_timeout: float,
                sources: list[str], problems: dict[int, tuple[str, str]]) -> tuple[list[Outcome], str | None, str | None]:
     """Ask the kernel to run ``task`` on ``cases``. Returns (outcomes, missing message, failure status)."""
-    in_path = os.path.join(workdir, f".attn_course_in_{k}.pt")
-    out_path = os.path.join(workdir, f".attn_course_out_{k}.pt")
-    torch.save({"forbidden": list(task.forbidden),
-                "cases": [{"name": c.name, "args": list(c.args), "kwargs": dict(c.kwargs)} for c in cases]}, in_path)
+    if not kernel.alive:
+        return [], f"`{task.name}` could not be called: {kernel._dead_detail('the kernel is gone')}", (
+            "timeout" if kernel.expired else "error")
+    tag = secrets.token_hex(8)
+    in_path = os.path.join(kernel.inputs, f"in-{k}-{tag}.pt")
+    out_path = os.path.join(kernel.workdir, f"out-{k}-{tag}.pt")
+    _write_new(in_path, {"forbidden": list(task.forbidden),
+                         "cases": [{"name": c.name, "args": list(c.args), "kwargs": dict(c.kwargs)} for c in cases]})
     code = (
         "from attn_course.grading.harness import call_in_kernel as _attn_course_call\n"
         f"_attn_course_call({task.name!r}, {in_path!r}, {out_path!r}, globals())\n"
@@ -201,84 +508,93 @@ def _call_task(kernel: _Kernel, task: Task, cases: list[Case], workdir: str, k: 
     if status == "timeout":
         return [Outcome(False, timed_out=True)], None, "timeout"
     if status == "dead":
+        if kernel.expired:
+            return [], f"`{task.name}` was stopped: {detail}", "timeout"
         return [], f"`{task.name}` killed the kernel when called ({detail})", "error"
     try:
-        raw = torch.load(out_path, weights_only=True)
+        raw = read_results(out_path)
+        if not isinstance(raw, dict) or not isinstance(raw.get("outcomes"), list):
+            raise ResultError("malformed results")
         missing = raw.get("missing")
-        outcomes = [
-            Outcome(
-                ok=bool(o["ok"]),
-                output=decode(o["output"]),
-                args_after=tuple(decode(o["args_after"])) if o["args_after"] is not None else None,
-                kwargs_after=decode(o["kwargs_after"]) if o["kwargs_after"] is not None else None,
-                error_type=str(o["error_type"]),
-                error_message=str(o["error_message"]),
-                error_where=str(o["error_where"]),
-                forbidden_used=str(o.get("forbidden_used", "")),
-            )
-            for o in raw["outcomes"]
-        ]
-    except Exception as exc:
-        why = detail or f"{type(exc).__name__}"
+        outcomes = [_outcome(o) for o in raw["outcomes"][:len(cases)]]
+    except ResultError as exc:
+        why = detail or str(exc)
         return [], f"could not get `{task.name}`'s results back from the notebook ({why})", "error"
     if missing:
+        missing = missing[:500] if isinstance(missing, str) else "malformed results"
         return [], missing + _defining_cell_problem(task.name, sources, problems), "missing"
     return outcomes, None, None
 
 
+def wall_clock_for(ex: Exercise, timeout: float, call_timeout: float) -> float:
+    """The default hard wall clock of one notebook: its cells, every call, and room for two kernel starts."""
+    return timeout + call_timeout * (len(ex.tasks) + 1) + 2 * STARTUP_SECONDS
+
+
 def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = None, timeout: float = 120.0,
-                   call_timeout: float = 20.0, seed: int | None = None) -> list[Row]:
-    """Grade one submission; always returns one row per task (never raises)."""
+                   call_timeout: float = 20.0, seed: int | None = None, run: GradingRun | None = None,
+                   wall_clock: float | None = None) -> list[Row]:
+    """Grade one submission; always returns one row per task (never raises).
+
+    ``run`` is the grading run (sandbox, folder, secret seed); without one, a run without a
+    sandbox is made for this notebook alone (``report.grade_paths`` always passes one).
+    """
     path = Path(path)
     exercises = exercises if exercises is not None else load_exercises()
     shown = str(path)
     try:
-        nb = nbformat.read(str(path), as_version=4)
+        nb = nbformat.reads(read_upload(path).decode("utf-8"), as_version=4)
     except Exception as exc:
         ex = identify_exercise(path, None, exercises)
-        msg = f"not a valid notebook ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
-        return _zero_rows(shown, ex, "invalid", msg)
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return _zero_rows(shown, ex, "invalid", f"not a valid notebook ({type(exc).__name__}: {text})")
     ex = identify_exercise(path, nb, exercises)
     if ex is None:
         return _zero_rows(shown, None, "unknown", "could not tell which exercise this notebook is "
                                                   f"(known: {', '.join(sorted(exercises))})")
-    workdir = tempfile.mkdtemp(prefix="attn-course-grade-")
-    kernel = None
+    if run is None:
+        from .sandbox import detect
+
+        with grading_run(detect("none"), seed) as own:
+            return grade_notebook(path, exercises, timeout, call_timeout, own.seed, own, wall_clock)
+    seed = run.seed if seed is None else seed
+    wall = wall_clock if wall_clock is not None else wall_clock_for(ex, timeout, call_timeout)
+    kernel = _Kernel(run, time.monotonic() + wall)
     try:
         sources = [c.get("source", "") if c.get("cell_type") == "code" else "" for c in nb.get("cells", [])]
         sources = [s if isinstance(s, str) else "".join(s) for s in sources]
-        kernel = _Kernel(workdir)
-        try:
-            kernel.start()
-        except Exception as exc:
-            return _zero_rows(shown, ex, "error", f"could not start a kernel: {type(exc).__name__}: {exc}")
-        problems = _execute_cells(kernel, sources, time.monotonic() + timeout)
-        rows = []
-        for k, task in enumerate(ex.tasks):
-            result = _grade_task(kernel, task, workdir, k, call_timeout, sources, problems, seed)
-            rows.append(Row(shown, ex.id, task.name, result.points, result.max_points, result.status, result.message))
-            if not kernel.alive:  # a call killed it: give the next task a working kernel
-                _execute_cells(kernel, sources, time.monotonic() + timeout)
+        with _wall_clock(kernel):
+            try:
+                kernel.start()
+            except Exception as exc:
+                return _zero_rows(shown, ex, "error", f"could not start a kernel: {type(exc).__name__}: {exc}")
+            deadline = time.monotonic() + timeout
+            problems = _execute_cells(kernel, sources, deadline)
+            rows = []
+            for k, task in enumerate(ex.tasks):
+                result = _grade_task(kernel, task, k, call_timeout, sources, problems, seed)
+                rows.append(Row(shown, ex.id, task.name, result.points, result.max_points, result.status,
+                                result.message))
+                if not kernel.alive and not kernel.expired:  # a call killed it: give the next task a working kernel
+                    _restart(kernel, sources, kernel.good_cells, time.monotonic() + timeout)
         return rows
     except Exception as exc:  # a bug of ours must not lose the other submissions
         return _zero_rows(shown, ex, "error", f"internal grader error: {type(exc).__name__}: {exc}")
     finally:
-        if kernel is not None:
-            kernel.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        kernel.stop()
 
 
-def _grade_task(kernel: _Kernel, task: Task, workdir: str, k: int, call_timeout: float, sources: list[str],
-                problems: dict[int, tuple[str, str]], seed: int | None) -> TaskResult:
+def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, sources: list[str],
+                problems: dict[int, tuple[str, str]], seed: int) -> TaskResult:
     missing: list[tuple[str, str]] = []
 
     def call(cases: list[Case]) -> list[Outcome]:
-        outcomes, why, status = _call_task(kernel, task, cases, workdir, k, call_timeout, sources, problems)
+        outcomes, why, status = _call_task(kernel, task, cases, k, call_timeout, sources, problems)
         if why:
             missing.append((status or "error", why))
         return outcomes
 
-    result = evaluate(task, call, **({"seed": seed} if seed is not None else {}))
+    result = evaluate(task, call, seed=seed)
     if missing:
         status, why = missing[0]
         return TaskResult(task.name, 0.0, task.points, status, why)

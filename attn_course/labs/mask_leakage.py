@@ -28,7 +28,7 @@ from torch import nn
 
 from attn_course._checks import fmt_shape, require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
-from attn_course.masking import causal_mask, combine_masks, neg_inf_softmax
+from attn_course.masking import causal_mask, combine_masks, finite_masked_softmax, neg_inf_softmax
 from attn_course.plotting import check_curves, finish_axes, new_axes
 from attn_course.self_attention import SelfAttention
 
@@ -56,8 +56,9 @@ class MaskedAttentionModel(nn.Module):
     Args:
         vocab_size: V.  d_model: D.  num_layers: attention layers.
         causal: AND every mask with ``causal_mask(T)``.
-        softmax: ``"masked"`` (``scaled_dot_product_attention``, zeros on fully masked rows) or
-            ``"neg_inf"`` (``neg_inf_softmax``: NaN on fully masked rows).
+        softmax: ``"masked"`` (``scaled_dot_product_attention``, zeros on fully masked rows),
+            ``"neg_inf"`` (``neg_inf_softmax``: NaN on fully masked rows) or ``"finite"``
+            (``finite_masked_softmax``: a large finite fill, uniform weights on fully masked rows).
     """
 
     def __init__(
@@ -73,8 +74,8 @@ class MaskedAttentionModel(nn.Module):
         for value, name in ((vocab_size, "vocab_size"), (d_model, "d_model"), (num_layers, "num_layers")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if softmax not in ("masked", "neg_inf"):
-            raise ValueError(f"softmax must be 'masked' or 'neg_inf', got {softmax!r}")
+        if softmax not in ("masked", "neg_inf", "finite"):
+            raise ValueError(f"softmax must be 'masked', 'neg_inf' or 'finite', got {softmax!r}")
         self.vocab_size, self.causal, self.softmax = vocab_size, causal, softmax
         self.embed = nn.Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(SelfAttention(d_model, d_model) for _ in range(num_layers))
@@ -85,7 +86,10 @@ class MaskedAttentionModel(nn.Module):
         if self.softmax == "masked":
             return scaled_dot_product_attention(q, k, v, mask=mask)  # (B, 1, T, D), (B, 1, T, T)
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, 1, T, T)
-        weights = neg_inf_softmax(scores, mask)  # (B, 1, T, T); NaN rows where fully masked
+        if self.softmax == "finite":
+            weights = finite_masked_softmax(scores, mask)  # (B, 1, T, T); uniform rows where fully masked
+        else:
+            weights = neg_inf_softmax(scores, mask)  # (B, 1, T, T); NaN rows where fully masked
         return weights @ v, weights  # (B, 1, T, D), (B, 1, T, T)
 
     def forward(
