@@ -81,6 +81,37 @@ def test_grad_norm_matches_the_jacobian_formula():
     assert out["max_weight"] == pytest.approx(w.amax(-1).mean().item(), rel=1e-10)
 
 
+@pytest.mark.parametrize("scaled", [False, True])
+def test_grad_at_q_and_k_is_the_score_gradient_carried_back_through_the_scale(scaled):
+    # d loss / d q = scale * sum_j g_j k_j and d loss / d k_j = scale * g_j q, with g = J^T u.
+    d_k, S, n = 9, 5, 11
+    g = gen(10)
+    q = torch.randn(n, 1, d_k, generator=g, dtype=torch.float64)
+    k = torch.randn(n, S, d_k, generator=g, dtype=torch.float64)
+    u = torch.randn(n, 1, S, generator=g, dtype=torch.float64)
+    scale = 1 / math.sqrt(d_k) if scaled else 1.0
+    w = torch.softmax(scale * q @ k.transpose(-1, -2), dim=-1)  # (n, 1, S)
+    J = torch.diag_embed(w) - w.unsqueeze(-1) * w.unsqueeze(-2)  # (n, 1, S, S)
+    g_scores = (J @ u.unsqueeze(-1)).squeeze(-1)  # (n, 1, S)
+    g_q = scale * g_scores @ k  # (n, 1, d_k)
+    g_k = scale * g_scores.transpose(-1, -2) * q  # (n, S, 1) * (n, 1, d_k) -> (n, S, d_k)
+    out = softmax_saturation(d_k, S, n, gen(10), scaled=scaled)
+    assert out["grad_q_norm"] == pytest.approx(g_q.norm(dim=-1).flatten().median().item(), rel=1e-10)
+    assert out["grad_k_norm"] == pytest.approx(g_k.flatten(1).norm(dim=-1).median().item(), rel=1e-10)
+
+
+def test_unscaled_path_gains_sqrt_d_k_between_the_scores_and_q():
+    # Unsaturated (small d_k, same samples): the scores get about the same gradient either way,
+    # so q and k get about sqrt(d_k) times more without the scale.
+    d_k = 16
+    raw = softmax_saturation(d_k, S=8, n=400, generator=gen(11))
+    scaled = softmax_saturation(d_k, S=8, n=400, generator=gen(11), scaled=True)
+    gap_scores = scaled["grad_norm"] / raw["grad_norm"]
+    gap_q = scaled["grad_q_norm"] / raw["grad_q_norm"]
+    assert gap_q * math.sqrt(d_k) / gap_scores == pytest.approx(1.0, rel=0.3)
+    assert raw["grad_q_norm"] > scaled["grad_q_norm"] and raw["grad_k_norm"] > scaled["grad_k_norm"]
+
+
 def test_unscaled_saturates_and_scaled_does_not():
     small = softmax_saturation(4, S=16, n=300, generator=gen(7))
     big = softmax_saturation(512, S=16, n=300, generator=gen(7))
@@ -89,6 +120,8 @@ def test_unscaled_saturates_and_scaled_does_not():
     assert big_scaled["max_weight"] < 0.4
     assert big["entropy"] < 0.3 < 2.0 < big_scaled["entropy"]
     assert big["grad_norm"] < 1e-2 * big_scaled["grad_norm"]
+    # at q and k the unscaled path gains sqrt(512) ~ 23, not enough to undo the saturation
+    assert big["grad_q_norm"] < 1e-1 * big_scaled["grad_q_norm"]
 
 
 # --------------------------------------------------------------------------- sweep

@@ -5,7 +5,8 @@ layer roughly produces, and measure, as the width ``d_k`` grows:
 
 * ``dot_product_variance``  the variance of ``q . k``: it grows like ``d_k`` (1 when scaled);
 * ``softmax_saturation``    how peaked the softmax over ``S`` keys gets (mean largest weight,
-                            mean entropy) and how small the gradient through it becomes;
+                            mean entropy) and how small the gradient through it becomes, at
+                            the scores and at the query and keys that computed them;
 * ``saturation_sweep``      both, for a list of widths, scaled and unscaled on the same samples;
 * ``time_scores``           wall-clock time of the four score functions (informational only).
 
@@ -49,7 +50,7 @@ __all__ = [
 _CHUNK_NUMBERS = 1 << 20
 _DTYPE = torch.float64
 
-SATURATION_METRICS = ("max_weight", "entropy", "grad_norm", "grad_norm_mean")
+SATURATION_METRICS = ("max_weight", "entropy", "grad_norm", "grad_norm_mean", "grad_q_norm", "grad_k_norm")
 
 
 # --------------------------------------------------------------------------- validation
@@ -129,6 +130,13 @@ def softmax_saturation(
     * ``grad_norm_mean``: the same norm averaged over queries. The mean is dominated by the few
       queries whose two best keys happen to score almost equally (still unsaturated), so it falls
       far more slowly than the median, the typical query.
+    * ``grad_q_norm``, ``grad_k_norm``: the median over queries of ``||d loss / d q||_2`` and of
+      ``||d loss / d K||_2`` (the query's ``S`` keys together, a Frobenius norm): what reaches the
+      vectors that computed the scores, and through them the layers that produced ``q`` and ``k``.
+      The score is ``scale * q . k`` with ``scale = 1 / sqrt(d_k)`` when ``scaled`` (else 1), so
+      ``d loss / d q = scale * sum_j g_j k_j`` for the gradient ``g`` at the scores: the backward
+      pass is multiplied by the same ``scale`` as the forward one, and the unscaled path gains a
+      factor ``sqrt(d_k)`` there relative to the scaled one.
 
     Args:
         d_k: the query/key width.  S: keys per query.  n: number of queries.
@@ -137,20 +145,26 @@ def softmax_saturation(
         scaled: score with ``q . k / sqrt(d_k)`` instead of ``q . k``.
 
     Returns:
-        ``{"max_weight": float, "entropy": float, "grad_norm": float, "grad_norm_mean": float}``.
+        ``{"max_weight", "entropy", "grad_norm", "grad_norm_mean", "grad_q_norm", "grad_k_norm"}``,
+        each a float.
     """
     require_int(d_k, "d_k")
     require_int(S, "S")
     require_int(n, "n")
     _check_generator(generator)
-    max_w, ent, grads = [], [], []
+    max_w, ent, grads, grads_q, grads_k = [], [], [], [], []
     for rows in _chunks(n, (S + 1) * d_k):
         q = torch.randn(rows, 1, d_k, generator=generator, dtype=_DTYPE)  # (rows, 1, d_k): one query per row
         k = torch.randn(rows, S, d_k, generator=generator, dtype=_DTYPE)  # (rows, S, d_k): its own S keys
         u = torch.randn(rows, 1, S, generator=generator, dtype=_DTYPE)  # (rows, 1, S): upstream gradient
-        logits = _score(q, k, scaled).requires_grad_(True)  # (rows, 1, S); a leaf: we want d/d(logits)
+        q.requires_grad_(True)
+        k.requires_grad_(True)
+        logits = _score(q, k, scaled)  # (rows, 1, S): what the softmax sees
         w = masked_softmax(logits)  # (rows, 1, S)
-        (grad,) = torch.autograd.grad((w * u).sum(), logits)  # (rows, 1, S) = J^T u, row by row
+        # d/d(logits) = J^T u row by row; d/dq and d/dk: the same, carried back through the score
+        grad, grad_q, grad_k = torch.autograd.grad((w * u).sum(), (logits, q, k))
+        grads_q.append(grad_q.norm(dim=-1).flatten())  # (rows, 1, d_k) -> (rows,)
+        grads_k.append(grad_k.flatten(1).norm(dim=-1))  # (rows, S, d_k) -> (rows,)
         w = w.detach()
         max_w.append(w.amax(dim=-1).flatten())  # (rows,)
         ent.append(-torch.xlogy(w, w).sum(dim=-1).flatten())  # (rows,); xlogy: 0 log 0 = 0
@@ -161,6 +175,8 @@ def softmax_saturation(
         "entropy": torch.cat(ent).mean().item(),
         "grad_norm": grad_norms.median().item(),
         "grad_norm_mean": grad_norms.mean().item(),
+        "grad_q_norm": torch.cat(grads_q).median().item(),
+        "grad_k_norm": torch.cat(grads_k).median().item(),
     }
 
 
