@@ -154,3 +154,18 @@ def test_shipped_record_is_the_benchmark_output(root):
 
     shipped = resources.files("attn_course.labs").joinpath("data", "flash_gpu_h200.txt").read_text(encoding="utf-8")
     assert shipped == (root / "benchmarks" / "results" / "flash_gpu_h200.txt").read_text(encoding="utf-8")
+
+
+def test_chapters_use_the_alt_text_of_each_diagram(root):
+    import json
+    import re
+
+    drawn = set()
+    for name in ("21_online_softmax_tiling", "22_flash_attention_triton", "23_ring_attention"):
+        nb = json.loads((root / "chapters" / f"{name}.ipynb").read_text(encoding="utf-8"))
+        for cell in nb["cells"]:
+            m = re.fullmatch(r"(draw_\w+)\([^)]*\);", "".join(cell["source"]).strip())
+            if cell["cell_type"] == "code" and m:
+                assert cell["metadata"]["mystnb"]["image"]["alt"] == flash_diagrams.ALT[m.group(1)], (name, m.group(1))
+                drawn.add(m.group(1))
+    assert drawn == set(flash_diagrams.ALT), "every diagram of these chapters is drawn in one of them"
