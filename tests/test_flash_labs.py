@@ -169,3 +169,17 @@ def test_chapters_use_the_alt_text_of_each_diagram(root):
                 assert cell["metadata"]["mystnb"]["image"]["alt"] == flash_diagrams.ALT[m.group(1)], (name, m.group(1))
                 drawn.add(m.group(1))
     assert drawn == set(flash_diagrams.ALT), "every diagram of these chapters is drawn in one of them"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_gpu_benchmark_says_it_needs_a_gpu():
+    from attn_course.labs.flash_benchmark import benchmark_backends
+
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        benchmark_backends()
+
+
+def test_tiling_without_causal_mask_visits_every_tile():
+    text = "\n".join(t.get_text() for t in flash_diagrams.draw_tiling(causal=False, key_block=3)
+                     .findobj(matplotlib.text.Text))
+    assert "every tile visited" in text and "$K_3$" in text
