@@ -73,6 +73,11 @@ def source_of(*objects: object) -> str:
     parts = []
     for obj in objects:
         target = inspect.unwrap(obj)
+        # Triton kernels are objects wrapping the Python function (autotuner -> jit -> function) in `.fn`
+        for _ in range(4):
+            if inspect.isroutine(target) or inspect.isclass(target) or not callable(getattr(target, "fn", None)):
+                break
+            target = target.fn
         try:
             lines, start = inspect.getsourcelines(target)
             path = inspect.getsourcefile(target) or "?"

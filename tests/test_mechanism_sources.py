@@ -47,6 +47,15 @@ MECHANISMS = [
     ("13_speech_recsys_graphs", "SASRec.forward", None),
     ("13_speech_recsys_graphs", "GATLayer.scores", "ex07_attention_across_fields"),
     ("13_speech_recsys_graphs", "GATLayer.forward", "ex07_attention_across_fields"),
+    ("21_online_softmax_tiling", "online_softmax_update", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "merge_partials", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "tiled_attention_numpy", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "blockwise_attention", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "tiled_attention", "ex10_flash_attention"),
+    ("22_flash_attention_triton", "flash_attention", None),
+    ("22_flash_attention_triton", "ta._attn_fwd", None),
+    ("22_flash_attention_triton", "ta._attn_fwd_inner", None),
+    ("23_ring_attention", "ring_attention", "ex10_flash_attention"),
 ]
 
 

@@ -162,3 +162,11 @@ def test_clear_errors_without_interpreter_or_triton(tmp_path):
 def test_flop_count():
     assert ta.attention_flops(1, 8, 4096, 4096, 64) == 4 * 8 * 4096 * 4096 * 64
     assert ta.attention_flops(2, 1, 10, 10, 16, causal=True) == 2 * 10 * 10 * 16 * 2
+
+
+@pytest.mark.skipif(ON_GPU, reason="the lab's interpreter check runs on CPU tensors")
+def test_lab_interpreter_errors():
+    from attn_course.labs.flash_benchmark import interpreter_errors
+
+    errors = interpreter_errors([(19, 19, 16, True), (9, 30, 32, False)])
+    assert len(errors) == 2 and max(errors.values()) < 1e-5

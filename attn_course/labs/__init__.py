@@ -18,6 +18,11 @@ lab                         chapter what it holds
 ``mask_leakage``            09      a masked token model; which outputs move when inputs change
 ``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
 ``generation``              IV      a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
+``flash_io``                21      peak memory of naive vs tiled NumPy attention; HBM traffic tables and plots
+``flash_benchmark``         22      the Triton kernel under the interpreter; SDPA backends on a GPU; the recorded H200 run
+``flash_backward``          22      FlashAttention's backward by recomputation from the log-sum-exp
+``ring``                    23      ring schedule, torchrun-style process environment, communication vs compute
+``flash_diagrams``          21, 23  diagrams: the tiles and running statistics; the ring of processes
 ``training``                all     the optimisation loop the training runs share
 ==========================  ======  ==============================================================
 """

@@ -1,0 +1,185 @@
+"""The labs of chapters 21-23: memory measurements, traffic tables, diagrams."""
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from attn_course.flash import memory_traffic, naive_attention
+from attn_course.labs import flash_diagrams
+from attn_course.labs.flash_io import (
+    memory_by_length,
+    naive_attention_numpy,
+    plot_memory_by_length,
+    plot_memory_traffic,
+    traffic_table,
+)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_naive_numpy_equals_torch():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, 9, 4), dtype=np.float32) for _ in range(3))
+    for causal in (False, True):
+        ref = naive_attention(*(torch.from_numpy(a) for a in (q, k, v)), causal=causal).numpy()
+        np.testing.assert_allclose(naive_attention_numpy(q, k, v, causal), ref, atol=1e-6)
+
+
+def test_memory_naive_quadratic_tiled_flat():
+    mem = memory_by_length([128, 256, 512], head_dim=8, block_size=32)
+    assert mem["N"] == [128, 256, 512]
+    assert all(3.3 < b / a < 4.5 for a, b in zip(mem["naive"], mem["naive"][1:]))
+    rest = [t - o for t, o in zip(mem["tiled"], mem["output"])]
+    assert max(rest) < 1.2 * min(rest)
+    assert isinstance(plot_memory_by_length(mem), matplotlib.axes.Axes)
+
+
+def test_traffic_table_matches_memory_traffic():
+    rows = traffic_table([1024, 2048], [64], 192 * 1024)
+    t = memory_traffic(2048, 64, 192 * 1024)
+    assert rows[1]["naive_MB"] == pytest.approx(t.naive_bytes / 1e6) and rows[1]["ratio"] == pytest.approx(t.ratio)
+    fig = plot_memory_traffic([512, 1024], [64, 128], [64 * 1024, 128 * 1024])
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+
+
+@pytest.mark.parametrize("name", sorted(flash_diagrams.ALT))
+def test_diagrams_are_figures_with_alt_text(name):
+    fig = getattr(flash_diagrams, name)()
+    assert isinstance(fig, Figure) and fig.get_label() == flash_diagrams.ALT[name]
+    assert len([p for ax in fig.axes for p in ax.patches]) >= 5
+    w, h = fig.get_size_inches()
+    assert 6 <= w <= 10.5 and h <= 5.5
+    assert 40 < len(flash_diagrams.ALT[name]) < 500
+
+
+def test_diagram_labels_and_arguments():
+    text = "\n".join(t.get_text() for t in flash_diagrams.draw_tiling(blocks=5, query_block=3, key_block=2)
+                     .findobj(matplotlib.text.Text))
+    assert "$Q_3$" in text and "$K_2$" in text and "$S_{32}" in text and "SRAM" in text
+    text = "\n".join(t.get_text() for t in flash_diagrams.draw_ring(3).findobj(matplotlib.text.Text))
+    assert "rank 2" in text and "P = 3" in text
+    with pytest.raises(ValueError, match="skipped"):
+        flash_diagrams.draw_tiling(query_block=1, key_block=2)
+    with pytest.raises(ValueError, match="world_size must be an int >= 2"):
+        flash_diagrams.draw_ring(1)
+
+
+def test_source_of_unwraps_kernel_objects():
+    """Triton's autotuner and jit objects keep the Python function in ``.fn``: show_source reaches it."""
+    from attn_course.utils import source_of
+
+    class Wrapper:  # like triton.runtime.Autotuner / JITFunction
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __call__(self, *args):
+            return self.fn(*args)
+
+    text = source_of(Wrapper(Wrapper(naive_attention_numpy)))
+    assert text.startswith("# naive_attention_numpy: attn_course/labs/flash_io.py, line ")
+    assert "def naive_attention_numpy(" in text
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recomputed_backward_equals_autograd(causal):
+    from attn_course.labs.flash_backward import flash_backward, forward_with_lse
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 21, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    do = torch.randn(1, 2, 21, 8, generator=g, dtype=torch.float64)
+    ref = torch.autograd.grad(naive_attention(q, k, v, causal=causal), (q, k, v), do)
+    with torch.no_grad():
+        out, lse = forward_with_lse(q, k, v, causal)
+        torch.testing.assert_close(out, naive_attention(q, k, v, causal=causal))
+        grads = flash_backward(q, k, v, out, lse, do, causal=causal, block_size=8)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_recorded_table_parses():
+    from attn_course.labs.flash_benchmark import load_recorded, parse_recorded, plot_tflops
+
+    rec = load_recorded()
+    assert "H200" in rec.device and rec.dtype == "torch.bfloat16" and (rec.batch, rec.heads) == (4, 32)
+    assert len(rec.rows) == 12 and rec.columns == ["triton", "flash", "cudnn", "efficient"]
+    assert rec.rows[(128, False, 4096)]["triton"] == 490.0
+    assert len(plot_tflops(rec).axes) == 4
+    with pytest.raises(ValueError, match="no TFLOP/s table"):
+        parse_recorded("GPU torch 2\nnothing here")
+
+
+def test_kernel_block_counts():
+    from attn_course.labs.flash_benchmark import kernel_block_counts
+
+    assert kernel_block_counts(256, 256, 128, 64, causal=True) == {"full": 2, "masked": 4, "visited": 6, "all": 8}
+    assert kernel_block_counts(100, 100, 64, 32, causal=False) == {"full": 6, "masked": 2, "visited": 8, "all": 8}
+    big = kernel_block_counts(4096, 4096, 128, 64, causal=True)
+    assert big["visited"] == 32 * 33  # query block i visits 2 (i + 1) key blocks of 64
+
+
+def test_ring_schedule_and_step_times():
+    from attn_course.labs.ring import plot_comm_vs_compute, ring_schedule, step_times
+
+    sched = ring_schedule(3)
+    assert [[c for c, _ in row] for row in sched] == [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
+    assert all(all(ok for _, ok in row) for row in sched)
+    causal = ring_schedule(3, causal=True)
+    assert sum(ok for row in causal for _, ok in row) == 6  # P (P + 1) / 2 chunk pairs
+    rows = step_times([1024, 2048], head_dim=128, heads=32, flops_per_s=1e14, bytes_per_s=1e11)
+    assert rows[1]["compute_s"] == pytest.approx(4 * rows[0]["compute_s"])
+    assert rows[1]["send_s"] == pytest.approx(2 * rows[0]["send_s"])
+    assert rows[0]["flops_per_byte"] == pytest.approx(1024)
+    assert isinstance(plot_comm_vs_compute([512, 1024], 64, 8, 1e14, [1e10, 1e11]), matplotlib.axes.Axes)
+
+
+def test_rank_environment_in_launched_processes():
+    from attn_course.distributed import launch
+    from attn_course.labs.ring import rank_environment
+
+    envs = launch(rank_environment, 2)
+    assert [e["rank"] for e in envs] == [0, 1] and all(e["backend"] == "gloo" for e in envs)
+    assert envs[1]["RANK"] == "1" and envs[0]["WORLD_SIZE"] == "2" and envs[0]["pid"] != envs[1]["pid"]
+
+
+def test_shipped_record_is_the_benchmark_output(root):
+    """The package ships a copy of benchmarks/results/flash_gpu_h200.txt (chapters run from chapters/)."""
+    from importlib import resources
+
+    shipped = resources.files("attn_course.labs").joinpath("data", "flash_gpu_h200.txt").read_text(encoding="utf-8")
+    assert shipped == (root / "benchmarks" / "results" / "flash_gpu_h200.txt").read_text(encoding="utf-8")
+
+
+def test_chapters_use_the_alt_text_of_each_diagram(root):
+    import json
+    import re
+
+    drawn = set()
+    for name in ("21_online_softmax_tiling", "22_flash_attention_triton", "23_ring_attention"):
+        nb = json.loads((root / "chapters" / f"{name}.ipynb").read_text(encoding="utf-8"))
+        for cell in nb["cells"]:
+            m = re.fullmatch(r"(draw_\w+)\([^)]*\);", "".join(cell["source"]).strip())
+            if cell["cell_type"] == "code" and m:
+                assert cell["metadata"]["mystnb"]["image"]["alt"] == flash_diagrams.ALT[m.group(1)], (name, m.group(1))
+                drawn.add(m.group(1))
+    assert drawn == set(flash_diagrams.ALT), "every diagram of these chapters is drawn in one of them"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_gpu_benchmark_says_it_needs_a_gpu():
+    from attn_course.labs.flash_benchmark import benchmark_backends
+
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        benchmark_backends()
+
+
+def test_tiling_without_causal_mask_visits_every_tile():
+    text = "\n".join(t.get_text() for t in flash_diagrams.draw_tiling(causal=False, key_block=3)
+                     .findobj(matplotlib.text.Text))
+    assert "every tile visited" in text and "$K_3$" in text
