@@ -13,6 +13,7 @@ installed, and torch is still the one it started with.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -61,12 +62,20 @@ def colab_like(tmp_path_factory):
     return python, env, home, site, torch
 
 
-def colab_notebook(path: Path) -> nbformat.NotebookNode:
-    """The notebook as Colab runs it, installing from this checkout instead of the repository."""
+def source_copy(dest: Path) -> Path:
+    """What pip gets from the repository: the package's sources (a build in the checkout would leave build/ there)."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "attn_course", dest / "attn_course", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def colab_notebook(path: Path, source: Path) -> nbformat.NotebookNode:
+    """The notebook as Colab runs it, installing from a copy of this checkout instead of the repository."""
     nb = nbformat.read(str(path), as_version=4)
     install = next(c for c in nb.cells if c.cell_type == "code")
     assert f"git+{REPO_URL}" in install.source
-    install.source = install.source.replace(f"git+{REPO_URL}", f"--no-index --no-build-isolation {ROOT}")
+    install.source = install.source.replace(f"git+{REPO_URL}", f"--no-index --no-build-isolation {source}")
     pretend = nbformat.v4.new_code_cell('import sys, types\nsys.modules["google.colab"] = types.ModuleType("google.colab")')
     report = nbformat.v4.new_code_cell("import attn_course, torch\nprint(attn_course.__file__)\nprint(torch.__file__, torch.__version__)")
     nb.cells = [pretend, *nb.cells, report]
@@ -76,7 +85,9 @@ def colab_notebook(path: Path) -> nbformat.NotebookNode:
 def test_install_cell_installs_the_package_and_keeps_torch(colab_like):
     python, env, home, site, torch = colab_like
     nb_path = home / NOTEBOOK.name
-    nbformat.write(colab_notebook(NOTEBOOK), str(nb_path))
+    (home / "repository").mkdir()
+    source = source_copy(home / "repository")
+    nbformat.write(colab_notebook(NOTEBOOK, source), str(nb_path))
     script = (
         "import sys, nbformat\n"
         "from nbclient import NotebookClient\n"
