@@ -4,7 +4,7 @@ A figure made by a code cell has no alt text of its own: without one, the HTML w
 image's file name. For each such image this extension takes, in order:
 
 1. ``mystnb: image: alt:`` in the code cell's metadata (myst-nb's own option), if set;
-2. otherwise the ``% alt: ...`` lines of the markdown cell just above the code cell, one per
+2. otherwise the ``% alt: ...`` lines of the nearest markdown cell above the code cell, one per
    figure in order (``%`` starts a MyST comment: the line is not shown on the page);
 3. otherwise "Figure: " and the last paragraph of that markdown cell (which introduces the
    figure), shortened to a few sentences.
@@ -57,7 +57,9 @@ def add_alt_text(app, doctree: nodes.document) -> None:
         images = [img for img in container.findall(nodes.image) if not img.get("alt")]
         if not images:
             continue
-        above = "".join(cells[index - 1]["source"]) if index > 0 and cells[index - 1]["cell_type"] == "markdown" else ""
+        above = next(
+            ("".join(c["source"]) for c in reversed(cells[:index]) if c["cell_type"] == "markdown"), ""
+        )
         alts = [a.strip() for a in ALT_LINE.findall(above)]
         fallback = _fallback(above)
         for k, image in enumerate(images):

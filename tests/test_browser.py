@@ -191,10 +191,11 @@ def test_phone_width_does_not_scroll_sideways(visit, rel):
         f"""() => {{
             const width = document.documentElement.clientWidth;
             const out = [];
-            for (const el of document.querySelectorAll('main *')) {{
+            for (const el of document.querySelectorAll('.bd-header-article *, article.bd-article *')) {{
                 if (el.closest({json.dumps(SCROLLS_INSIDE)})) continue;
                 const r = el.getBoundingClientRect();
-                if (r.width > 0 && r.right > width + 1) out.push(el.tagName.toLowerCase() + '.' + el.className + ' right=' + Math.round(r.right));
+                if (r.width > 0 && r.right > width + 1)
+                    out.push(el.tagName.toLowerCase() + '.' + (el.getAttribute('class') || '') + ' right=' + Math.round(r.right));
             }}
             return {{scroll: document.documentElement.scrollWidth, width, out: out.slice(0, 5)}};
         }}"""
