@@ -38,6 +38,9 @@ def run(cmd, **kw):
 def colab_like(tmp_path_factory):
     """(python, env): a venv without attn_course that sees this environment's torch without holding it."""
     torch = pytest.importorskip("torch")
+    setuptools = pytest.importorskip("setuptools")
+    # the install builds the package offline, with this environment's setuptools (pyproject asks >=77)
+    assert int(setuptools.__version__.split(".")[0]) >= 77, "pip install -e '.[dev]' (it brings setuptools>=77)"
     home = tmp_path_factory.mktemp("colab")
     venv = home / "venv"
     made = run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
