@@ -15,7 +15,7 @@ EXECUTED := executed-book
 # --keep-going lists all of them first.
 STRICT := -W --keep-going
 # What the book is built from (the executed copy gets the same files).
-BOOK_SOURCES := _config.yml _toc.yml _ext intro.md glossary.md bibliography.md references.bib chapters exercises
+BOOK_SOURCES := _config.yml _toc.yml _ext _static intro.md glossary.md bibliography.md references.bib chapters exercises
 
 .PHONY: install book test test-fast lint exercises clean browser linkcheck
 
