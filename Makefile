@@ -36,7 +36,8 @@ book: install
 
 # Every notebook is executed once: nbmake runs them in a copy of the book (--overwrite keeps
 # the outputs there), then the book is built from that copy with execution switched off and
-# its HTML is checked.
+# its HTML is checked, as files and in headless Chromium with the network blocked (chapter
+# screenshots go to $(EXECUTED)/_build/browser-screenshots).
 test: install browser
 	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED)
 	cp -r $(BOOK_SOURCES) $(EXECUTED)/
@@ -47,8 +48,6 @@ test: install browser
 	$(BIN)/pytest -m "not book" tests --ignore=tests/submissions \
 		--nbmake --overwrite --nbmake-timeout=300 $(EXECUTED)/chapters $(EXECUTED)/exercises --durations=15
 	$(BIN)/jupyter-book build $(EXECUTED) --builder html $(STRICT)
-	# The built book, checked as HTML and in headless Chromium (offline); chapter screenshots
-	# go to $(EXECUTED)/_build/browser-screenshots.
 	BOOK_HTML=$(EXECUTED)/_build/html BROWSER_ARTIFACTS=$(EXECUTED)/_build/browser-screenshots \
 		$(BIN)/pytest -m book tests/test_book_html.py tests/test_browser.py --durations=5
 
