@@ -29,15 +29,15 @@ from typing import Any
 __all__ = ["slider_figure"]
 
 # Text glyphs for the player's buttons (matplotlib draws them with an icon font from a CDN).
-_ICONS = {
+_ICONS = {  # characters every system font has (U+23EE..23F8 media symbols often are missing)
     "fa fa-minus": "&minus;",
-    "fa fa-fast-backward": "&#x23EE;",
-    "fa fa-step-backward": "&#x2039;",
+    "fa fa-fast-backward": "|&lsaquo;",
+    "fa fa-step-backward": "&lsaquo;",
     "fa fa-play fa-flip-horizontal": "&#x25C0;",
-    "fa fa-pause": "&#x23F8;",
+    "fa fa-pause": "&#x2016;",
     "fa fa-play": "&#x25B6;",
-    "fa fa-step-forward": "&#x203A;",
-    "fa fa-fast-forward": "&#x23ED;",
+    "fa fa-step-forward": "&rsaquo;",
+    "fa fa-fast-forward": "&rsaquo;|",
     "fa fa-plus": "+",
 }
 
