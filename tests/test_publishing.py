@@ -64,3 +64,22 @@ def test_version_tags_build_and_check_the_distributions():
     assert flow["on"]["push"]["tags"] == ["v*"]
     text = steps(flow)
     assert "python -m build" in text and "twine check" in text
+
+
+# The papers the course relies on (issue 10): later parts cite them where they are used.
+COURSE_PAPERS = [
+    "bahdanau2015neural", "luong2015effective", "vaswani2017attention", "devlin2019bert", "radford2019language",
+    "dosovitskiy2021image", "carion2020end", "xu2015show", "chan2016listen", "kang2018self", "velickovic2018graph",
+    "katharopoulos2020transformers", "beltagy2020longformer", "zaheer2020big", "dao2022flashattention",
+    "dao2023flashattention2", "shah2024flashattention3", "kwon2023efficient", "shazeer2019fast", "ainslie2023gqa",
+    "su2021roformer", "press2022train", "liu2023ring",
+]
+
+
+def test_one_bib_file_holds_every_paper_the_course_relies_on():
+    bib = (ROOT / "references.bib").read_text(encoding="utf-8")
+    keys = re.findall(r"^@\w+\{([^,]+),", bib, re.M)
+    assert len(keys) == len(set(keys)), "duplicate keys in references.bib"
+    assert not set(COURSE_PAPERS) - set(keys), sorted(set(COURSE_PAPERS) - set(keys))
+    assert list(ROOT.glob("*.bib")) == [ROOT / "references.bib"], "one .bib file"
+    assert ":all:" in (ROOT / "bibliography.md").read_text(), "the references page lists every entry"
