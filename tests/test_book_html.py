@@ -58,6 +58,38 @@ def test_chapter_has_a_colab_launch_button_for_this_repository(rel):
     assert f"colab.research.google.com/github/{slug}/blob/main/{nb}" in html
 
 
+def built_pages():
+    return sorted(p for p in HTML.rglob("*.html") if not {"_static", "_sources"} & set(p.relative_to(HTML).parts))
+
+
+def test_math_and_scripts_are_shipped_with_the_book():
+    """The book works from disk: MathJax is in _static, no page loads a script or stylesheet from elsewhere."""
+    assert (HTML / "_static" / "mathjax" / "tex-chtml.js").exists(), "offline MathJax (sphinx-mathjax-offline) missing"
+    for path in built_pages():
+        html = path.read_text(encoding="utf-8")
+        remote = re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="((?:https?:)?//[^"]+)"', html)
+        remote = [u for u in remote if 'rel="canonical"' not in u]
+        assert not remote, f"{path.relative_to(HTML)} loads {remote}"
+        assert "THEBE_JS_URL" not in html, f"{path.relative_to(HTML)}: thebe's script is back"
+
+
+def test_widgets_leave_no_empty_slot():
+    """A widget (explorer, tqdm bar) needs a kernel: _ext/html_fixes.py drops its placeholder and state."""
+    for path in built_pages():
+        html = path.read_text(encoding="utf-8")
+        assert "application/vnd.jupyter.widget-view+json" not in html, (
+            f"{path.relative_to(HTML)}: a widget output left an empty slot (see _ext/html_fixes.py)"
+        )
+        assert "widget-state+json" not in html
+
+
+def test_glossary_lists_the_terms_and_pages_link_it():
+    glossary = page("glossary.html")
+    for term in ("query", "key", "value", "alignment", "context vector", "head", "mask"):
+        assert f'id="term-{term.replace(" ", "-")}"' in glossary, term
+    assert 'href="glossary.html#term-query"' in page("intro.html")
+
+
 def test_exercises_rendered():
     for nb in sorted((ROOT / "exercises").glob("*.ipynb")):
         html = page(f"exercises/{nb.stem}.html")
