@@ -36,6 +36,8 @@ MECHANISMS = [
     ("10_encoder_vs_decoder", "TransformerBlock.forward", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "next_token_batch", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "TransformerDecoder.generate", "ex05_transformer_block"),
+    ("18_quadratic_wall", "attention_flops", "ex09_efficient_attention"),
+    ("18_quadratic_wall", "naive_attention", None),
 ]
 
 

@@ -18,6 +18,8 @@ lab                         chapter what it holds
 ``mask_leakage``            09      a masked token model; which outputs move when inputs change
 ``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
 ``generation``              IV      a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
+``quadratic_wall``          18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
+``efficiency_diagrams``     V       Part V's conceptual diagrams (sparse patterns, block skipping, linear attention)
 ``training``                all     the optimisation loop the training runs share
 ==========================  ======  ==============================================================
 """
