@@ -38,6 +38,9 @@ MECHANISMS = [
     ("10_encoder_vs_decoder", "TransformerDecoder.generate", "ex05_transformer_block"),
     ("18_quadratic_wall", "attention_flops", "ex09_efficient_attention"),
     ("18_quadratic_wall", "naive_attention", None),
+    ("19_sparse_attention", "sliding_window_mask", "ex09_efficient_attention"),
+    ("19_sparse_attention", "mask_to_layout", "ex09_efficient_attention"),
+    ("19_sparse_attention", "block_sparse_attention", "ex09_efficient_attention"),
 ]
 
 
