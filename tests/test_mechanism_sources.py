@@ -41,6 +41,8 @@ MECHANISMS = [
     ("19_sparse_attention", "sliding_window_mask", "ex09_efficient_attention"),
     ("19_sparse_attention", "mask_to_layout", "ex09_efficient_attention"),
     ("19_sparse_attention", "block_sparse_attention", "ex09_efficient_attention"),
+    ("20_linear_attention", "linear_attention", "ex09_efficient_attention"),
+    ("20_linear_attention", "linear_attention_step", "ex09_efficient_attention"),
 ]
 
 
