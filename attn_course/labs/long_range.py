@@ -162,18 +162,21 @@ def plot_accuracy_by_position_buckets(
     line at ``reach`` (how far a local model's attention reaches)."""
     ax = new_axes(ax)
     edges = list(range(1, task.seq_len, bucket))
-    for name, (correct, positions) in results.items():
+    for n, (name, (correct, positions)) in enumerate(results.items()):
         xs, ys = [], []
         for lo in edges:
             sel = (positions >= lo) & (positions < lo + bucket)
             if sel.any():
                 xs.append(lo + (bucket - 1) / 2)
                 ys.append(float(correct[sel].float().mean()))
-        ax.plot(xs, ys, marker="o", label=name)
+        # equal curves stay visible: each line its own dash pattern and a smaller marker
+        ax.plot(xs, ys, marker="o", markersize=7 - 2 * (n % 3), linestyle=("-", "--", ":")[n % 3], label=name)
     if reach is not None:
         ax.axvline(reach + 0.5, color="0.3", linestyle=":", label=f"reach of the window ({reach})")
-    return finish_axes(ax, xlabel="position of the signal (distance from [CLS])", ylabel="accuracy", title=title,
-                       chance=1 / task.n_signals, ylim=UNIT_YLIM)
+    finish_axes(ax, xlabel="position of the signal (distance from [CLS])", ylabel="accuracy", title=title,
+                chance=1 / task.n_signals, ylim=UNIT_YLIM)
+    ax.legend(loc="center right")
+    return ax
 
 
 def plot_cost(rows: Sequence[dict], ax: Axes | None = None, *, title: str) -> Axes:
