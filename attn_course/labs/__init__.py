@@ -18,6 +18,10 @@ lab                         chapter what it holds
 ``mask_leakage``            09      a masked token model; which outputs move when inputs change
 ``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
 ``generation``              IV      a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
+``quadratic_wall``          18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
+``long_range``              19      one far-away signal to find; a small encoder with a local, Longformer or full mask
+``linear_recall``           20      decoding cost per token (KV cache vs linear state); associative recall without training
+``efficiency_diagrams``     V       Part V's conceptual diagrams (sparse patterns, block skipping, linear attention)
 ``flash_io``                21      peak memory of naive vs tiled NumPy attention; HBM traffic tables and plots
 ``flash_benchmark``         22      the Triton kernel under the interpreter; SDPA backends on a GPU; the recorded H200 run
 ``flash_backward``          22      FlashAttention's backward by recomputation from the log-sum-exp
