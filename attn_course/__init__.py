@@ -3,15 +3,21 @@
 The package has two layers, plus the exercise system:
 
 * **The attention library**, at the top level: one module per mechanism, named for it, the
-  code a reader of the papers would recognise. ``scoring`` (dot, scaled, general, additive
-  scores), ``masking`` (masks and the masked softmax), ``attention`` (scaled dot-product
-  attention), ``lookup`` (attention as Nadaraya-Watson kernel regression), ``combine`` (context
-  + decoder state), ``seq2seq`` (GRU encoder-decoder with fixed-context, Bahdanau and Luong
+  code a reader of the papers would recognise. Parts I-II: ``scoring`` (dot, scaled, general,
+  additive scores), ``masking`` (masks and the masked softmax), ``attention`` (scaled dot-product
+  attention), ``lookup`` (attention as Nadaraya-Watson kernel regression), ``combine`` (context +
+  decoder state), ``seq2seq`` (GRU encoder-decoder with fixed-context, Bahdanau and Luong
   decoders), ``self_attention``, ``multihead``, ``positional`` (sinusoidal, learned, RoPE,
-  ALiBi), ``transformer`` (the block, encoder and decoder language models); later parts add
-  their mechanisms here (``gpt``, ``kv_cache``, ``flash``, ...). ``apps/`` holds the
-  application models of Part III. Helpers: ``_checks`` (input validation, public names),
-  ``plotting`` (figure helpers several chapters share), ``utils`` (seeding, threads).
+  ALiBi), ``transformer`` (the block, encoder and decoder language models, the next-token shift,
+  BERT's input masking). Part IV: ``gpt`` (a GPT-2-architecture model, sampling, generation,
+  the GPT-2 loader), ``kv_cache`` (dynamic, static, sliding-window and paged caches), ``gqa``
+  (grouped-query attention). Part V: ``flash`` (online softmax, tiled attention, memory
+  traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``sparse``,
+  ``linear``, ``distributed`` (ring attention). ``apps/`` holds Part III's application models,
+  one module per field (text, vision, speech, recsys, graphs). Helpers: ``_checks`` (input
+  validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``
+  (the conceptual diagrams of Parts I-II), ``interactive`` (kernel-free slider figures),
+  ``utils`` (seeding, threads, ``show_source``).
 * **The chapters' experiments**, in ``attn_course.labs``: one module per experiment, named for
   its topic (task, data, training run, measurements, the chapter's own figures). A library
   module never imports a lab; ``tests/test_layering.py`` checks it.
