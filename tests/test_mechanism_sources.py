@@ -36,6 +36,13 @@ MECHANISMS = [
     ("10_encoder_vs_decoder", "TransformerBlock.forward", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "next_token_batch", "ex05_transformer_block"),
     ("10_encoder_vs_decoder", "TransformerDecoder.generate", "ex05_transformer_block"),
+    ("14_autoregressive_decoding", "Block.forward", None),
+    ("14_autoregressive_decoding", "top_p_filter", "ex08_kv_cache"),
+    ("14_autoregressive_decoding", "sampling_distribution", "ex08_kv_cache"),
+    ("15_kv_cache", "KVCache.update", "ex08_kv_cache"),
+    ("15_kv_cache", "DynamicCache", "ex08_kv_cache"),
+    ("15_kv_cache", "StaticCache", "ex08_kv_cache"),
+    ("15_kv_cache", "GroupedQueryAttention.forward", "ex08_kv_cache"),
 ]
 
 
