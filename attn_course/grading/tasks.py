@@ -104,6 +104,7 @@ EXERCISE_MODULES: tuple[str, ...] = (
     "ex04_decoder_step",
     "ex05_transformer_block",
     "ex06_find_the_bug",
+    "ex08_kv_cache",
 )
 
 
