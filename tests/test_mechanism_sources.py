@@ -49,6 +49,7 @@ MECHANISMS = [
     ("16_shrinking_the_cache", "SlidingWindowCache._store", None),
     ("16_shrinking_the_cache", "PagedCache.fork", None),
     ("16_shrinking_the_cache", "PagedCache._prepare_append", None),
+    ("17_loading_gpt2", "load_gpt2_state_dict", None),
 ]
 
 

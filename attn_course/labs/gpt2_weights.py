@@ -87,9 +87,11 @@ def find_gpt2_tokenizer(weights: Path | None, repo_id: str = "gpt2"):
         return None
     for source in ([str(weights.parent)] if weights is not None else []) + [repo_id]:
         try:
-            return GPT2TokenizerFast.from_pretrained(source, local_files_only=True)
+            tokenizer = GPT2TokenizerFast.from_pretrained(source, local_files_only=True)
         except Exception:  # noqa: PERF203 - the files are simply not there
             continue
+        if len(tokenizer) >= 50257 and tokenizer("a b").input_ids:  # GPT-2's vocabulary, not an empty one
+            return tokenizer
     return None
 
 
