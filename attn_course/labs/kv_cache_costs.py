@@ -63,13 +63,13 @@ def _best_of(fn, repeat: int) -> float:
 
 def time_generation(model: GPT, prompt: torch.Tensor, lengths: Sequence[int],
                     methods: Sequence[str] = ("no cache", "dynamic", "static"),
-                    repeat: int = 2, progress: bool = True) -> dict[str, dict[int, float]]:
+                    repeat: int = 2, uncached_repeat: int = 1, progress: bool = True) -> dict[str, dict[int, float]]:
     """Tokens/s of greedy ``generate`` for each method and number of new tokens (best of ``repeat``).
 
     ``methods``: ``"no cache"`` (recompute everything each step) or a cache kind of
     ``attn_course.gpt.generate``. Runs are interleaved length by length, so a change in the
-    machine's load hits every method alike. The uncached runs are timed once (they are the slow
-    ones). Returns ``{method: {new_tokens: tokens per second}}``.
+    machine's load hits every method alike. The uncached runs (the slow ones) are the best of
+    ``uncached_repeat``. Returns ``{method: {new_tokens: tokens per second}}``.
     """
     lengths = [require_int(n, "lengths") for n in lengths]
     out: dict[str, dict[int, float]] = {m: {} for m in methods}
@@ -79,7 +79,7 @@ def time_generation(model: GPT, prompt: torch.Tensor, lengths: Sequence[int],
     for n, method in tqdm(jobs, desc="timing generation", disable=not progress, leave=False):
         kwargs = dict(use_cache=False) if method == "no cache" else dict(cache=method)
         seconds = _best_of(lambda n=n, kwargs=kwargs: generate(model, prompt, n, **kwargs),
-                           1 if method == "no cache" else repeat)
+                           uncached_repeat if method == "no cache" else repeat)
         out[method][n] = n / seconds
     return out
 
