@@ -487,6 +487,8 @@ def _generate(model, idx, max_new_tokens, use_cache, temperature, top_k, top_p, 
     if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
         raise shape_error("idx", idx, "(B, T) integer token ids")
     B, T = idx.shape
+    if T == 0:
+        raise shape_error("idx", idx, "(B, T) with T >= 1: at least one prompt token (e.g. a <bos>)")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if T > cfg.context_length:

@@ -168,6 +168,8 @@ def test_errors_name_the_argument():
         generate(model, torch.zeros(1, 49, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="max_new_tokens = 45"):
         generate(model, idx, 45)
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        generate(model, torch.zeros(2, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match=r"top_p must be None or in \(0, 1\], got 1.5"):
         generate(model, idx, 2, temperature=1.0, top_p=1.5)
     with pytest.raises(ValueError, match="top_p"):

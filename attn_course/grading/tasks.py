@@ -105,6 +105,7 @@ EXERCISE_MODULES: tuple[str, ...] = (
     "ex05_transformer_block",
     "ex06_find_the_bug",
     "ex07_attention_across_fields",
+    "ex08_kv_cache",
     "ex09_efficient_attention",
     "ex10_flash_attention",
 )

@@ -15,6 +15,10 @@ unclosed opener, however far back it is, and ``.`` may only come when nothing is
 * ``check_brackets``       the rule-checker: ``None`` for a valid sentence, else the first broken rule.
 * ``train_bracket_model``  a small ``attn_course.gpt.GPT`` trained on next-token prediction.
 * ``sample_sentences``     generate from ``<bos>`` with ``attn_course.gpt.generate`` and check each.
+* ``left_pad``             prompts of different lengths -> one left-padded batch and its attention mask.
+* ``plot_sampling_distributions``   what greedy / temperature / top-k / top-p sample from, side by side.
+* ``linear_flops``         FLOPs of one forward pass's matrix products (Linear layers), counted by torch.
+* ``plot_work_per_token``  multiply-adds to produce token t, with and without a KV cache.
 
 Token ids: ``0 <pad>``, ``1 <bos>``, ``2 .``, ``3 (``, ``4 )``, ``5 [``, ``6 ]``. Shapes:
 ``(B, T)`` token batches, ``T = 2 * max_pairs + 2`` (``<bos>``, the brackets, ``.``), right-padded.
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 
 from attn_course import utils
 from attn_course._checks import require_int
-from attn_course.gpt import GPT, GPTConfig, generate
+from attn_course.gpt import GPT, GPTConfig, generate, generation_macs, sampling_distribution
 from attn_course.labs.training import TrainHistory, run_steps
 
 __all__ = [
@@ -45,6 +49,10 @@ __all__ = [
     "train_bracket_model",
     "sample_sentences",
     "SampleReport",
+    "left_pad",
+    "plot_sampling_distributions",
+    "linear_flops",
+    "plot_work_per_token",
 ]
 
 VOCAB = ("<pad>", "<bos>", ".", "(", ")", "[", "]")
@@ -239,3 +247,80 @@ def sample_sentences(
     sentences = [task.decode(row) for row in out]
     errors = [check_brackets(s, task.max_depth, task.max_pairs) for s in sentences]
     return SampleReport(sentences, errors)
+
+
+# --------------------------------------------------------------------------- chapter helpers
+
+
+def left_pad(prompts: list[list[int]], pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> ``idx (B, T_max)`` left-padded with ``pad``, ``mask (B, T_max)``.
+
+    ``mask`` is 1 at real tokens and 0 at padding: what ``attn_course.gpt.generate`` takes as
+    ``attention_mask``. Left, not right: every row's last column is then its newest token, so
+    one new column per step extends every row.
+    """
+    if not prompts or any(not isinstance(p, (list, tuple)) or not p for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    T = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), T), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)  # (B, T)
+    for b, p in enumerate(prompts):
+        idx[b, T - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[b, T - len(p):] = 1
+    return idx, mask
+
+
+def plot_sampling_distributions(logits: torch.Tensor, settings: dict[str, dict], vocab=VOCAB,
+                                valid: set[str] | None = None):
+    """One bar chart per sampling setting: the distribution ``sampling_distribution`` draws from.
+
+    ``logits (V,)``; ``settings`` maps a panel title to keyword arguments of
+    ``sampling_distribution`` (``temperature``, ``top_k``, ``top_p``). Tokens in ``valid`` are
+    drawn in colour, the others grey. Returns ``(figure, {title: probabilities (V,)})``.
+    """
+    import matplotlib.pyplot as plt
+
+    if logits.dim() != 1 or logits.shape[0] != len(vocab):
+        raise ValueError(f"logits must be ({len(vocab)},) = (V,), one score per token, got {tuple(logits.shape)}")
+    if not settings:
+        raise ValueError("settings must name at least one sampling setting")
+    probs = {title: sampling_distribution(logits, **kw) for title, kw in settings.items()}
+    fig, axes = plt.subplots(1, len(settings), figsize=(2.1 * len(settings), 2.9), sharey=True,
+                             layout="constrained")
+    axes = [axes] if len(settings) == 1 else list(axes)
+    colors = ["C0" if valid is None or tok in valid else "0.6" for tok in vocab]
+    for ax, (title, p) in zip(axes, probs.items()):
+        ax.bar(range(len(vocab)), p.tolist(), color=colors)
+        ax.set_xticks(range(len(vocab)), vocab, rotation=90)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("probability of the next token")
+    fig.suptitle("What each sampling method draws from (grey: tokens that break a rule)", fontsize=10)
+    return fig, probs
+
+
+def linear_flops(model: GPT, idx: torch.Tensor, cache=None) -> int:
+    """FLOPs of the matrix products in one forward pass of ``model`` on ``idx (B, T)``, counted by torch.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts every matmul it sees (here: the Linear
+    layers, projections, MLP and the output layer for the last position); torch's fused attention
+    on the CPU is not counted, so this is the attention-free part of ``2 x generation_macs``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(idx, cache, last_only=True)
+    return counter.get_total_flops()
+
+
+def plot_work_per_token(config: GPTConfig, lengths, ax=None):
+    """Multiply-adds (``generation_macs``) to produce the token after ``t`` tokens, with and without a cache."""
+    from attn_course.plotting import finish_axes, new_axes
+
+    lengths = [require_int(t, "lengths") for t in lengths]
+    ax = new_axes(ax)
+    for use_cache, label in ((False, "no cache: recompute all t tokens"), (True, "KV cache: one new token")):
+        ax.plot(lengths, [generation_macs(t, config, use_cache) for t in lengths], marker=".", label=label)
+    return finish_axes(ax, xlabel="tokens so far, t", ylabel="multiply-adds for the next token",
+                       title="Work to produce one token")

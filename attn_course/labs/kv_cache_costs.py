@@ -1,0 +1,222 @@
+"""Part IV lab (the KV cache and its costs): timings, arithmetic intensity, memory, paging.
+
+Measurements the chapters on the KV cache make, measured in the page that prints them:
+
+* ``time_generation``        tokens/s of ``attn_course.gpt.generate`` with and without a cache,
+                             against the number of generated tokens (best of ``repeat`` runs).
+* ``time_prefill_decode``    seconds per token of the prompt's one pass vs one decode step.
+* ``copy_bandwidth``, ``matmul_flops``   what this machine can move (GB/s) and compute (FLOP/s).
+* ``decode_intensity``, ``prefill_intensity``   arithmetic intensity (FLOPs per byte read) of a
+                             decode step and of a prefill, from ``generation_macs`` and the bytes
+                             of the weights and the cache.
+* ``cache_table``            ``kv_cache_bytes`` for published model shapes.
+* ``train_kv_head_variants`` the bracket GPT trained with several numbers of key/value heads.
+* ``plot_tokens_per_second``, ``plot_paging``   the chapters' figures.
+
+Shapes: token batches ``(B, T)``; sizes in bytes unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from attn_course._checks import require_int
+from attn_course.gpt import GPT, GPTConfig, generate, generation_macs
+from attn_course.kv_cache import ModelShape, kv_cache_bytes, simulate_paging
+from attn_course.labs.generation import (
+    BracketTask,
+    default_model_config,
+    sample_sentences,
+    train_bracket_model,
+)
+
+__all__ = [
+    "time_generation",
+    "plot_tokens_per_second",
+    "time_prefill_decode",
+    "copy_bandwidth",
+    "matmul_flops",
+    "weight_bytes",
+    "decode_intensity",
+    "prefill_intensity",
+    "cache_table",
+    "train_kv_head_variants",
+    "plot_paging",
+]
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _best_of(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_generation(model: GPT, prompt: torch.Tensor, lengths: Sequence[int],
+                    methods: Sequence[str] = ("no cache", "dynamic", "static"),
+                    repeat: int = 2, uncached_repeat: int = 1, progress: bool = True) -> dict[str, dict[int, float]]:
+    """Tokens/s of greedy ``generate`` for each method and number of new tokens (best of ``repeat``).
+
+    ``methods``: ``"no cache"`` (recompute everything each step) or a cache kind of
+    ``attn_course.gpt.generate``. Runs are interleaved length by length, so a change in the
+    machine's load hits every method alike. The uncached runs (the slow ones) are the best of
+    ``uncached_repeat``. Returns ``{method: {new_tokens: tokens per second}}``.
+    """
+    lengths = [require_int(n, "lengths") for n in lengths]
+    out: dict[str, dict[int, float]] = {m: {} for m in methods}
+    generate(model, prompt, 4, use_cache=False)  # warm-up
+    generate(model, prompt, 4)
+    jobs = [(n, m) for n in lengths for m in methods]
+    for n, method in tqdm(jobs, desc="timing generation", disable=not progress, leave=False):
+        kwargs = dict(use_cache=False) if method == "no cache" else dict(cache=method)
+        seconds = _best_of(lambda n=n, kwargs=kwargs: generate(model, prompt, n, **kwargs),
+                           uncached_repeat if method == "no cache" else repeat)
+        out[method][n] = n / seconds
+    return out
+
+
+def plot_tokens_per_second(results: dict[str, dict[int, float]], ax=None, title: str = "Generation speed"):
+    """Tokens/s against the number of generated tokens, one line per method."""
+    from attn_course.plotting import check_curves, finish_axes, new_axes
+
+    check_curves(results, "results")
+    ax = new_axes(ax)
+    for method, by_len in results.items():
+        ax.plot(list(by_len), list(by_len.values()), marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    return finish_axes(ax, xlabel="tokens generated", ylabel="tokens per second (whole call)", title=title)
+
+
+def time_prefill_decode(model: GPT, prompt_len: int, new_tokens: int = 16, repeat: int = 3,
+                        seed: int = 0) -> tuple[float, float]:
+    """Seconds per token of prefill (one pass over ``prompt_len`` tokens) and of a decode step.
+
+    Both best of ``repeat``. Decode time = (generate(prompt, 1 + new_tokens) - generate(prompt, 1))
+    / new_tokens: only the extra decode steps.
+    """
+    require_int(prompt_len, "prompt_len")
+    require_int(new_tokens, "new_tokens")
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g)  # (1, T)
+    generate(model, prompt, 2, cache="static")  # warm-up
+    prefill = _best_of(lambda: generate(model, prompt, 1, cache="static"), repeat)
+    both = _best_of(lambda: generate(model, prompt, 1 + new_tokens, cache="static"), repeat)
+    return prefill / prompt_len, max(both - prefill, 1e-9) / new_tokens
+
+
+def copy_bandwidth(mbytes: int = 64, repeat: int = 5) -> float:
+    """GB/s of ``dst.copy_(src)`` on ``mbytes`` MB of float32, counting the read and the write."""
+    src = torch.randn(require_int(mbytes, "mbytes") * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * src.numel() * 4 / _best_of(lambda: dst.copy_(src), repeat) / 1e9
+
+
+def matmul_flops(n: int = 512, repeat: int = 3) -> float:
+    """FLOP/s of an ``n x n`` by ``n x n`` float32 matrix product (``2 n^3`` FLOPs)."""
+    a, b = torch.randn(require_int(n, "n"), n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / _best_of(lambda: a @ b, repeat)
+
+
+# --------------------------------------------------------------------------- arithmetic intensity
+
+
+def weight_bytes(config: GPTConfig, dtype_bytes: int = 4) -> int:
+    """Bytes of the weights a forward pass reads: every parameter except the position table
+    (one row per token is read), the tied embedding counted once (it is the output layer)."""
+    D, N, V = config.n_embd, config.n_layer, config.vocab_size
+    kv = config.n_kv_head * config.head_dim
+    bias = 1 if config.bias else 0
+    per_layer = (D * (D + 2 * kv) + bias * (D + 2 * kv) + D * D + bias * D  # attention projections
+                 + 8 * D * D + bias * 5 * D + (2 + 2 * bias) * D)  # MLP, two LayerNorms
+    return (N * per_layer + V * D + (1 + bias) * D) * dtype_bytes
+
+
+def decode_intensity(config: GPTConfig, context: int, batch: int = 1, dtype_bytes: int = 4) -> float:
+    """FLOPs per byte read by one decode step: ``batch`` new tokens after ``context`` cached ones.
+
+    FLOPs: ``2 x generation_macs(context + 1, cached)`` per sequence. Bytes: all the weights (read
+    once for the whole batch) plus every sequence's cache (``kv_cache_bytes``).
+    """
+    require_int(batch, "batch")
+    flops = 2 * generation_macs(context + 1, config, use_cache=True) * batch
+    cache = kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, context, batch, dtype_bytes)
+    return flops / (weight_bytes(config, dtype_bytes) + cache)
+
+
+def prefill_intensity(config: GPTConfig, prompt_len: int, dtype_bytes: int = 4) -> float:
+    """FLOPs per byte of one prefill pass over ``prompt_len`` tokens (weights read once; the
+    attention term counted causally, as in ``generation_macs``; one output row)."""
+    T = require_int(prompt_len, "prompt_len")
+    flops = 2 * generation_macs(T, config, use_cache=False)
+    written = kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, T, 1, dtype_bytes)
+    return flops / (weight_bytes(config, dtype_bytes) + written)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def cache_table(shapes: dict[str, ModelShape], tokens: int, batch: int = 1, dtype_bytes: int = 2) -> list[dict]:
+    """One row per model: bytes per token, the cache for ``tokens x batch``, and the weights' bytes."""
+    rows = []
+    for key, s in shapes.items():
+        rows.append({
+            "key": key, "name": s.name, "layers": s.num_layers, "heads": s.num_heads, "kv_heads": s.num_kv_heads,
+            "head_dim": s.head_dim, "per_token": s.kv_bytes_per_token(dtype_bytes),
+            "cache": s.kv_bytes(tokens, batch, dtype_bytes), "weights": int(s.params * dtype_bytes),
+        })
+    return rows
+
+
+def train_kv_head_variants(task: BracketTask, kv_heads: Iterable[int], *, n_head: int = 4, steps: int = 600,
+                           samples: int = 300, seed: int = 0, progress: bool = True) -> dict[int, dict]:
+    """The bracket GPT with ``n_head`` query heads and each number of key/value heads in ``kv_heads``.
+
+    Each model starts from the default shape (``default_model_config``) with ``n_head`` heads and
+    ``n_kv_head = h``, trains for ``steps`` steps, and samples ``samples`` sentences at
+    temperature 1. Returns ``{h: {"model", "loss" (mean of the last 50 steps), "valid",
+    "kv_bytes_per_token", "parameters"}}``.
+    """
+    out = {}
+    for h in kv_heads:
+        base = default_model_config(task)
+        config = GPTConfig(vocab_size=base.vocab_size, context_length=base.context_length, n_layer=base.n_layer,
+                           n_head=n_head, n_kv_head=h, n_embd=base.n_embd)
+        model, history = train_bracket_model(task, config, steps=steps, seed=seed, progress=progress)
+        model.eval()
+        report = sample_sentences(model, task, samples, temperature=1.0, seed=seed)
+        out[h] = {"model": model, "loss": sum(history.losses[-50:]) / 50, "valid": report.valid_fraction,
+                  "kv_bytes_per_token": kv_cache_bytes(config.n_layer, h, config.head_dim, 1, dtype_bytes=4),
+                  "parameters": model.num_parameters()}
+    return out
+
+
+def plot_paging(max_len: int = 2048, block_sizes: Sequence[int] = (8, 16, 32, 64, 128),
+                num_requests: int = 200, seed: int = 0, ax=None):
+    """Fraction of reserved KV memory that holds nothing: contiguous (max_len per request) vs paged.
+
+    Returns ``(ax, {block_size: PagingStats})``.
+    """
+    from attn_course.plotting import finish_axes, new_axes
+
+    stats = {b: simulate_paging(num_requests, max_len, b, seed=seed) for b in block_sizes}
+    ax = new_axes(ax)
+    xs = list(block_sizes)
+    ax.plot(xs, [stats[b].paged_waste for b in xs], marker="o", label="paged: blocks of this size")
+    ax.axhline(stats[xs[0]].contiguous_waste, color="C3", linestyle="--",
+               label=f"contiguous: max_len = {max_len} reserved per request")
+    ax.set_xscale("log", base=2)
+    finish_axes(ax, xlabel="block size (tokens)", ylabel="fraction of reserved slots unused",
+                title=f"{num_requests} requests, lengths uniform up to {max_len}", ylim=(0, 1))
+    return ax, stats

@@ -1,0 +1,73 @@
+"""Part IV's diagrams: real figures of patches, with their alt text and the labels the chapters rely on."""
+
+import inspect
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from attn_course.labs import inference_diagrams as diagrams  # noqa: E402
+
+DRAW = sorted(n for n, f in inspect.getmembers(diagrams, inspect.isfunction)
+              if n.startswith("draw_") and f.__module__ == diagrams.__name__)
+
+EXPECTED = {
+    "draw_decoding_loop": ["GPT\n(causal)", "p(next | so far)", "top-k, top-p", "append the chosen token"],
+    "draw_prefill_decode": ["prefill: the whole prompt, one pass", "decode: one new token per step", "k$_{5}$"],
+    "draw_gqa_heads": ["MHA: 8 query heads, 8 KV heads", "GQA: 8 query heads, 2 KV heads",
+                       "MQA: 8 query heads, 1 KV head", "cache: 2/8 of MHA's"],
+    "draw_sliding_window_ring": ["W = 6\nslots", "slot 3", "keys 4 .. 9 are attended"],
+    "draw_paged_cache": ["sequence A: block table", "#0  ref 2", "#3  free", "copy on write"],
+    "draw_weight_mapping": ["h.i.attn.c_attn.weight  (D, 3D)", "h.i.attn.qkv.weight  (3D, D)", ".t()"],
+}
+
+
+@pytest.fixture
+def draw():
+    figs = []
+
+    def call(name, *args, **kwargs):
+        figs.append(getattr(diagrams, name)(*args, **kwargs))
+        return figs[-1]
+
+    yield call
+    for fig in figs:
+        plt.close(fig)
+
+
+def texts(fig: Figure) -> str:
+    return "\n".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+
+
+def test_alt_text_covers_exactly_the_public_draw_functions():
+    assert DRAW == sorted(diagrams.ALT) == sorted(EXPECTED)
+    for name, alt in diagrams.ALT.items():
+        assert isinstance(alt, str) and 40 < len(alt) < 500, name
+
+
+@pytest.mark.parametrize("name", DRAW)
+def test_each_diagram_is_a_figure_of_patches_with_its_alt_text_and_labels(draw, name):
+    fig = draw(name)
+    assert isinstance(fig, Figure) and fig.get_label() == diagrams.ALT[name]
+    assert len([p for ax in fig.axes for p in ax.patches]) >= 5
+    w, h = fig.get_size_inches()
+    assert 6 <= w <= 10.5 and h <= 5.5
+    assert all(not ax.axison for ax in fig.axes)
+    found = texts(fig)
+    for label in EXPECTED[name]:
+        assert label in found, f"{name}: {label!r} missing"
+
+
+def test_arguments_change_the_drawing_and_are_checked(draw):
+    assert "MQA: 4 query heads, 1 KV head" in texts(draw("draw_gqa_heads", 4, (4, 1)))
+    assert "keys 0 .. 2 are attended" in texts(draw("draw_sliding_window_ring", 4, 2))
+    with pytest.raises(ValueError, match="divide"):
+        diagrams.draw_gqa_heads(8, (3,))
+    with pytest.raises(ValueError, match="window"):
+        diagrams.draw_sliding_window_ring(window=40)
+    with pytest.raises(ValueError, match="prompt_len"):
+        diagrams.draw_prefill_decode(prompt_len=0)
