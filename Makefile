@@ -62,7 +62,7 @@ test: install browser
 		--nbmake --overwrite --nbmake-timeout=300 $(EXECUTED)/chapters $(EXECUTED)/exercises --durations=15
 	$(BIN)/jupyter-book build $(EXECUTED) --builder html $(STRICT)
 	BOOK_HTML=$(EXECUTED)/_build/html BROWSER_ARTIFACTS=$(EXECUTED)/_build/browser-screenshots \
-		$(BIN)/pytest -m book tests --ignore=tests/submissions --durations=5
+		$(BIN)/pytest -m book tests/test_book_html.py tests/test_mechanism_sources.py tests/test_browser.py --durations=5
 
 # The browser test drives Debian's chromium (never `playwright install`, which downloads one).
 # As root on Debian (CI) a missing chromium is installed; elsewhere the test says how and skips.
