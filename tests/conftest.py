@@ -1,7 +1,15 @@
+import os
 from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported (and when a kernel is decorated):
+# without a GPU, set it before any test module imports triton or attn_course.triton_attention,
+# so that the kernel tests run under the interpreter whatever order the modules load in.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 

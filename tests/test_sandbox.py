@@ -276,3 +276,13 @@ def test_checker_needs_no_reference_under_the_grader(monkeypatch):
     monkeypatch.setenv("ATTN_COURSE_GRADING", "1")
     monkeypatch.setattr(check, "load_exercises", lambda: (_ for _ in ()).throw(ImportError("no references")))
     assert check.Checker("ex01_softmax_attention")("softmax", print) is None
+
+
+def test_private_tmp_is_mounted_before_the_runtime_and_work_folders():
+    """bwrap mounts in order: a checkout or virtual environment under /tmp (as in a CI clone
+    there) must be bound on top of the private /tmp, not hidden by it."""
+    box = sb.Sandbox(kind="bwrap", bwrap="/usr/bin/bwrap")
+    args = box.command(["/usr/bin/python3", "-m", "ipykernel"], "/tmp/w", "/tmp/in", "/tmp/pkg")
+    tmp = next(i for i in range(len(args) - 1) if args[i] == "--tmpfs" and args[i + 1] == "/tmp")
+    binds = [i for i, a in enumerate(args) if a in ("--ro-bind", "--bind")]
+    assert binds and tmp < min(binds), args

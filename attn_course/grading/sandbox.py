@@ -105,6 +105,10 @@ class Sandbox:
         if not self.isolated:
             return enter + limited
         args = [*enter, self.bwrap, *self.flags, "--die-with-parent", "--new-session"]
+        # The private /tmp first: bwrap mounts in order, so a runtime, package or work folder that
+        # lives under /tmp (a checkout in /tmp, say) is bound on top of it instead of hidden by it.
+        args += ["--proc", "/proc", "--dev", "/dev",
+                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp", "--dir", HOME_INSIDE]
         args += _runtime_mounts()
         real_pkg = Path(_package_dir()).resolve()
         solutions = real_pkg.parent / "exercises"
@@ -112,9 +116,7 @@ class Sandbox:
             args += ["--tmpfs", str(solutions)]  # a checkout inside the runtime: hide its exercises
         if package is not None:
             args += ["--ro-bind", package, str(real_pkg)]
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp", "--dir", HOME_INSIDE,
-                 "--ro-bind", inputs, inputs, "--bind", workdir, workdir, "--chdir", workdir, "--clearenv"]
+        args += ["--ro-bind", inputs, inputs, "--bind", workdir, workdir, "--chdir", workdir, "--clearenv"]
         for key, value in env.items():
             args += ["--setenv", key, value]
         return args + ["--", *limited]
