@@ -46,8 +46,9 @@ COLORS = {
     "norm": "#b8860b",  # dark gold: LayerNorm
     "ffn": "#35978f",  # teal: feed-forward
 }
-_INK = "#222222"
-_MUTED = "#666666"
+# The drawing primitives below are public: the other diagram modules (apps, labs) draw with them.
+INK = "#222222"
+MUTED = "#666666"
 # head colours for draw_split_merge_heads (none of them is a query/key/value colour)
 _HEADS = ["#7b3294", "#e7298a", "#66a61e", "#a6761d", "#1f78b4", "#e6ab02", "#555555", "#d95f02"]
 
@@ -93,16 +94,17 @@ ALT = {
 
 
 # ---------------------------------------------------------------- primitives
-def _light(color: str, amount: float = 0.82) -> tuple[float, float, float]:
+def light(color: str, amount: float = 0.82) -> tuple[float, float, float]:
     """``color`` mixed with white (``amount`` = share of white): box fills."""
     r, g, b = to_rgb(color)
     return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
 
 
-def _canvas(width: float, height: float, name: str, y0: float = 0.0):
-    """A figure whose data units are inches (y from ``y0``): one axes over the whole figure, axis off."""
+def canvas(width: float, height: float, alt: str, y0: float = 0.0):
+    """A figure whose data units are inches (y from ``y0``): one axes over the whole figure, axis
+    off; ``alt`` (the alt text) is the figure's label."""
     fig = plt.figure(figsize=(width, height))
-    fig.set_label(ALT[name])
+    fig.set_label(alt)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
     ax.set_ylim(y0, y0 + height)
@@ -110,40 +112,54 @@ def _canvas(width: float, height: float, name: str, y0: float = 0.0):
     return fig, ax
 
 
-def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3):
+def box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3, ls="-", rounding=0.06):
     """A rounded box centred at (x, y), ``w`` by ``h`` inches, edged in ``color``, with ``text`` in it."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
-                                facecolor=_light(color) if fill is None else fill, edgecolor=color,
-                                linewidth=lw, zorder=3))
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=f"round,pad=0,rounding_size={rounding}",
+                                facecolor=light(color) if fill is None else fill, edgecolor=color,
+                                linewidth=lw, linestyle=ls, zorder=3))
     if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
+        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=INK, zorder=4)
 
 
-def _circle(ax, x, y, r, text, color=COLORS["state"], *, size=11):
+def rect(ax, x, y, w, h, color, *, amount=0.82, lw=0.8, edge=None, hatch=None):
+    """A square-cornered cell (a matrix entry, a cache block) with lower-left corner (x, y)."""
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=light(color, amount), edgecolor=edge or color,
+                           linewidth=lw, hatch=hatch, zorder=3))
+
+
+def circle(ax, x, y, r, text, color=COLORS["state"], *, size=11):
     """A white circle (an operation: +, @) centred at (x, y)."""
     ax.add_patch(Circle((x, y), r, facecolor="white", edgecolor=color, linewidth=1.3, zorder=3))
-    ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
+    ax.text(x, y, text, ha="center", va="center", fontsize=size, color=INK, zorder=4)
 
 
-def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-"):
-    """A straight arrow from ``start`` to ``end`` (exactly: no shrinking, so it touches the boxes)."""
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
-                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=2))
+def arrow(ax, start, end, color=INK, *, lw=1.3, ls="-", rad=0.0, head=True, mutation_scale=11):
+    """An arrow from ``start`` to ``end`` (exactly: no shrinking, so it touches the boxes); ``rad``
+    bends it, ``head=False`` draws a plain line."""
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>" if head else "-", mutation_scale=mutation_scale,
+                                 color=color, linewidth=lw, linestyle=ls, shrinkA=0, shrinkB=0, zorder=2,
+                                 connectionstyle=f"arc3,rad={rad}"))
 
 
-def _route(ax, points, color=_INK, *, lw=1.3):
+def route(ax, points, color=INK, *, lw=1.3):
     """An arrow along the polyline ``points`` (for paths that go around boxes)."""
     path = Path(points, [Path.MOVETO] + [Path.LINETO] * (len(points) - 1))
     ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
                                  zorder=2))
 
 
-def _label(ax, x, y, text, *, size=9, color=_MUTED, ha="center", va="center", **kw):
+def label(ax, x, y, text, *, size=9, color=MUTED, ha="center", va="center", **kw):
     """Free text (captions, shapes, notes); muted grey unless ``color`` says otherwise."""
     ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=color, **kw)
 
 
+def _canvas(width: float, height: float, name: str, y0: float = 0.0):
+    return canvas(width, height, ALT[name], y0)
+
+
 # ---------------------------------------------------------------- chapter 01
+
+
 _SOURCE = "the agreement on the European Economic Area was signed in August 1992".split()
 _TARGET = "l' accord sur la zone économique européenne a été signé en août 1992".split()
 # (source index, target index): French reverses "European Economic Area"
@@ -158,7 +174,7 @@ def _word_row(ax, words, y, width, color):
     x = (width - sum(widths) - gap * (len(words) - 1)) / 2
     centres = []
     for word, w in zip(words, widths):
-        _box(ax, x + w / 2, y, w, 0.36, word, color, size=10)
+        box(ax, x + w / 2, y, w, 0.36, word, color, size=10)
         centres.append(x + w / 2)
         x += w + gap
     return centres
@@ -202,12 +218,12 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
     xt = _word_row(ax, target, yt, width, COLORS["query"])  # written words: what attends
     for s, t in pairs:
         cross = (s, t) in crossing
-        ax.plot([xs[s], xt[t]], [ys - 0.18, yt + 0.18], color=COLORS["weights"] if cross else _MUTED,
+        ax.plot([xs[s], xt[t]], [ys - 0.18, yt + 0.18], color=COLORS["weights"] if cross else MUTED,
                 lw=2.0 if cross else 1.2, solid_capstyle="round", zorder=1)
-    _label(ax, 0.2, ys + 0.42, f"{names[0]}: the sentence that is read", ha="left", size=9.5)
-    _label(ax, 0.2, yt - 0.42, below, ha="left", size=9.5)
+    label(ax, 0.2, ys + 0.42, f"{names[0]}: the sentence that is read", ha="left", size=9.5)
+    label(ax, 0.2, yt - 0.42, below, ha="left", size=9.5)
     if note:
-        _label(ax, width - 0.2 if one_line else 0.2, yt - (0.42 if one_line else 0.7), note,
+        label(ax, width - 0.2 if one_line else 0.2, yt - (0.42 if one_line else 0.7), note,
                ha="right" if one_line else "left", size=9.5, color=COLORS["weights"])
     return fig
 
@@ -219,30 +235,30 @@ def draw_encoder_decoder() -> Figure:
     enc = [0.75 + 1.05 * i for i in range(4)]
     dec = [7.05 + 1.05 * i for i in range(3)]
     for i, x in enumerate(enc):
-        _box(ax, x, y, w, h, f"$h_{i + 1}$")
-        _box(ax, x, 0.4, 0.5, 0.38, f"$x_{i + 1}$", fill="white")
-        _arrow(ax, (x, 0.59), (x, y - h / 2))
+        box(ax, x, y, w, h, f"$h_{i + 1}$")
+        box(ax, x, 0.4, 0.5, 0.38, f"$x_{i + 1}$", fill="white")
+        arrow(ax, (x, 0.59), (x, y - h / 2))
         if i:
-            _arrow(ax, (enc[i - 1] + w / 2, y), (x - w / 2, y))
+            arrow(ax, (enc[i - 1] + w / 2, y), (x - w / 2, y))
     cx, cw, ch = 5.4, 1.2, 0.62
-    _box(ax, cx, y, cw, ch, "$c = h_4$", COLORS["context"], size=13, lw=2.2, fill=_light(COLORS["context"], 0.6))
-    _label(ax, cx, y + 0.62, "fixed-size context vector c\n(D numbers)", color=COLORS["context"], size=9.5)
-    _arrow(ax, (enc[-1] + w / 2, y), (cx - cw / 2, y), COLORS["context"], lw=1.8)
+    box(ax, cx, y, cw, ch, "$c = h_4$", COLORS["context"], size=13, lw=2.2, fill=light(COLORS["context"], 0.6))
+    label(ax, cx, y + 0.62, "fixed-size context vector c\n(D numbers)", color=COLORS["context"], size=9.5)
+    arrow(ax, (enc[-1] + w / 2, y), (cx - cw / 2, y), COLORS["context"], lw=1.8)
     for i, x in enumerate(dec):
-        _box(ax, x, y, w, h, f"$s_{i + 1}$")
-        _box(ax, x, 2.75, 0.5, 0.38, f"$y_{i + 1}$", fill="white")
-        _arrow(ax, (x, y + h / 2), (x, 2.56))
+        box(ax, x, y, w, h, f"$s_{i + 1}$")
+        box(ax, x, 2.75, 0.5, 0.38, f"$y_{i + 1}$", fill="white")
+        arrow(ax, (x, y + h / 2), (x, 2.56))
         if i:
-            _arrow(ax, (dec[i - 1] + w / 2, y), (x - w / 2, y))
+            arrow(ax, (dec[i - 1] + w / 2, y), (x - w / 2, y))
             # c feeds every decoder step: later steps get it from below
-            _route(ax, [(cx + 0.3, y - ch / 2), (cx + 0.3, 0.75), (x, 0.75), (x, y - h / 2)], COLORS["context"],
+            route(ax, [(cx + 0.3, y - ch / 2), (cx + 0.3, 0.75), (x, 0.75), (x, y - h / 2)], COLORS["context"],
                    lw=1.5)
         else:
-            _arrow(ax, (cx + cw / 2, y), (x - w / 2, y), COLORS["context"], lw=1.5)
-    _label(ax, (enc[0] + enc[-1]) / 2, 3.3, "encoder: reads the whole input", size=10, color=_INK)
-    _label(ax, (dec[0] + dec[-1]) / 2, 3.3, "decoder: writes the output", size=10, color=_INK)
-    _label(ax, cx, 3.3, "the bottleneck", size=10, color=COLORS["context"], weight="bold")
-    _label(ax, (cx + 0.3 + dec[-1]) / 2, 0.55, "the same c at every step", size=8.5, color=COLORS["context"])
+            arrow(ax, (cx + cw / 2, y), (x - w / 2, y), COLORS["context"], lw=1.5)
+    label(ax, (enc[0] + enc[-1]) / 2, 3.3, "encoder: reads the whole input", size=10, color=INK)
+    label(ax, (dec[0] + dec[-1]) / 2, 3.3, "decoder: writes the output", size=10, color=INK)
+    label(ax, cx, 3.3, "the bottleneck", size=10, color=COLORS["context"], weight="bold")
+    label(ax, (cx + 0.3 + dec[-1]) / 2, 0.55, "the same c at every step", size=8.5, color=COLORS["context"])
     return fig
 
 
@@ -256,30 +272,30 @@ def _attention_block(ax, ox, score_text, query):
     ax.add_patch(FancyBboxPatch((xs[0] - 0.33, 0.12), xs[-1] - xs[0] + 0.66, 1.5,
                                 boxstyle="round,pad=0,rounding_size=0.08", facecolor="#f6f6f6",
                                 edgecolor="#dddddd", lw=1.0, zorder=1))
-    _label(ax, (xs[0] + xs[-1]) / 2, 1.45, "weights $\\alpha_{tj}$", size=8.5, color=COLORS["weights"])
+    label(ax, (xs[0] + xs[-1]) / 2, 1.45, "weights $\\alpha_{tj}$", size=8.5, color=COLORS["weights"])
     for j, x in enumerate(xs):
-        _box(ax, x, 0.42, 0.5, 0.38, f"$h_{j + 1}$")
+        box(ax, x, 0.42, 0.5, 0.38, f"$h_{j + 1}$")
         bar = 0.5 * _ALPHA[j]
-        ax.add_patch(Rectangle((x - 0.13, 0.78), 0.26, bar, facecolor=_light(COLORS["weights"], 0.35),
+        ax.add_patch(Rectangle((x - 0.13, 0.78), 0.26, bar, facecolor=light(COLORS["weights"], 0.35),
                                edgecolor=COLORS["weights"], lw=1.0, zorder=3))
-        _label(ax, x, 0.78 + bar + 0.1, f"{_ALPHA[j]:.1f}", size=8.5, color=COLORS["weights"])
-    _label(ax, (xs[0] + xs[-1]) / 2, 0.02, "encoder states $h_j$ (keys and values)", size=8.5, va="top")
+        label(ax, x, 0.78 + bar + 0.1, f"{_ALPHA[j]:.1f}", size=8.5, color=COLORS["weights"])
+    label(ax, (xs[0] + xs[-1]) / 2, 0.02, "encoder states $h_j$ (keys and values)", size=8.5, va="top")
     sx = ox + 0.85
-    _box(ax, sx, 0.95, 1.6, 0.62, score_text, COLORS["weights"], size=8)
-    _arrow(ax, (sx + 0.8, 0.95), (xs[0] - 0.2, 0.95), COLORS["weights"])
-    _label(ax, (sx + 0.8 + xs[0] - 0.33) / 2, 1.1, "softmax", size=7.5, color=COLORS["weights"])
-    _box(ax, sx, 2.2, 0.8, 0.42, query, COLORS["query"], size=11)
-    _arrow(ax, (sx, 1.99), (sx, 1.26), COLORS["query"], ls="--")
-    _label(ax, sx + 0.08, 1.62, "query", size=8.5, color=COLORS["query"], ha="left")
+    box(ax, sx, 0.95, 1.6, 0.62, score_text, COLORS["weights"], size=8)
+    arrow(ax, (sx + 0.8, 0.95), (xs[0] - 0.2, 0.95), COLORS["weights"])
+    label(ax, (sx + 0.8 + xs[0] - 0.33) / 2, 1.1, "softmax", size=7.5, color=COLORS["weights"])
+    box(ax, sx, 2.2, 0.8, 0.42, query, COLORS["query"], size=11)
+    arrow(ax, (sx, 1.99), (sx, 1.26), COLORS["query"], ls="--")
+    label(ax, sx + 0.08, 1.62, "query", size=8.5, color=COLORS["query"], ha="left")
     c = ((xs[0] + xs[-1]) / 2, 2.2)
-    _box(ax, *c, 1.4, 0.42, "$c_t = \\sum_j \\alpha_{tj} h_j$", COLORS["context"], size=9.5)
-    _arrow(ax, (c[0], 1.62), (c[0], c[1] - 0.21), COLORS["context"])
+    box(ax, *c, 1.4, 0.42, "$c_t = \\sum_j \\alpha_{tj} h_j$", COLORS["context"], size=9.5)
+    arrow(ax, (c[0], 1.62), (c[0], c[1] - 0.21), COLORS["context"])
     return sx, c
 
 
 def _panel_title(ax, x, y, title, subtitle):
-    _label(ax, x, y, title, size=10.5, color=_INK)
-    _label(ax, x, y - 0.27, subtitle, size=9)
+    label(ax, x, y, title, size=10.5, color=INK)
+    label(ax, x, y - 0.27, subtitle, size=9)
 
 
 def draw_bahdanau_vs_luong() -> Figure:
@@ -288,32 +304,32 @@ def draw_bahdanau_vs_luong() -> Figure:
     # Bahdanau: the previous state queries; c_t is an input of the GRU, with e(y_{t-1})
     ox = 0.0
     sx, (cx, cy) = _attention_block(ax, ox, "additive score\n$v^\\top\\tanh(W s_{t-1} + U h_j)$", "$s_{t-1}$")
-    _box(ax, cx, 3.3, 1.6, 0.6, "GRU\ninput $[e(y_{t-1}); c_t]$", size=9)
-    _arrow(ax, (cx, cy + 0.21), (cx, 3.0), COLORS["context"])
-    _box(ax, ox + 4.6, 2.65, 0.72, 0.42, "$e(y_{t-1})$", size=9, fill="white")
-    _route(ax, [(ox + 4.6, 2.86), (ox + 4.6, 3.3), (cx + 0.8, 3.3)])
-    _route(ax, [(sx, 2.41), (sx, 3.3), (cx - 0.8, 3.3)])
-    _label(ax, sx - 0.08, 2.85, "recurrent\nstate", size=8, ha="right")
-    _box(ax, cx, 4.15, 0.7, 0.42, "$s_t$", size=11)
-    _arrow(ax, (cx, 3.6), (cx, 3.94))
-    _box(ax, ox + 4.55, 4.15, 0.7, 0.42, "$y_t$", size=11, fill="white")
-    _arrow(ax, (cx + 0.35, 4.15), (ox + 4.2, 4.15))
+    box(ax, cx, 3.3, 1.6, 0.6, "GRU\ninput $[e(y_{t-1}); c_t]$", size=9)
+    arrow(ax, (cx, cy + 0.21), (cx, 3.0), COLORS["context"])
+    box(ax, ox + 4.6, 2.65, 0.72, 0.42, "$e(y_{t-1})$", size=9, fill="white")
+    route(ax, [(ox + 4.6, 2.86), (ox + 4.6, 3.3), (cx + 0.8, 3.3)])
+    route(ax, [(sx, 2.41), (sx, 3.3), (cx - 0.8, 3.3)])
+    label(ax, sx - 0.08, 2.85, "recurrent\nstate", size=8, ha="right")
+    box(ax, cx, 4.15, 0.7, 0.42, "$s_t$", size=11)
+    arrow(ax, (cx, 3.6), (cx, 3.94))
+    box(ax, ox + 4.55, 4.15, 0.7, 0.42, "$y_t$", size=11, fill="white")
+    arrow(ax, (cx + 0.35, 4.15), (ox + 4.2, 4.15))
     _panel_title(ax, ox + 2.5, 4.9, "Bahdanau: the previous state $s_{t-1}$ queries",
                  "$c_t$ enters the GRU as an input")
     # Luong: the GRU runs first; the current state queries; c_t is combined with h_t after the GRU
     ox = 5.1
     sx, (cx, cy) = _attention_block(ax, ox, "general score\n$h_t^\\top W_a h_j$", "$h_t$")
-    _box(ax, sx, 3.3, 0.9, 0.45, "GRU", size=10.5)
-    _arrow(ax, (sx, 3.075), (sx, 2.41))
-    _box(ax, sx - 0.45, 4.15, 0.8, 0.42, "$e(y_{t-1})$", size=9, fill="white")
-    _box(ax, sx + 0.45, 4.15, 0.7, 0.42, "$h_{t-1}$", size=10, fill="white")
-    _arrow(ax, (sx - 0.45, 3.94), (sx - 0.2, 3.525))
-    _arrow(ax, (sx + 0.45, 3.94), (sx + 0.2, 3.525))
-    _box(ax, cx, 3.3, 1.95, 0.45, "$\\tilde h_t = \\tanh(W_c[c_t; h_t])$", COLORS["context"], size=9.5)
-    _arrow(ax, (cx, cy + 0.21), (cx, 3.075), COLORS["context"])
-    _route(ax, [(sx + 0.4, 2.2), (sx + 0.75, 2.2), (sx + 0.75, 3.3), (cx - 0.975, 3.3)])
-    _box(ax, cx, 4.15, 0.7, 0.42, "$y_t$", size=11, fill="white")
-    _arrow(ax, (cx, 3.525), (cx, 3.94))
+    box(ax, sx, 3.3, 0.9, 0.45, "GRU", size=10.5)
+    arrow(ax, (sx, 3.075), (sx, 2.41))
+    box(ax, sx - 0.45, 4.15, 0.8, 0.42, "$e(y_{t-1})$", size=9, fill="white")
+    box(ax, sx + 0.45, 4.15, 0.7, 0.42, "$h_{t-1}$", size=10, fill="white")
+    arrow(ax, (sx - 0.45, 3.94), (sx - 0.2, 3.525))
+    arrow(ax, (sx + 0.45, 3.94), (sx + 0.2, 3.525))
+    box(ax, cx, 3.3, 1.95, 0.45, "$\\tilde h_t = \\tanh(W_c[c_t; h_t])$", COLORS["context"], size=9.5)
+    arrow(ax, (cx, cy + 0.21), (cx, 3.075), COLORS["context"])
+    route(ax, [(sx + 0.4, 2.2), (sx + 0.75, 2.2), (sx + 0.75, 3.3), (cx - 0.975, 3.3)])
+    box(ax, cx, 4.15, 0.7, 0.42, "$y_t$", size=11, fill="white")
+    arrow(ax, (cx, 3.525), (cx, 3.94))
     _panel_title(ax, ox + 2.5, 4.9, "Luong: the current state $h_t$ queries",
                  "$c_t$ joins $h_t$ after the GRU step")
     ax.plot([5.0, 5.0], [0.1, 5.1], color="#cccccc", lw=1.0)
@@ -326,34 +342,34 @@ def draw_qkv_pipeline(T: int = 4, d_model: int = 8, d_k: int = 4) -> Figure:
     T, d_model, d_k = require_int(T, "T"), require_int(d_model, "d_model"), require_int(d_k, "d_k")
     fig, ax = _canvas(10.0, 3.9, "draw_qkv_pipeline")
     rows = {"Q": 3.1, "K": 1.95, "V": 0.8}
-    _box(ax, 0.65, rows["K"], 1.0, 0.9, f"$X$\n{T} × {d_model}", size=11)
-    _label(ax, 0.65, rows["K"] - 0.62, "(T × d_model)", size=8.5)
+    box(ax, 0.65, rows["K"], 1.0, 0.9, f"$X$\n{T} × {d_model}", size=11)
+    label(ax, 0.65, rows["K"] - 0.62, "(T × d_model)", size=8.5)
     for name, role in (("Q", "query"), ("K", "key"), ("V", "value")):
         y, c = rows[name], COLORS[role]
-        _arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y))
-        _box(ax, 2.3, y, 0.9, 0.6, f"$W_{name}$\n{d_model} × {d_k}", c, size=9.5)
-        _label(ax, 2.3, y - 0.42, "(d_model × d_k)", size=8)
-        _arrow(ax, (2.75, y), (3.25, y), c)
-        _box(ax, 3.7, y, 0.9, 0.6, f"${name}$\n{T} × {d_k}", c, size=10.5)
-        _label(ax, 3.7, y - 0.42, "(T × d_k)", size=8)
+        arrow(ax, (1.15, rows["K"] + 0.2 * (rows[name] - rows["K"]) / 1.15), (1.85, y))
+        box(ax, 2.3, y, 0.9, 0.6, f"$W_{name}$\n{d_model} × {d_k}", c, size=9.5)
+        label(ax, 2.3, y - 0.42, "(d_model × d_k)", size=8)
+        arrow(ax, (2.75, y), (3.25, y), c)
+        box(ax, 3.7, y, 0.9, 0.6, f"${name}$\n{T} × {d_k}", c, size=10.5)
+        label(ax, 3.7, y - 0.42, "(T × d_k)", size=8)
     sy, sx = (rows["Q"] + rows["K"]) / 2, 5.45
-    _box(ax, sx, sy, 1.5, 0.9, f"scores\n$QK^\\top/\\sqrt{{d_k}}$\n{T} × {T}", COLORS["weights"], size=9.5)
-    _label(ax, sx, sy - 0.62, "(T × T)", size=8)
-    _arrow(ax, (4.15, rows["Q"]), (sx - 0.75, sy + 0.2), COLORS["query"])
-    _arrow(ax, (4.15, rows["K"]), (sx - 0.75, sy - 0.2), COLORS["key"])
-    _label(ax, 4.45, sy, "$K^\\top$", size=9, color=COLORS["key"])
+    box(ax, sx, sy, 1.5, 0.9, f"scores\n$QK^\\top/\\sqrt{{d_k}}$\n{T} × {T}", COLORS["weights"], size=9.5)
+    label(ax, sx, sy - 0.62, "(T × T)", size=8)
+    arrow(ax, (4.15, rows["Q"]), (sx - 0.75, sy + 0.2), COLORS["query"])
+    arrow(ax, (4.15, rows["K"]), (sx - 0.75, sy - 0.2), COLORS["key"])
+    label(ax, 4.45, sy, "$K^\\top$", size=9, color=COLORS["key"])
     wx = 7.55
-    _arrow(ax, (sx + 0.75, sy), (wx - 0.65, sy), COLORS["weights"])
-    _label(ax, (sx + wx) / 2 + 0.05, sy + 0.22, "softmax\n(each row)", size=8.5, color=COLORS["weights"])
-    _box(ax, wx, sy, 1.3, 0.9, f"weights\n{T} × {T}\nrows sum to 1", COLORS["weights"], size=9.5,
-         fill=_light(COLORS["weights"], 0.6))
-    _circle(ax, wx, rows["V"], 0.22, "@")
-    _arrow(ax, (wx, sy - 0.45), (wx, rows["V"] + 0.22), COLORS["weights"])
-    _arrow(ax, (4.15, rows["V"]), (wx - 0.22, rows["V"]), COLORS["value"])
-    _box(ax, 9.2, rows["V"], 1.2, 0.6, f"output\n{T} × {d_k}", size=10)
-    _label(ax, 9.2, rows["V"] - 0.42, "(T × d_k)", size=8)
-    _arrow(ax, (wx + 0.22, rows["V"]), (8.6, rows["V"]))
-    _label(ax, (wx + 8.6) / 2 + 0.1, rows["V"] + 0.2, "weights @ V", size=8, color=_INK)
+    arrow(ax, (sx + 0.75, sy), (wx - 0.65, sy), COLORS["weights"])
+    label(ax, (sx + wx) / 2 + 0.05, sy + 0.22, "softmax\n(each row)", size=8.5, color=COLORS["weights"])
+    box(ax, wx, sy, 1.3, 0.9, f"weights\n{T} × {T}\nrows sum to 1", COLORS["weights"], size=9.5,
+         fill=light(COLORS["weights"], 0.6))
+    circle(ax, wx, rows["V"], 0.22, "@")
+    arrow(ax, (wx, sy - 0.45), (wx, rows["V"] + 0.22), COLORS["weights"])
+    arrow(ax, (4.15, rows["V"]), (wx - 0.22, rows["V"]), COLORS["value"])
+    box(ax, 9.2, rows["V"], 1.2, 0.6, f"output\n{T} × {d_k}", size=10)
+    label(ax, 9.2, rows["V"] - 0.42, "(T × d_k)", size=8)
+    arrow(ax, (wx + 0.22, rows["V"]), (8.6, rows["V"]))
+    label(ax, (wx + 8.6) / 2 + 0.1, rows["V"] + 0.2, "weights @ V", size=8, color=INK)
     return fig
 
 
@@ -366,7 +382,7 @@ def _grid(ax, x, y, T, heads, d, cell, *, gap=0.0, mix=False):
     cx = x
     for k, h in enumerate(heads):
         color = "#9a9a9a" if mix else _HEADS[h % len(_HEADS)]
-        ax.add_patch(Rectangle((cx, y), d * cell, T * cell, facecolor=_light(color, 0.45), edgecolor="none",
+        ax.add_patch(Rectangle((cx, y), d * cell, T * cell, facecolor=light(color, 0.45), edgecolor="none",
                                zorder=3))
         if cell >= 0.04:  # cell lines only while the cells are big enough to see
             for i in range(1, d):
@@ -398,17 +414,17 @@ def draw_split_merge_heads(B: int = 2, T: int = 5, D: int = 8, H: int = 2) -> Fi
     op_y = mid + stack / 2 + 0.22
 
     def caption(x, sym, nums):
-        _label(ax, x, 0.42, sym, size=9, color=_INK)
-        _label(ax, x, 0.17, nums, size=8.5)
+        label(ax, x, 0.42, sym, size=9, color=INK)
+        label(ax, x, 0.17, nums, size=8.5)
 
     def op(x0, x1, text):
-        _label(ax, (x0 + x1) / 2, op_y, text, size=8.5, color=_INK, family="monospace")
+        label(ax, (x0 + x1) / 2, op_y, text, size=8.5, color=INK, family="monospace")
 
     x = 0.25
     w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell)
     caption(x + w / 2, "(B, T, D)", f"({B}, {T}, {D})")
     x0, x = x + w, x + w + 0.6
-    _arrow(ax, (x0 + 0.05, mid), (x - 0.05, mid))
+    arrow(ax, (x0 + 0.05, mid), (x - 0.05, mid))
     op(x0, x, "view")
     w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell, gap=hgap)
     caption(x + w / 2, "(B, T, H, d)", f"({B}, {T}, {H}, {d})")
@@ -417,36 +433,36 @@ def draw_split_merge_heads(B: int = 2, T: int = 5, D: int = 8, H: int = 2) -> Fi
     hw = dd * cell
     for h, hy in enumerate(heads_y):  # each head: its columns, its own attention, its output
         c = _HEADS[h % len(_HEADS)]
-        _arrow(ax, (x0 + 0.05, mid + tall / 2 - (h + 0.5) * tall / H), (x - 0.05, hy + tall / 2), c, lw=1.0)
+        arrow(ax, (x0 + 0.05, mid + tall / 2 - (h + 0.5) * tall / H), (x - 0.05, hy + tall / 2), c, lw=1.0)
         _grid(ax, x, hy, TT, [h], dd, cell)
-        _arrow(ax, (x + hw + 0.05, hy + tall / 2), (x + hw + 0.25, hy + tall / 2), c, lw=1.0)
-        _box(ax, x + hw + 0.625, hy + tall / 2, 0.75, max(min(tall, 0.36), 0.2),
+        arrow(ax, (x + hw + 0.05, hy + tall / 2), (x + hw + 0.25, hy + tall / 2), c, lw=1.0)
+        box(ax, x + hw + 0.625, hy + tall / 2, 0.75, max(min(tall, 0.36), 0.2),
              f"head {h + 1}" if H <= 4 else f"{h + 1}", c, size=8)
-        _arrow(ax, (x + hw + 1.0, hy + tall / 2), (x + hw + 1.2, hy + tall / 2), c, lw=1.0)
+        arrow(ax, (x + hw + 1.0, hy + tall / 2), (x + hw + 1.2, hy + tall / 2), c, lw=1.0)
         _grid(ax, x + hw + 1.25, hy, TT, [h], dd, cell)
     caption(x + hw / 2, "(B, H, T, d)", f"({B}, {H}, {T}, {d})")
-    _label(ax, x + hw + 0.625, 0.3, "each head\nattends\nseparately", size=8.5, color=_INK)
+    label(ax, x + hw + 0.625, 0.3, "each head\nattends\nseparately", size=8.5, color=INK)
     caption(x + hw + 1.25 + hw / 2, "(B, H, T, d)", f"({B}, {H}, {T}, {d})")
     x0, x = x + 2 * hw + 1.25, x + 2 * hw + 1.25 + 0.75
     op(x0, x, "transpose\n(1, 2)")
     for h, hy in enumerate(heads_y):
-        _arrow(ax, (x0 + 0.05, hy + tall / 2), (x - 0.05, mid + tall / 2 - (h + 0.5) * tall / H),
+        arrow(ax, (x0 + 0.05, hy + tall / 2), (x - 0.05, mid + tall / 2 - (h + 0.5) * tall / H),
                _HEADS[h % len(_HEADS)], lw=1.0)
     w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell, gap=hgap)
     caption(x + w / 2, "(B, T, H, d)", f"({B}, {T}, {H}, {d})")
     x0, x = x + w, x + w + 0.6
-    _arrow(ax, (x0 + 0.05, mid), (x - 0.05, mid))
+    arrow(ax, (x0 + 0.05, mid), (x - 0.05, mid))
     op(x0, x, "reshape")
     w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell)
     caption(x + w / 2, "(B, T, D)", f"({B}, {T}, {D})")
     x += w + 0.3
-    _arrow(ax, (x - 0.27, mid), (x - 0.03, mid))
-    _box(ax, x + 0.25, mid, 0.5, 0.45, "$W_O$", size=11)
-    _arrow(ax, (x + 0.53, mid), (x + 0.77, mid))
+    arrow(ax, (x - 0.27, mid), (x - 0.03, mid))
+    box(ax, x + 0.25, mid, 0.5, 0.45, "$W_O$", size=11)
+    arrow(ax, (x + 0.53, mid), (x + 0.77, mid))
     x += 0.8
     w = _grid(ax, x, mid - tall / 2, TT, heads, dd, cell, mix=True)
     caption(x + w / 2, "(B, T, D)", "heads mixed")
-    _label(ax, 0.25, op_y + 0.45, f"One batch element of B = {B} shown. Colours: which of the D = {D} features go to "
+    label(ax, 0.25, op_y + 0.45, f"One batch element of B = {B} shown. Colours: which of the D = {D} features go to "
            f"which of the H = {H} heads (d = D // H = {d} each)." + (" Drawn schematically." if (dd, TT) != (d, T) else ""),
            ha="left", size=9)
     return fig
@@ -466,7 +482,7 @@ def _vector(ax, o, angle, color, text, *, r=_R, ls="-", lw=2.2):
                                  lw=lw, linestyle=ls, shrinkA=0, shrinkB=0, zorder=3))
     if text:
         ha = "left" if math.cos(angle) >= 0 else "right"
-        _label(ax, *_polar(o, angle, r + 0.12), text, size=10, color=color, ha=ha)
+        label(ax, *_polar(o, angle, r + 0.12), text, size=10, color=color, ha=ha)
 
 
 def _angle(ax, o, a0, a1, r, color, text, label_r):
@@ -475,15 +491,15 @@ def _angle(ax, o, a0, a1, r, color, text, label_r):
     hi = lo + (hi - lo) % (2 * math.pi)
     ax.add_patch(Arc(o, 2 * r, 2 * r, theta1=math.degrees(lo), theta2=math.degrees(hi), color=color, lw=1.5,
                      zorder=3))
-    _label(ax, *_polar(o, (lo + hi) / 2, label_r), text, size=9.5, color=color)
+    label(ax, *_polar(o, (lo + hi) / 2, label_r), text, size=9.5, color=color)
 
 
 def _plane(ax, o, x0, x1, y0, y1):
     """The feature plane's axes through ``o``, spanning x0..x1, y0..y1 (relative to ``o``)."""
-    _arrow(ax, (o[0] + x0, o[1]), (o[0] + x1, o[1]), "#aaaaaa", lw=0.9)
-    _arrow(ax, (o[0], o[1] + y0), (o[0], o[1] + y1), "#aaaaaa", lw=0.9)
-    _label(ax, o[0] + x1 + 0.05, o[1], "$x_{2i}$", ha="left", size=9)
-    _label(ax, o[0], o[1] + y1 + 0.03, "$x_{2i+1}$", va="bottom", size=9)
+    arrow(ax, (o[0] + x0, o[1]), (o[0] + x1, o[1]), "#aaaaaa", lw=0.9)
+    arrow(ax, (o[0], o[1] + y0), (o[0], o[1] + y1), "#aaaaaa", lw=0.9)
+    label(ax, o[0] + x1 + 0.05, o[1], "$x_{2i}$", ha="left", size=9)
+    label(ax, o[0], o[1] + y1 + 0.03, "$x_{2i+1}$", va="bottom", size=9)
 
 
 def draw_rope_rotation(position: int = 3, theta: float = 0.4) -> Figure:
@@ -502,23 +518,23 @@ def draw_rope_rotation(position: int = 3, theta: float = 0.4) -> Figure:
         _plane(ax, o, -1.7, 1.7, -down, up)
     top = 0.75 + down + up + 0.5
     o = (2.5, 0.75 + down)
-    _vector(ax, o, base, _MUTED, "", ls="--", lw=1.6)
-    _label(ax, o[0] + 0.75 * _R, o[1] - 0.08, "$x$ (position 0)", va="top", size=10)
+    _vector(ax, o, base, MUTED, "", ls="--", lw=1.6)
+    label(ax, o[0] + 0.75 * _R, o[1] - 0.08, "$x$ (position 0)", va="top", size=10)
     _vector(ax, o, base + m * theta, COLORS["query"], f"$R_{{{m}}}\\,x$")
     _angle(ax, o, base, base + m * theta, 0.5, COLORS["query"], f"$m\\theta$ = {m}×{theta:g}\n= {m * theta:.2f} rad", 0.95)
-    _label(ax, 2.5, top, f"position m = {m}: rotate the pair ($x_{{2i}}, x_{{2i+1}}$) by $m\\theta$", size=10.5,
-           color=_INK)
-    _label(ax, 2.5, 0.3, "$R_m x = (x_{2i}\\cos m\\theta - x_{2i+1}\\sin m\\theta,\\;"
-           "x_{2i}\\sin m\\theta + x_{2i+1}\\cos m\\theta)$", size=9, color=_INK)
+    label(ax, 2.5, top, f"position m = {m}: rotate the pair ($x_{{2i}}, x_{{2i+1}}$) by $m\\theta$", size=10.5,
+           color=INK)
+    label(ax, 2.5, 0.3, "$R_m x = (x_{2i}\\cos m\\theta - x_{2i+1}\\sin m\\theta,\\;"
+           "x_{2i}\\sin m\\theta + x_{2i+1}\\cos m\\theta)$", size=9, color=INK)
     o = (7.5, 0.75 + down)
     _vector(ax, o, base, "#aaaaaa", "", ls="--", lw=1.2)
-    _label(ax, o[0] + 0.75 * _R, o[1] - 0.08, "q and k before rotation", va="top", size=8.5, color="#999999")
+    label(ax, o[0] + 0.75 * _R, o[1] - 0.08, "q and k before rotation", va="top", size=8.5, color="#999999")
     _vector(ax, o, base + m * theta, COLORS["query"], f"$q$ at m = {m}")
     _vector(ax, o, base + n * theta, COLORS["key"], f"$k$ at n = {n}", r=0.8 * _R)
     _angle(ax, o, base + n * theta, base + m * theta, 0.85, COLORS["weights"], "$(m-n)\\theta$", 1.02)
-    _label(ax, 7.5, top, "query at m, key at n: the angle between them is $(m-n)\\theta$", size=10.5, color=_INK)
-    _label(ax, 7.5, 0.3, "$q\\cdot k = |q|\\,|k|\\cos((m-n)\\theta)$: shift m and n together, nothing changes",
-           size=9, color=_INK)
+    label(ax, 7.5, top, "query at m, key at n: the angle between them is $(m-n)\\theta$", size=10.5, color=INK)
+    label(ax, 7.5, 0.3, "$q\\cdot k = |q|\\,|k|\\cos((m-n)\\theta)$: shift m and n together, nothing changes",
+           size=9, color=INK)
     ax.plot([5.0, 5.0], [0.1, top + 0.1], color="#cccccc", lw=1.0)
     return fig
 
@@ -536,20 +552,20 @@ def _chain(ax, y, items, residual_from):
     for i, (kind, text) in enumerate(items):
         cx, w = xs[i], widths[kind]
         if kind == "+":
-            _circle(ax, cx, y, 0.18, "+", size=12)
+            circle(ax, cx, y, 0.18, "+", size=12)
         elif kind == "io":
-            _label(ax, cx, y, text, size=12, color=_INK)
+            label(ax, cx, y, text, size=12, color=INK)
         else:
-            _box(ax, cx, y, w, 0.55, text, colors[kind], size=9.5)
+            box(ax, cx, y, w, 0.55, text, colors[kind], size=9.5)
         if i:
-            _arrow(ax, (xs[i - 1] + widths[items[i - 1][0]] / 2 + 0.03, y), (cx - w / 2 - 0.03, y))
+            arrow(ax, (xs[i - 1] + widths[items[i - 1][0]] / 2 + 0.03, y), (cx - w / 2 - 0.03, y))
     plus = [i for i, (k, _) in enumerate(items) if k == "+"]
     for n, (start, p) in enumerate(zip(residual_from, plus)):
         sx = xs[start] + widths[items[start][0]] / 2 + 0.2
-        ax.add_patch(Circle((sx, y), 0.045, color=_INK, zorder=4))
-        _route(ax, [(sx, y), (sx, y + 0.6), (xs[p], y + 0.6), (xs[p], y + 0.18)], _MUTED, lw=1.4)
+        ax.add_patch(Circle((sx, y), 0.045, color=INK, zorder=4))
+        route(ax, [(sx, y), (sx, y + 0.6), (xs[p], y + 0.6), (xs[p], y + 0.18)], MUTED, lw=1.4)
         if n == 0:
-            _label(ax, (sx + xs[p]) / 2, y + 0.68, "residual (skip) path", size=8, va="bottom")
+            label(ax, (sx + xs[p]) / 2, y + 0.68, "residual (skip) path", size=8, va="bottom")
 
 
 def draw_pre_post_norm() -> Figure:
@@ -557,14 +573,14 @@ def draw_pre_post_norm() -> Figure:
     fig, ax = _canvas(10.0, 4.05, "draw_pre_post_norm", y0=0.3)
     mha, ffn, ln, add = ("mha", "multi-head\nattention"), ("ffn", "feed-forward"), ("ln", "LayerNorm"), ("+", "")
     y = 3.15
-    _label(ax, 0.2, y + 1.05, "Post-norm (original Transformer): sublayer → add → LayerNorm", ha="left", size=10.5,
-           color=_INK)
+    label(ax, 0.2, y + 1.05, "Post-norm (original Transformer): sublayer → add → LayerNorm", ha="left", size=10.5,
+           color=INK)
     _chain(ax, y, [("io", "$x$"), mha, add, ln, ffn, add, ln, ("io", "out")], (0, 3))
-    _label(ax, 0.2, y - 0.5, "LayerNorm sits on the residual path: every sum is re-normalised before it "
+    label(ax, 0.2, y - 0.5, "LayerNorm sits on the residual path: every sum is re-normalised before it "
            "reaches the next sublayer.", ha="left", size=9)
     y = 1.0
-    _label(ax, 0.2, y + 1.05, "Pre-norm (GPT-2): LayerNorm → sublayer → add", ha="left", size=10.5, color=_INK)
+    label(ax, 0.2, y + 1.05, "Pre-norm (GPT-2): LayerNorm → sublayer → add", ha="left", size=10.5, color=INK)
     _chain(ax, y, [("io", "$x$"), ln, mha, add, ln, ffn, add, ("io", "out")], (0, 3))
-    _label(ax, 0.2, y - 0.5, "The residual path is additions only: a clean route from input to output "
+    label(ax, 0.2, y - 0.5, "The residual path is additions only: a clean route from input to output "
            "(GPT-2 adds one final LayerNorm after the last block).", ha="left", size=9)
     return fig

@@ -7,17 +7,16 @@ values green, attention weights purple, context magenta, other states grey.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-from matplotlib.colors import to_rgb
-from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from functools import partial
 
-from ..diagrams import COLORS
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ..diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light
 
 __all__ = ["ALT", "draw_attention_pooling", "draw_story_reader", "draw_sentence_scorer", "draw_vit",
            "draw_part_pooling", "draw_captioner", "draw_object_queries", "draw_listen_attend_spell", "draw_sasrec", "draw_gat"]
 
-_INK, _MUTED = "#222222", "#666666"
 
 ALT = {
     "draw_attention_pooling": (
@@ -74,38 +73,6 @@ ALT = {
 }
 
 
-def _light(color: str, amount: float = 0.82) -> tuple[float, float, float]:
-    r, g, b = to_rgb(color)
-    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
-
-
-def _canvas(width: float, height: float, name: str):
-    fig = plt.figure(figsize=(width, height))
-    fig.set_label(ALT[name])
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, width)
-    ax.set_ylim(0, height)
-    ax.set_axis_off()
-    return fig, ax
-
-
-def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=9.5, fill=None):
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
-                                facecolor=_light(color) if fill is None else fill, edgecolor=color, lw=1.3,
-                                zorder=3))
-    if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
-
-
-def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-"):
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
-                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=2))
-
-
-def _label(ax, x, y, text, *, size=8.5, color=_MUTED, **kw):
-    ax.text(x, y, text, ha=kw.pop("ha", "center"), va=kw.pop("va", "center"), fontsize=size, color=color, **kw)
-
-
 def _bars(ax, x0, y0, values, width=0.5, height=0.9, color=COLORS["weights"]):
     """Weight bars over positions starting at ``x0`` (bar bottoms at ``y0``)."""
     for k, v in enumerate(values):
@@ -121,6 +88,16 @@ def _pooling_row(ax, words, weights, *, y=0.55, x0=0.7, step=0.85, color=COLORS[
         ax.add_patch(Rectangle((x - 0.13, y + 0.32), 0.26, 1.0 * v, facecolor=_light(COLORS["weights"], 0.35),
                                edgecolor=COLORS["weights"], lw=1.0, zorder=3))
     return xs
+
+
+# The drawing primitives are attn_course.diagrams'; these names keep this module's sizes.
+_INK, _MUTED, _light, _arrow = INK, MUTED, light, arrow
+_box = partial(box, size=9.5)
+_label = partial(label, size=8.5)
+
+
+def _canvas(width: float, height: float, name: str):
+    return canvas(width, height, ALT[name])
 
 
 def draw_attention_pooling() -> Figure:

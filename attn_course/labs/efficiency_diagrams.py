@@ -11,14 +11,14 @@ so a picture cannot disagree with the code it illustrates.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+from functools import partial
+
 import torch
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from attn_course._checks import require_int
-from attn_course.diagrams import COLORS
+from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light
 from attn_course.sparse import (
     bigbird_layout,
     layout_to_mask,
@@ -37,8 +37,6 @@ __all__ = [
     "draw_linear_recurrence",
 ]
 
-_INK = "#222222"
-_MUTED = "#666666"
 _SKIP = "#eeeeee"  # tiles a block-sparse kernel never computes
 
 ALT = {
@@ -71,33 +69,6 @@ ALT = {
 }
 
 
-# ---------------------------------------------------------------- primitives (as in attn_course.diagrams)
-def _light(color: str, amount: float = 0.82) -> tuple[float, float, float]:
-    """``color`` mixed with white (``amount`` = share of white)."""
-    r, g, b = to_rgb(color)
-    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
-
-
-def _canvas(width: float, height: float, name: str):
-    """A figure whose data units are inches: one axes over the whole figure, axis off."""
-    fig = plt.figure(figsize=(width, height))
-    fig.set_label(ALT[name])
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, width)
-    ax.set_ylim(0, height)
-    ax.set_axis_off()
-    return fig, ax
-
-
-def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3):
-    """A rounded box centred at (x, y), ``w`` by ``h`` inches, with ``text`` in it."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.04",
-                                facecolor=_light(color) if fill is None else fill, edgecolor=color,
-                                linewidth=lw, zorder=3))
-    if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
-
-
 def _matrix(ax, x, y, rows, cols, cell, color, text="", *, size=9):
     """A ``rows x cols`` matrix drawn to scale with its lower-left corner at (x, y); returns (w, h)."""
     w, h = cols * cell, rows * cell
@@ -105,15 +76,6 @@ def _matrix(ax, x, y, rows, cols, cell, color, text="", *, size=9):
     if text:
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
     return w, h
-
-
-def _arrow(ax, start, end, color=_INK, *, lw=1.3):
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
-                                 shrinkA=0, shrinkB=0, zorder=2))
-
-
-def _label(ax, x, y, text, *, size=9, color=_MUTED, ha="center", va="center", **kw):
-    ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=color, **kw)
 
 
 def _mask_grid(ax, x, y, mask: torch.Tensor, cell: float, color: str, *, shade=None, block: int | None = None):
@@ -140,6 +102,15 @@ def _mask_grid(ax, x, y, mask: torch.Tensor, cell: float, color: str, *, shade=N
 
 
 # ---------------------------------------------------------------- chapter 18
+# The drawing primitives are attn_course.diagrams'; these names keep this module's sizes.
+_INK, _MUTED, _light, _arrow, _label = INK, MUTED, light, arrow, label
+_box = partial(box, rounding=0.04)
+
+
+def _canvas(width: float, height: float, name: str):
+    return canvas(width, height, ALT[name])
+
+
 def draw_quadratic_growth(N: int = 4, d: int = 2) -> Figure:
     """Q, K^T and the score matrix for N and for 2N tokens, to scale."""
     N, d = require_int(N, "N"), require_int(d, "d")

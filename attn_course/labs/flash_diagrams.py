@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
+from matplotlib.patches import Circle, FancyBboxPatch
 
 from attn_course._checks import require_int
-from attn_course.diagrams import COLORS
+from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light, rect
 
 __all__ = ["ALT", "draw_tiling", "draw_ring"]
 
-_INK = "#222222"
-_MUTED = "#666666"
 
 ALT = {
     "draw_tiling": (
@@ -43,44 +39,12 @@ ALT = {
 }
 
 
-def _light(color: str, amount: float = 0.82) -> tuple[float, float, float]:
-    r, g, b = to_rgb(color)
-    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
+# The drawing primitives are attn_course.diagrams'; these names keep this module's sizes.
+_INK, _MUTED, _light, _box, _rect, _arrow, _label = INK, MUTED, light, box, rect, arrow, label
 
 
 def _canvas(width: float, height: float, name: str):
-    fig = plt.figure(figsize=(width, height))
-    fig.set_label(ALT[name])
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, width)
-    ax.set_ylim(0, height)
-    ax.set_axis_off()
-    return fig, ax
-
-
-def _box(ax, x, y, w, h, text="", color=COLORS["state"], *, size=10, fill=None, lw=1.3):
-    """A rounded box centred at (x, y)."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
-                                facecolor=_light(color) if fill is None else fill, edgecolor=color,
-                                linewidth=lw, zorder=3))
-    if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
-
-
-def _rect(ax, x, y, w, h, color, *, amount=0.82, lw=0.8, edge=None, hatch=None):
-    """A square-cornered cell with lower-left corner (x, y)."""
-    ax.add_patch(Rectangle((x, y), w, h, facecolor=_light(color, amount), edgecolor=edge or color,
-                           linewidth=lw, hatch=hatch, zorder=3))
-
-
-def _arrow(ax, start, end, color=_INK, *, lw=1.3, ls="-", rad=0.0):
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color=color, linewidth=lw,
-                                 linestyle=ls, shrinkA=0, shrinkB=0, zorder=2,
-                                 connectionstyle=f"arc3,rad={rad}"))
-
-
-def _label(ax, x, y, text, *, size=9, color=_MUTED, ha="center", va="center", **kw):
-    ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=color, **kw)
+    return canvas(width, height, ALT[name])
 
 
 def draw_tiling(blocks: int = 4, query_block: int = 2, key_block: int = 1, causal: bool = True) -> Figure:

@@ -17,14 +17,14 @@ heads, H_kv key/value heads, W sliding window, P block (page) size.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import matplotlib.pyplot as plt
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Wedge
+from matplotlib.patches import Circle, Wedge
 
 from attn_course._checks import require_int
-from attn_course.diagrams import COLORS
+from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light
 
 __all__ = [
     "ALT",
@@ -36,8 +36,6 @@ __all__ = [
     "draw_weight_mapping",
 ]
 
-INK = "#222222"
-MUTED = "#666666"
 NEW = COLORS["context"]  # magenta: what this step computes (the new token)
 
 ALT = {
@@ -76,44 +74,17 @@ ALT = {
 }
 
 
-# ---------------------------------------------------------------- primitives (this module's own)
-def _tint(color: str, white: float = 0.82) -> tuple[float, float, float]:
-    """``color`` blended with ``white`` parts of white: a light fill for boxes."""
-    return tuple(c + (1 - c) * white for c in to_rgb(color))
+# ---------------------------------------------------------------- chapter 14
+# The drawing primitives are attn_course.diagrams'; these names keep this module's sizes.
+_tint, _text = light, label
+_rect = partial(box, size=9.5, lw=1.2, rounding=0.05)
+_line = partial(arrow, lw=1.2, mutation_scale=10)
 
 
 def _figure(width: float, height: float, name: str):
-    """A figure ``width`` x ``height`` inches with one borderless axes whose units are inches."""
-    fig = plt.figure(figsize=(width, height))
-    fig.set_label(ALT[name])
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, width)
-    ax.set_ylim(0, height)
-    ax.set_axis_off()
-    return fig, ax
+    return canvas(width, height, ALT[name])
 
 
-def _rect(ax, x, y, w, h, text="", color=COLORS["state"], *, size=9.5, fill=None, lw=1.2, ls="-"):
-    """A rounded box centred at (x, y) with ``text`` inside."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.05",
-                                facecolor=_tint(color) if fill is None else fill, edgecolor=color,
-                                linewidth=lw, linestyle=ls, zorder=3))
-    if text:
-        ax.text(x, y, text, ha="center", va="center", fontsize=size, color=INK, zorder=4)
-
-
-def _line(ax, start, end, color=INK, *, lw=1.2, ls="-", head=True, rad=0.0):
-    """An arrow (or, with ``head=False``, a plain line) from ``start`` to ``end``; ``rad`` bends it."""
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>" if head else "-", mutation_scale=10, color=color,
-                                 linewidth=lw, linestyle=ls, shrinkA=0, shrinkB=0, zorder=2,
-                                 connectionstyle=f"arc3,rad={rad}"))
-
-
-def _text(ax, x, y, text, *, size=9, color=MUTED, ha="center", va="center", **kw):
-    ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=color, **kw)
-
-
-# ---------------------------------------------------------------- chapter 14
 def draw_decoding_loop(tokens: tuple[str, ...] = ("<bos>", "(", "[", "]")) -> Figure:
     """Tokens so far -> model -> next-token distribution -> sampler -> appended token -> again."""
     if not tokens or not all(isinstance(t, str) and t for t in tokens):
