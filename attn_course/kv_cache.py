@@ -242,6 +242,15 @@ class DynamicCache(KVCache):
 # --------------------------------------------------------------------------- static
 
 
+def _preallocate(num_layers, batch_size, num_kv_heads, slots, head_dim, dtype, device):
+    """Zeroed key and value buffers ``(B, H_kv, slots, d)``, one pair per layer (static and ring caches)."""
+    require_int(batch_size, "batch_size")
+    shape = (batch_size, num_kv_heads, slots, head_dim)  # (B, H_kv, slots, d)
+    keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    return keys, values
+
+
 class StaticCache(KVCache):
     """Preallocated ``(B, H_kv, max_len, d)`` buffers per layer, written in place.
 
@@ -260,11 +269,9 @@ class StaticCache(KVCache):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
-        self._batch = require_int(batch_size, "batch_size")
         self.max_len = require_int(max_len, "max_len")
-        shape = (batch_size, num_kv_heads, max_len, head_dim)  # (B, H_kv, max_len, d)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.keys, self.values = _preallocate(num_layers, batch_size, num_kv_heads, max_len, head_dim, dtype, device)
+        self._batch = batch_size
 
     def _store(self, layer, k, v):
         start, end = self._lengths[layer], self._lengths[layer] + k.shape[2]
@@ -304,11 +311,9 @@ class SlidingWindowCache(KVCache):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
-        self._batch = require_int(batch_size, "batch_size")
         self.window = require_int(window, "window")
-        shape = (batch_size, num_kv_heads, window, head_dim)  # (B, H_kv, W, d)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.keys, self.values = _preallocate(num_layers, batch_size, num_kv_heads, window, head_dim, dtype, device)
+        self._batch = batch_size
 
     def num_keys(self, num_new: int) -> int:
         past, W = self.seq_len, self.window
