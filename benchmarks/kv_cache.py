@@ -29,7 +29,21 @@ transformers 5.17; on our shared 2-core machine the same run was 5-10x slower an
     16       12.7      55.7   80.9     96.6     6.4-7.6x        1.74       1.19            50 (61)
     (tokens/s)
 
-Cached decode runs at ~75-80 % of the copy bandwidth: it is memory-bound (each token reads all
+On our 2-core machine, idle (AMD EPYC, torch 2.13.0 CPU, transformers 5.24, 2 threads, copy
+bandwidth 33.6 GB/s), 2026-11-30:
+
+    new  uncached  hf    dynamic  static   static/uncached  static/hf  static/dynamic
+    128  9.2       31.1  30.9     32.2     3.5x             1.04       1.04
+    256  6.1       32.8  32.5     32.3     5.3x             0.98       0.99
+    512  3.5       30.3  30.9     31.5     9.0x             1.04       1.02
+    (tokens/s)
+
+There, the decode step (31.7 ms/token) is within 10 % of the time torch takes for the bare
+matrix-vector products over all 494 MB of float32 weights (28.7 ms, 17.2 GB/s): neither the
+cache nor transformers can go much faster in float32, so the 15x and 1.1x-over-transformers
+targets are out of reach on this machine at this length.
+
+Cached decode runs at ~75-80 % of the copy bandwidth on the 16-core host: it is memory-bound (each token reads all
 495 MB of weights), while the uncached recompute is compute-bound, so the cache's speed-up at a
 given length is set by the machine's FLOP/s-to-bandwidth ratio -- more threads make the
 recompute faster but not the decode. On an H200 (``--device cuda``) both are bound by Python
