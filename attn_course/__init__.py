@@ -11,7 +11,8 @@ The package has two layers, plus the exercise system:
   ALiBi), ``transformer`` (the block, encoder and decoder language models, the next-token shift,
   BERT's input masking). Part IV: ``gpt`` (a GPT-2-architecture model, sampling, generation,
   the GPT-2 loader), ``kv_cache`` (dynamic, static, sliding-window and paged caches), ``gqa``
-  (grouped-query attention). Part V: ``flash`` (online softmax, tiled attention, memory
+  (grouped-query attention), ``prepack`` (oneDNN-prepacked linear layers: decoding at the
+  memory's speed on a CPU). Part V: ``flash`` (online softmax, tiled attention, memory
   traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``sparse``,
   ``linear``, ``distributed`` (ring attention). ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_checks`` (input

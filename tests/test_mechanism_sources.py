@@ -54,6 +54,7 @@ MECHANISMS = [
     ("15_kv_cache", "DynamicCache", "ex08_kv_cache"),
     ("15_kv_cache", "StaticCache", "ex08_kv_cache"),
     ("15_kv_cache", "GroupedQueryAttention.forward", "ex08_kv_cache"),
+    ("15_kv_cache", "PackedLinear.forward", None),
     ("16_shrinking_the_cache", "kv_cache_bytes", "ex08_kv_cache"),
     ("16_shrinking_the_cache", "repeat_kv", "ex08_kv_cache"),
     ("16_shrinking_the_cache", "grouped_query_attention", "ex08_kv_cache"),
