@@ -72,6 +72,13 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
+    def __getstate__(self) -> dict:
+        # oneDNN's packed tensor is opaque (no storage to copy): deepcopy and torch.save drop it,
+        # and the copy packs its own weight on first use.
+        state = self.__dict__.copy()
+        state["_packed"], state["_packed_key"] = None, None
+        return state
+
     def _packed_weight(self) -> torch.Tensor | None:
         w = self.weight
         # _version counts in-place writes: an optimiser step or load_state_dict makes it stale.

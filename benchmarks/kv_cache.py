@@ -49,7 +49,9 @@ transformers 5.24, ``--threads 2``; read bandwidth 44.6 GB/s, copy 41.6 GB/s), t
 Prefill per prompt token (512-token prompt): 0.60 ms ours, 1.07 ms with plain ``nn.Linear``,
 1.68 ms transformers; decode 17-29 ms per token ours (18-30 GB/s of weights and cache), 30-42
 ms for ``static-nn`` and transformers (13-17 GB/s); every generation gave the same tokens.
-Repeated runs move single rows by up to ~20 % (a shared virtual machine).
+Repeated runs move single rows by up to ~20 % (a shared virtual machine); a second run the
+same day gave, at 512 new tokens, static/uncached 8.9x (prompt 16) and 26.2x (prompt 512),
+static/hf 1.76 and 2.03, static/dynamic 1.11 and 1.27, static-nn/hf 1.05 and 1.23.
 
 Against the issue's targets at 512 generated tokens: after a 512-token prompt (GPT-2's whole
 1024-token context) the cache gives 26.8x the uncached tokens/s (>= 15x), cached decode is

@@ -1,6 +1,7 @@
 """Prepacked linear layers: same values as nn.Linear, weights kept, training and fallbacks intact."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -70,6 +71,23 @@ def test_an_in_place_weight_change_repacks():
         packed(x)
         lin.weight.mul_(2.0)  # what an optimiser step does
         torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_a_packed_model_can_be_copied_and_saved():
+    model = tiny_gpt()
+    prepack_linears(model)
+    idx = torch.randint(0, 61, (1, 5))
+    with torch.no_grad():
+        ref = model(idx)[0]
+        clone = copy.deepcopy(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        for other in (clone, loaded):
+            torch.testing.assert_close(other(idx)[0], ref)
+            assert other.lm_head.weight is other.wte.weight
 
 
 def test_training_takes_the_plain_path_and_gets_gradients():
