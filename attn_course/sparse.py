@@ -34,7 +34,6 @@ Computation:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,7 +42,7 @@ from attn_course._checks import require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.flash import check_qkv
 from attn_course.masking import masked_softmax
-from attn_course.utils import num_threads
+from attn_course.utils import best_seconds, num_threads
 
 __all__ = [
     "sliding_window_mask",
@@ -239,16 +238,6 @@ def block_sparse_attention(
     return out
 
 
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def time_vs_length(
     lengths: Sequence[int],
     mask_fn: Callable[[int], torch.Tensor],
@@ -280,8 +269,8 @@ def _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed) -> lis
         q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
         mask = mask_fn(N)
         layout = mask_to_layout(mask, block_size)
-        dense = _best_time(lambda q=q, k=k, v=v, m=mask: dense_masked_attention(q, k, v, m), repeats)
-        sparse = _best_time(
+        dense = best_seconds(lambda q=q, k=k, v=v, m=mask: dense_masked_attention(q, k, v, m), repeats)
+        sparse = best_seconds(
             lambda q=q, k=k, v=v, m=mask, lay=layout: block_sparse_attention(q, k, v, lay, block_size, m), repeats
         )
         diff = (dense_masked_attention(q, k, v, mask) - block_sparse_attention(q, k, v, layout, block_size, mask))

@@ -1,5 +1,5 @@
-"""Small helpers the notebooks share: seeding, device choice, thread pinning, environment detection,
-and showing the source of a mechanism in its page."""
+"""Small helpers the notebooks share: seeding, device choice, thread pinning, timing, environment
+detection, and showing the source of a mechanism in its page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import random
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -60,6 +61,24 @@ def num_threads(n: int | None, name: str = "threads") -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: bool = True) -> float:
+    """Best wall time of ``fn()`` over ``repeats`` runs, after one untimed run if ``warmup``.
+
+    The best, not the mean: it is the run that the other programs on a shared machine disturbed
+    least. Callers that warm up differently (once for many timings) pass ``warmup=False``.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    if warmup:
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def source_of(*objects: object) -> str:

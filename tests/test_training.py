@@ -1,11 +1,12 @@
-"""attn_course.utils.num_threads and attn_course.labs.training.run_steps, the helpers the training functions share."""
+"""attn_course.utils.num_threads and best_seconds, and attn_course.labs.training.run_steps: the helpers the
+training and timing functions share."""
 
 import pytest
 import torch
 from torch import nn
 
 from attn_course.labs.training import run_steps
-from attn_course.utils import num_threads
+from attn_course.utils import best_seconds, num_threads
 
 
 def test_num_threads_sets_and_restores():
@@ -25,6 +26,19 @@ def test_num_threads_rejects_non_positive_ints(bad):
     with pytest.raises(ValueError, match=r"num_threads must be a positive int or None"):
         with num_threads(bad, name="num_threads"):
             pass
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_best_seconds_runs_warmup_then_repeats_and_keeps_the_best(warmup):
+    calls = []
+    assert 0 <= best_seconds(lambda: calls.append(1), repeats=4, warmup=warmup) < 1
+    assert len(calls) == 4 + warmup
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True])
+def test_best_seconds_rejects_non_positive_repeats(bad):
+    with pytest.raises(ValueError, match=r"repeats must be a positive int"):
+        best_seconds(lambda: None, repeats=bad)
 
 
 def _fit(grad_clip, postfix_every=1, progress=False):

@@ -18,7 +18,6 @@ Shapes: token batches ``(B, T)``; sizes in bytes unless a name says otherwise.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -33,6 +32,7 @@ from attn_course.labs.generation import (
     sample_sentences,
     train_bracket_model,
 )
+from attn_course.utils import best_seconds
 
 __all__ = [
     "time_generation",
@@ -52,15 +52,6 @@ __all__ = [
 # --------------------------------------------------------------------------- time
 
 
-def _best_of(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def time_generation(model: GPT, prompt: torch.Tensor, lengths: Sequence[int],
                     methods: Sequence[str] = ("no cache", "dynamic", "static"),
                     repeat: int = 2, uncached_repeat: int = 1, progress: bool = True) -> dict[str, dict[int, float]]:
@@ -78,8 +69,8 @@ def time_generation(model: GPT, prompt: torch.Tensor, lengths: Sequence[int],
     jobs = [(n, m) for n in lengths for m in methods]
     for n, method in tqdm(jobs, desc="timing generation", disable=not progress, leave=False):
         kwargs = dict(use_cache=False) if method == "no cache" else dict(cache=method)
-        seconds = _best_of(lambda n=n, kwargs=kwargs: generate(model, prompt, n, **kwargs),
-                           uncached_repeat if method == "no cache" else repeat)
+        seconds = best_seconds(lambda n=n, kwargs=kwargs: generate(model, prompt, n, **kwargs),
+                               uncached_repeat if method == "no cache" else repeat, warmup=False)
         out[method][n] = n / seconds
     return out
 
@@ -109,8 +100,8 @@ def time_prefill_decode(model: GPT, prompt_len: int, new_tokens: int = 16, repea
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g)  # (1, T)
     generate(model, prompt, 2, cache="static")  # warm-up
-    prefill = _best_of(lambda: generate(model, prompt, 1, cache="static"), repeat)
-    both = _best_of(lambda: generate(model, prompt, 1 + new_tokens, cache="static"), repeat)
+    prefill = best_seconds(lambda: generate(model, prompt, 1, cache="static"), repeat, warmup=False)
+    both = best_seconds(lambda: generate(model, prompt, 1 + new_tokens, cache="static"), repeat, warmup=False)
     return prefill / prompt_len, max(both - prefill, 1e-9) / new_tokens
 
 
@@ -118,15 +109,13 @@ def copy_bandwidth(mbytes: int = 64, repeat: int = 5) -> float:
     """GB/s of ``dst.copy_(src)`` on ``mbytes`` MB of float32, counting the read and the write."""
     src = torch.randn(require_int(mbytes, "mbytes") * 2**20 // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    return 2 * src.numel() * 4 / _best_of(lambda: dst.copy_(src), repeat) / 1e9
+    return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), repeat) / 1e9  # one warm-up copy first
 
 
 def matmul_flops(n: int = 512, repeat: int = 3) -> float:
     """FLOP/s of an ``n x n`` by ``n x n`` float32 matrix product (``2 n^3`` FLOPs)."""
     a, b = torch.randn(require_int(n, "n"), n), torch.randn(n, n)
-    a @ b
-    return 2 * n**3 / _best_of(lambda: a @ b, repeat)
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeat)  # one warm-up product first
 
 
 # --------------------------------------------------------------------------- arithmetic intensity

@@ -7,7 +7,8 @@ block of it. Everything here is *measured* on the running code:
 * ``count_flops``        floating-point operations, counted by ``torch.utils.flop_counter``;
 * ``peak_tensor_bytes``  the largest total size of the tensors a call has alive at once,
                          counted op by op (deterministic: the same on every machine);
-* ``best_seconds``       wall time, best of a few runs (noisy on a shared machine).
+* wall time             best of a few runs (``attn_course.utils.best_seconds``; noisy on a
+                         shared machine).
 
 ``scaling_table`` runs the three for a list of lengths, ``fit_slope`` fits the exponent of
 ``y ~ N^slope`` on a log-log scale, ``plot_scaling`` draws it.
@@ -21,8 +22,6 @@ Dimension glossary: B batch, H heads, N sequence length (queries = keys), d head
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,12 +35,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attn_course.kv_cache import ModelShape
 from attn_course.plotting import finish_axes, new_axes
-from attn_course.utils import num_threads
+from attn_course.utils import best_seconds, num_threads
 
 __all__ = [
     "count_flops",
     "peak_tensor_bytes",
-    "best_seconds",
     "scaling_table",
     "fit_slope",
     "plot_scaling",
@@ -110,18 +108,6 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
         result = fn()
     del result
     return mode.peak
-
-
-def best_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Best wall time of ``fn()`` over ``repeats`` runs after one warm-up (the best is the run the
-    other programs on a shared machine disturbed least)."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def scaling_table(
