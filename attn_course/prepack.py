@@ -22,6 +22,8 @@ This is the step that ``torch.compile`` takes for CPU inference when weights are
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,7 @@ __all__ = ["PackedLinear", "prepack_linears", "prepack_available"]
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
+@functools.cache  # looked up once, not on every forward
 def _ops():
     """oneDNN's prepacking ops, or ``None`` where this torch build has none."""
     mkldnn = getattr(torch.ops, "mkldnn", None)
@@ -93,15 +96,14 @@ class PackedLinear(nn.Module):
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if needs_grad or x.dtype != self.weight.dtype or x.device.type != "cpu":
-            return F.linear(x, self.weight, self.bias)
-        packed = self._packed_weight()
+        tensors = (x, self.weight) if self.bias is None else (x, self.weight, self.bias)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        plain = needs_grad or x.dtype != self.weight.dtype or x.device.type != "cpu"
+        packed = None if plain else self._packed_weight()
         if packed is None:
             return F.linear(x, self.weight, self.bias)
         _, linear = _ops()
-        bias = None if self.bias is None else self.bias.detach()
-        y = linear(x.reshape(-1, self.in_features), packed, bias, "none", [], "")  # (rows, out)
+        y = linear(x.reshape(-1, self.in_features), packed, self.bias, "none", [], "")  # (rows, out)
         return y.view(*x.shape[:-1], self.out_features)
 
 

@@ -102,6 +102,15 @@ def test_training_takes_the_plain_path_and_gets_gradients():
     assert all(m._packed is None for m in model.modules() if isinstance(m, PackedLinear))  # never packed
 
 
+def test_a_trainable_bias_alone_still_gets_its_gradient():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4)
+    lin.weight.requires_grad_(False)  # a frozen weight, a trained bias
+    packed = PackedLinear(lin)
+    packed(torch.randn(3, 6)).sum().backward()
+    torch.testing.assert_close(lin.bias.grad, torch.full((4,), 3.0))
+
+
 def test_without_onednn_nothing_is_replaced(monkeypatch):
     monkeypatch.setattr(prepack, "_ops", lambda: None)
     model = tiny_gpt()
