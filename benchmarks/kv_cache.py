@@ -76,6 +76,7 @@ from tqdm.auto import tqdm
 from attn_course.gpt import GPT, GPTConfig, generate, load_gpt2_state_dict
 from attn_course.kv_cache import kv_cache_bytes
 from attn_course.prepack import prepack_linears
+from attn_course.utils import best_seconds
 
 TARGETS = (("static / uncached", "static", "uncached", 15.0), ("static / hf", "static", "hf", 1.1),
            ("static / dynamic", "static", "dynamic", 1.0))
@@ -100,8 +101,7 @@ def bandwidths(device: torch.device, mbytes: int = 512, repeat: int = 5) -> tupl
             fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-        run()
-        return best_of(run, repeat)[0]
+        return best_seconds(run, repeat)  # after one warm-up
 
     nbytes = src.numel() * 4
     return nbytes / timed(src.sum) / 1e9, 2 * nbytes / timed(lambda: dst.copy_(src)) / 1e9
@@ -174,22 +174,19 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def prefill_time(net: GPT, prompt: torch.Tensor, kind: str | None) -> float:
+    def prefill_time(forward) -> float:
+        """Seconds of one forward pass over the prompt, best of 3 after a warm-up."""
         def run():
             with torch.inference_mode():
-                cache = None if kind is None else net.new_cache(kind, 1, prompt.shape[1] + 1)
-                net(prompt, cache, last_only=True)
+                forward()
             sync()
-        run()
-        return best_of(run, 3)[0]
+        return best_seconds(run, 3)
 
-    def hf_prefill_time(prompt: torch.Tensor) -> float:
-        def run():
-            with torch.inference_mode():
-                hf(prompt, use_cache=True)
-            sync()
-        run()
-        return best_of(run, 3)[0]
+    def our_prefill_time(net: GPT, prompt: torch.Tensor, kind: str | None) -> float:
+        def forward():
+            cache = None if kind is None else net.new_cache(kind, 1, prompt.shape[1] + 1)
+            net(prompt, cache, last_only=True)
+        return prefill_time(forward)
 
     methods = ("uncached", "hf", "dynamic", "static", "static-nn")
     header = (f"{'prompt':>6} {'new':>4} {'method':>9} {'tok/s':>7} {'prefill ms':>10} {'ms/prompt tok':>13} "
@@ -200,11 +197,12 @@ def main() -> None:
     results: dict[tuple[int, int, str], float] = {}
     for P in args.prompts:
         prompt = torch.randint(0, cfg.vocab_size, (1, P), generator=torch.Generator().manual_seed(0)).to(device)
-        prefill = {"uncached": prefill_time(model, prompt, None), "dynamic": prefill_time(model, prompt, "dynamic"),
-                   "static": prefill_time(model, prompt, "static"),
-                   "static-nn": prefill_time(stock, prompt, "static")}
+        prefill = {"uncached": our_prefill_time(model, prompt, None),
+                   "dynamic": our_prefill_time(model, prompt, "dynamic"),
+                   "static": our_prefill_time(model, prompt, "static"),
+                   "static-nn": our_prefill_time(stock, prompt, "static")}
         if hf is not None:
-            prefill["hf"] = hf_prefill_time(prompt)
+            prefill["hf"] = prefill_time(lambda prompt=prompt: hf(prompt, use_cache=True))
         jobs = [(n, m) for n in args.lengths for m in methods
                 if not (m == "uncached" and args.no_uncached) and not (m == "hf" and hf is None)]
         first: dict[int, torch.Tensor] = {}
