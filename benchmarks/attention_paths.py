@@ -11,22 +11,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 import torch.nn.functional as F
 
 from attn_course.attention import attention_loop, scaled_dot_product_attention
-
-
-def best_of(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from attn_course.utils import best_seconds
 
 
 def main() -> None:
@@ -44,9 +34,9 @@ def main() -> None:
     g = torch.Generator(device="cpu").manual_seed(0)
     for T in args.seq:
         q, k, v = (torch.randn(args.batch, args.heads, T, args.dim, generator=g).to(device) for _ in range(3))
-        t_sdpa = best_of(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), args.repeat)
-        t_ours = best_of(lambda q=q, k=k, v=v: scaled_dot_product_attention(q, k, v), args.repeat)
-        t_loop = best_of(lambda q=q, k=k, v=v: attention_loop(q, k, v), max(1, args.repeat // 5)) if T <= 256 else float("nan")
+        t_sdpa = best_seconds(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), args.repeat)
+        t_ours = best_seconds(lambda q=q, k=k, v=v: scaled_dot_product_attention(q, k, v), args.repeat)
+        t_loop = best_seconds(lambda q=q, k=k, v=v: attention_loop(q, k, v), max(1, args.repeat // 5)) if T <= 256 else float("nan")
         flops = 4 * args.batch * args.heads * T * T * args.dim
         print(f"{T:>6} {t_sdpa * 1e3:>9.2f} {t_ours * 1e3:>9.2f} {t_loop * 1e3:>9.2f} "
               f"{t_ours / t_sdpa:>10.2f} {t_loop / t_sdpa:>10.1f} {flops / t_sdpa / 1e9:>13.1f}")
