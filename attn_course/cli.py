@@ -1,6 +1,7 @@
 """The ``attn-course`` command.
 
-    attn-course grade PATH... [--sandbox auto|bwrap|none] [--timeout S] [--call-timeout S]
+    attn-course grade PATH... [--sandbox auto|bwrap|fallback|none] [--memory SIZE] [--cpus N] [--disk SIZE]
+                      [--timeout S] [--call-timeout S]
                       [--wall-clock S] [--jobs N] [--shard K/N] [--json F] [--csv F] [--resume]
     attn-course merge-reports REPORT... [--json F] [--csv F]
     attn-course build-exercises [--check]
@@ -26,6 +27,19 @@ def _positive(kind):
     return parse
 
 
+def _size(text: str) -> int:
+    """'512M', '1.5G', '4096' (bytes) -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}") from None
+    if value < 1 << 20:
+        raise argparse.ArgumentTypeError(f"must be at least 1M, got {text}")
+    return int(value)
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(x) for x in text.split("/"))
@@ -46,9 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the scores; 1 when a report could not be written; 2 on a usage error. "
                                    "Put the uploads after `--` when a name could look like an option.")
     g.add_argument("paths", nargs="+", metavar="PATH", help="a submitted notebook, or a folder of them")
-    g.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
-                   help="auto (default): bubblewrap, and refuse to grade when it does not work here; "
-                        "none: run kernels unsandboxed (only for uploads you trust); the report says which")
+    g.add_argument("--sandbox", choices=("auto", "bwrap", "fallback", "none"), default="auto",
+                   help="auto (default): bubblewrap where it works, else (as root) the fallback layer, else refuse "
+                        "to grade; bwrap or fallback: that layer only; none: run kernels unsandboxed (only for "
+                        "uploads you trust); the report says which")
+    g.add_argument("--memory", type=_size, default=None, metavar="SIZE",
+                   help="memory of one kernel, all its processes, tmpfs and shared memory together (default 4G; "
+                        "needs root for the cgroup)")
+    g.add_argument("--cpus", type=_positive(float), default=None, help="CPU share of one kernel (default 1)")
+    g.add_argument("--disk", type=_size, default=None, metavar="SIZE",
+                   help="size of each writable area of a kernel: its work area and its /tmp (default 512M)")
     g.add_argument("--timeout", type=_positive(float), default=120.0,
                    help="seconds for running one notebook's cells (default 120)")
     g.add_argument("--call-timeout", type=_positive(float), default=20.0,
@@ -139,10 +160,22 @@ def _grade(args: argparse.Namespace) -> int:
         print(f"attn-course grade: {clean(problem)}", file=sys.stderr)
         return 2
     isolate_grader()  # before any upload runs
-    box = detect(args.sandbox)
+    from dataclasses import replace
+
+    from .grading.sandbox import Limits
+
+    limits = Limits()
+    if args.memory:
+        limits = replace(limits, total_memory_bytes=args.memory)
+    if args.cpus:
+        limits = replace(limits, cpus=args.cpus)
+    if args.disk:
+        limits = replace(limits, tmp_bytes=args.disk, work_bytes=args.disk, shm_bytes=min(limits.shm_bytes, args.disk))
+    box = detect(args.sandbox, limits)
     if box is None:
-        print("attn-course grade: bubblewrap (bwrap) is not installed or does not work here, so uploads cannot "
-              "be graded in a sandbox. Install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`; Fedora: "
+        print(f"attn-course grade: no sandbox of the kind asked for (--sandbox {args.sandbox}) works here. "
+              "bubblewrap (bwrap) is not installed or cannot make namespaces, and the fallback layer needs the "
+              "grader to run as root. Install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`; Fedora: "
               "`sudo dnf install bubblewrap`), or grade in a Linux container or VM (macOS, Windows). "
               "To grade trusted notebooks without a sandbox, pass --sandbox none.", file=sys.stderr)
         return 2

@@ -72,10 +72,14 @@ def test_evaluate_counts_missing_outcomes_as_failure():
     assert result.points == 0 and "stopped answering" in result.message
 
 
-def test_identify_exercise_from_metadata_then_file_name():
+def test_identify_exercise_from_file_name_then_metadata():
     exercises = load_exercises()
     meta = {"metadata": {"attn_course": {"exercise": "ex02_masks_and_scores"}}}
-    assert identify_exercise(Path("whatever.ipynb"), meta, exercises).id == "ex02_masks_and_scores"
-    assert identify_exercise(Path("alice-ex01_softmax_attention (2).ipynb"), {}, exercises).id == "ex01_softmax_attention"
-    assert identify_exercise(Path("bob_ex2.ipynb"), None, exercises).id == "ex02_masks_and_scores"
-    assert identify_exercise(Path("homework.ipynb"), {"metadata": {"attn_course": "junk"}}, exercises) is None
+    assert identify_exercise(Path("whatever.ipynb"), meta, exercises)[0].id == "ex02_masks_and_scores"
+    assert identify_exercise(Path("alice-ex01_softmax_attention (2).ipynb"), {}, exercises)[0].id == "ex01_softmax_attention"
+    assert identify_exercise(Path("bob_ex2.ipynb"), None, exercises)[0].id == "ex02_masks_and_scores"
+    assert identify_exercise(Path("homework.ipynb"), {"metadata": {"attn_course": "junk"}}, exercises) == (None, "")
+    # A learner cannot choose what they are graded on: the file name wins, and the report says so.
+    ex, note = identify_exercise(Path("carol_ex01_softmax_attention.ipynb"), meta, exercises)
+    assert ex.id == "ex01_softmax_attention" and "metadata says ex02_masks_and_scores" in note
+    assert identify_exercise(Path("x" * 100000 + ".ipynb"), None, exercises) == (None, "")

@@ -96,7 +96,7 @@ def test_kernel_files_hold_no_reference():
 def test_stripped_package_has_only_the_kernel_files(tmp_path):
     pkg = Path(sb.stripped_package(str(tmp_path)))
     files = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*") if p.is_file())
-    assert files == sorted(sb.KERNEL_FILES)
+    assert files == sorted(sb.KERNEL_FILES + ("grading/seccomp_filter.py",))
 
 
 def test_kernel_environment_is_minimal(monkeypatch, tmp_path):
@@ -163,48 +163,118 @@ print(json.dumps(out))
 """
 
 
-@NEEDS_BWRAP
-def test_inside_the_sandbox(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTN_TEST_TOKEN", "tok-secret")
-    work, inputs = tmp_path / "work", tmp_path / "in"
-    work.mkdir()
-    inputs.mkdir()
-    pkg = sb.stripped_package(str(tmp_path / "pkg"))
-    checkout = str(PKG.parent)
-    cgroup = sb.new_cgroup(BOX.pids_cgroup, f"attn-course-test-{os.getpid()}", BOX.limits.processes) \
-        if BOX.pids_cgroup else None
-    cmd = BOX.command([sys.executable, "-c", PROBE, checkout], str(work), str(inputs), pkg, cgroup)
+ROOT = os.geteuid() == 0
+LAYERS = [pytest.param("bwrap", marks=NEEDS_BWRAP),
+          pytest.param("fallback", marks=pytest.mark.skipif(not ROOT or bool(sb.fallback_blocker()),
+                                                             reason="the fallback layer needs root and a Python "
+                                                                    f"runtime any user can run: {sb.fallback_blocker()}"))]
+
+# What the kernel tries on top of PROBE: the escapes of the second security review.
+ESCAPES = r"""
+import json, os, sys
+out = {}
+for p in ("/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches"):
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    finally:
-        sb.kill_cgroup(cgroup)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    seen = json.loads(proc.stdout)
-    applied = " ".join(BOX.applied)
+        os.close(os.open(p, os.O_WRONLY))  # opened for writing only: nothing is ever written
+        out[p] = "writable"
+    except OSError:
+        out[p] = "refused"
+with open("written-inside", "w") as f:
+    f.write("x")
+try:
+    import mmap
+    with open("/dev/shm/big", "wb") as f:
+        f.write(b"x" * (100 << 20))
+    out["shm"] = "written"
+except OSError:
+    out["shm"] = "refused"
+try:
+    import ctypes
+    out["ptrace"] = ctypes.CDLL(None, use_errno=True).ptrace(16, 1, 0, 0) == 0  # PTRACE_ATTACH to pid 1
+except OSError:
+    out["ptrace"] = False
+print(json.dumps(out))
+"""
+
+
+def _run_inside(layer: str, code: str, *args: str):
+    from attn_course.grading.runner import grading_run
+
+    box = sb.detect(layer)
+    assert box is not None
+    with grading_run(box) as run:
+        place = run.new_place()
+        cmd = box.command([sys.executable, "-c", code, *args], place, run.package, run.binds)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            written = os.stat(os.path.join(place.work, "written-inside")) if code is ESCAPES else None
+        finally:
+            sb.release_place(place)
+        assert not os.path.exists(place.base)  # taken down as soon as the kernel stops
+    return json.loads(proc.stdout), written, box
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_inside_the_sandbox(layer, monkeypatch):
+    monkeypatch.setenv("ATTN_TEST_TOKEN", "tok-secret")
+    checkout = str(PKG.parent)
+    seen, _, box = _run_inside(layer, PROBE, checkout)
+    applied = " ".join(box.applied)
     assert seen["masking"] is None  # the references cannot be imported
     assert seen["checker"] is True  # the in-notebook Checker works without them
     assert "ATTN_TEST_TOKEN" not in seen["env"] and "SSH_AUTH_SOCK" not in seen["env"]
     assert seen["home_listing"] == []
-    # Of the course checkout, only the stripped package (and a virtual environment kept inside it).
-    venvs = {Path(r).relative_to(checkout).parts[0] for r in sb._runtime_roots() if r.startswith(checkout + os.sep)}
-    assert set(seen["checkout"] or []) <= {"attn_course"} | venvs, seen["checkout"]
-    assert seen["instructor_home"] in (None, []) or ".pyenv" in seen["instructor_home"]
     assert seen["usr_writable"] is False
-    assert seen["limits"] == [BOX.limits.memory_bytes, BOX.limits.processes, BOX.limits.file_bytes]
+    assert seen["limits"] == [box.limits.memory_bytes, box.limits.processes, box.limits.file_bytes]
     assert seen["memory"] == "refused" and seen["file"] == "refused"
-    if "processes" in applied:  # setrlimit (not root) or a pids cgroup (root)
-        assert seen["forks"] != "all" and seen["forks"] < BOX.limits.processes, seen["forks"]
-    else:
-        assert any("process limit" in m for m in BOX.missing)
-    # Each isolation the report claims is checked here.
-    if "network namespace" in applied:
+    assert "processes" in applied
+    assert seen["forks"] != "all" and seen["forks"] < box.limits.processes, seen["forks"]
+    if layer == "bwrap":
+        # Of the course checkout, only the stripped package (and a virtual environment kept inside it).
+        venvs = {Path(r).relative_to(checkout).parts[0] for r in sb._runtime_roots() if r.startswith(checkout + os.sep)}
+        assert set(seen["checkout"] or []) <= {"attn_course"} | venvs, seen["checkout"]
+        assert seen["instructor_home"] in (None, []) or ".pyenv" in seen["instructor_home"]
+    if "network" in applied or "seccomp" in applied:
         assert seen["network"] is False
     if "pid namespace" in applied:
         assert max(seen["procs"]) <= 3  # bwrap's init and the kernel: nothing of the machine's
     if "user namespace" in applied:
         assert seen["uid"] == sb.INSIDE_UID
+    if ROOT:
+        assert seen["uid"] != 0
     if "uts namespace" in applied:
         assert seen["hostname"] == "grading"
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_no_host_root_and_no_sysctl_inside(layer):
+    """As root, the second review ran code as host root through a writable /proc/sys."""
+    seen, written, box = _run_inside(layer, ESCAPES)
+    assert seen["/proc/sys/kernel/core_pattern"] == "refused"
+    assert seen["/proc/sys/vm/drop_caches"] == "refused"
+    assert seen["ptrace"] is False
+    if ROOT:
+        assert written.st_uid not in (0, os.geteuid()) and written.st_uid >= sb.UID_BASE
+    if layer == "bwrap":
+        assert seen["shm"] == "refused"  # /dev/shm is a 64 MiB tmpfs
+
+
+def test_remove_tree_survives_a_deep_tree_and_links(tmp_path):
+    top = tmp_path / "top"
+    top.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(3000):  # deeper than a recursive walk and than PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        new = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.symlink(str(outside), "link", dir_fd=new)
+        os.close(fd)
+        fd = new
+    os.close(fd)
+    sb.remove_tree(str(top))
+    assert not top.exists() and outside.read_text() == "keep"
 
 
 def test_results_file_must_be_a_small_regular_file(tmp_path):
@@ -282,7 +352,7 @@ def test_private_tmp_is_mounted_before_the_runtime_and_work_folders():
     """bwrap mounts in order: a checkout or virtual environment under /tmp (as in a CI clone
     there) must be bound on top of the private /tmp, not hidden by it."""
     box = sb.Sandbox(kind="bwrap", bwrap="/usr/bin/bwrap")
-    args = box.command(["/usr/bin/python3", "-m", "ipykernel"], "/tmp/w", "/tmp/in", "/tmp/pkg")
+    args = box.command(["/usr/bin/python3", "-m", "ipykernel"], sb.Place("/tmp/k", "/tmp/w", "/tmp/in"), "/tmp/pkg")
     tmp = next(i for i in range(len(args) - 1) if args[i] == "--tmpfs" and args[i + 1] == "/tmp")
-    binds = [i for i, a in enumerate(args) if a in ("--ro-bind", "--bind")]
+    binds = [i for i, a in enumerate(args) if a in ("--ro-bind", "--bind") and not args[i + 1].startswith("/proc")]
     assert binds and tmp < min(binds), args

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runner import GradingRun, Row, grade_notebook, grading_run, read_upload
+from .runner import GradingRun, Row, grade_notebook_isolated, grading_run, read_upload
 from .sandbox import Sandbox
 from .tasks import load_exercises
 
@@ -237,7 +237,7 @@ def grade_paths(uploads: list[Upload], sandbox: Sandbox, timeout: float = 120.0,
         with grading_run(sandbox, seed) as run:
             bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                futures = {pool.submit(_grade_one, uploads[i], exercises, timeout, call_timeout, run, wall_clock): i
+                futures = {pool.submit(_grade_one, uploads[i], exercises, timeout, call_timeout, run, wall_clock, i): i
                            for i in todo}
                 started = time.monotonic()
                 for fut in as_completed(futures):
@@ -259,9 +259,9 @@ def grade_paths(uploads: list[Upload], sandbox: Sandbox, timeout: float = 120.0,
 
 
 def _grade_one(upload: Upload, exercises, timeout: float, call_timeout: float, run: GradingRun,
-               wall_clock: float | None) -> tuple[list[Row], float]:
+               wall_clock: float | None, index: int) -> tuple[list[Row], float]:
     start = time.monotonic()
-    rows = grade_notebook(upload.path, exercises, timeout, call_timeout, run=run, wall_clock=wall_clock)
+    rows = grade_notebook_isolated(upload.path, exercises, timeout, call_timeout, run, wall_clock, index)
     return rows, time.monotonic() - start
 
 

@@ -29,7 +29,6 @@ import math
 import os
 import re
 import secrets
-import shutil
 import signal
 import stat
 import subprocess
@@ -53,7 +52,22 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, evaluate
-from .sandbox import Sandbox, kill_cgroup, new_cgroup, stripped_package
+from .sandbox import (
+    Place,
+    Sandbox,
+    cgroup_procs,
+    hide_from_others,
+    kernel_env,
+    kill_cgroups,
+    make_place,
+    mounts_below,
+    new_cgroups,
+    release_place,
+    remove_tree,
+    stage_runtime,
+    stripped_package,
+    unmount,
+)
 from .tasks import Case, Exercise, Task, load_exercises
 
 GRACE_SECONDS = 5  # what a cell still gets once the notebook's time is used up
@@ -61,7 +75,8 @@ STARTUP_SECONDS = 60
 PROBE_SECONDS = 5  # after a timeout: a kernel that cannot run `pass` in this long is replaced
 MAX_NOTEBOOK_BYTES = 20 << 20  # an upload larger than this is not read
 MAX_RESULT_BYTES = 64 << 20  # results file of one task
-MAX_MESSAGE_BYTES = 16 << 20  # one message from a kernel (zmq drops the kernel's connection beyond it)
+MAX_MESSAGE_BYTES = 4 << 20  # one frame from a kernel (zmq drops the kernel's connection beyond it)
+MAX_QUEUED_MESSAGES = 64  # messages queued per socket before zmq stops reading (the kernel waits)
 
 
 @dataclass
@@ -82,53 +97,87 @@ class Row:
 class GradingRun:
     """What every notebook of one grading run shares: the sandbox, a private folder, the secret seed.
 
-    ``root`` is the grader's own folder (no sandbox sees it whole); each kernel gets fresh
-    subfolders of it (``new_dirs``). ``package`` is the stripped copy of ``attn_course`` that
-    sandboxed kernels import.
+    ``root`` is the grader's own folder (no sandbox sees it whole); each kernel gets a place of
+    its own in it (``new_place``): folders, uid, work filesystem, cgroups. ``package`` is the
+    stripped copy of ``attn_course`` that sandboxed kernels import; ``binds`` the runtime folders
+    staged where an unprivileged uid can reach them.
     """
 
     sandbox: Sandbox
     root: str
     package: str | None
     seed: int = field(repr=False)
-    cgroup: str | None = None  # this run's cgroup (pids controller), parent of each kernel's
+    cgroups: dict[str, str] = field(default_factory=dict)  # this run's cgroup per hierarchy: controllers
+    binds: dict[str, str] = field(default_factory=dict)
+    prefix: str = "k"  # names of this process's kernels (a worker grading notebook n uses "n<n>-")
+    serial_base: int = 0  # kernels' uids count from here
     _count: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def new_dirs(self) -> tuple[str, str, str | None]:
-        """(work folder, inputs folder, cgroup) for one kernel: the first writable by it, the second
-        not; the cgroup (None where there is none) holds its processes under the process limit."""
+    def new_place(self) -> Place:
         with self._lock:
             self._count += 1
             n = self._count
-        base = os.path.join(self.root, f"k{n}")
-        work, inputs = os.path.join(base, "work"), os.path.join(base, "in")
-        for d in (base, work, inputs):
-            os.mkdir(d, 0o755)
-        cgroup = None
-        if self.cgroup:
-            cgroup = new_cgroup(self.cgroup, f"k{n}", self.sandbox.limits.processes)
-        return work, inputs, cgroup
+        name = f"{self.prefix}{n}"
+        return make_place(self.sandbox, self.root, name, self.cgroups, self.serial_base + n)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 @contextmanager
 def grading_run(sandbox: Sandbox, seed: int | None = None):
-    """A ``GradingRun``; its folder is removed afterwards. ``seed`` None: a secret one, new each run."""
+    """A ``GradingRun``; its folder, mounts and cgroups are removed afterwards (never raising:
+    an upload may have left anything there). ``seed`` None: a secret one, new each run."""
     root = tempfile.mkdtemp(prefix="attn-course-run-")
-    os.chmod(root, 0o711)  # bwrap must reach the subfolders it binds; nobody may list them
-    cgroup = None
-    if sandbox.pids_cgroup:
-        cgroup = new_cgroup(sandbox.pids_cgroup, os.path.basename(root), None)
+    os.chmod(root, 0o711)  # kernels must reach their own subfolders; nobody may list them
+    cgroups = {}
+    for parent, ctrls in sandbox.cgroups.items():
+        made = new_cgroups({parent: ctrls}, os.path.basename(root), None)
+        if made:
+            cgroups[made[0]] = ctrls
     try:
-        package = stripped_package(os.path.join(root, "pkg")) if sandbox.isolated else None
-        yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroup)
+        package = None
+        if sandbox.isolated:
+            package = stripped_package(os.path.join(root, "pkg"))
+        if sandbox.kind == "fallback" and sandbox.exposed:  # no mount namespace: file permissions instead
+            hidden = [p for p in sandbox.exposed if p not in hide_from_others(sandbox.exposed)]
+            sandbox.missing = [m for m in sandbox.missing if not m.startswith("readable by any user")]
+            sandbox.applied.append("solutions and references hidden from other users (o-rwx): " + ", ".join(hidden))
+            sandbox.exposed = [p for p in sandbox.exposed if p not in hidden]
+            if sandbox.exposed:
+                sandbox.missing.append("readable by any user here: " + ", ".join(sandbox.exposed))
+        binds: dict[str, str] = {}
+        if sandbox.kind == "bwrap" and sandbox.as_root:
+            binds, problems = stage_runtime(root)
+            if problems:
+                sandbox.missing.append("runtime folders an unprivileged uid cannot reach: " + ", ".join(problems))
+        yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroups, binds)
     finally:
-        if cgroup:
-            for child in Path(cgroup).iterdir():
-                if child.is_dir():
-                    kill_cgroup(str(child))
-            kill_cgroup(cgroup)
-        shutil.rmtree(root, ignore_errors=True)
+        end_run(root, list(cgroups))
+
+
+def end_run(root: str, cgroups: list[str]) -> None:
+    """Kill what is left in the run's cgroups, unmount what is mounted below ``root``, remove it."""
+    try:
+        for cg in cgroups:
+            try:
+                children = [str(c) for c in Path(cg).iterdir() if c.is_dir()]
+            except OSError:
+                children = []
+            kill_cgroups(children)
+        kill_cgroups(cgroups)
+        for point in mounts_below(root):
+            unmount(point)
+        remove_tree(root)
+    except Exception:
+        pass
 
 
 def read_upload(path: Path) -> bytes:
@@ -188,22 +237,32 @@ def _write_new(path: str, obj: Any) -> None:
         torch.save(obj, f)
 
 
-def identify_exercise(path: Path, nb: Any, exercises: dict[str, Exercise]) -> Exercise | None:
-    """From the notebook's metadata, else from its file name (students rename files)."""
-    if nb is not None:
-        meta = nb.get("metadata", {}).get("attn_course", {})
-        ex_id = meta.get("exercise") if isinstance(meta, dict) else None
-        if isinstance(ex_id, str) and ex_id in exercises:
-            return exercises[ex_id]
+def _exercise_from_name(name: str, exercises: dict[str, Exercise]) -> Exercise | None:
     for ex_id in sorted(exercises, key=len, reverse=True):
-        if ex_id in path.name:
+        if ex_id in name:
             return exercises[ex_id]
-    m = re.search(r"ex(\d+)", path.name)
+    m = re.search(r"ex(\d{1,3})", name[:300])  # a file name: short, and this pattern cannot backtrack
     if m:
         for ex_id, ex in exercises.items():
             if ex_id.startswith(f"ex{int(m.group(1)):02d}_"):
                 return ex
     return None
+
+
+def identify_exercise(path: Path, nb: Any, exercises: dict[str, Exercise]) -> tuple[Exercise | None, str]:
+    """(exercise, note): from the file name, which the submission system gives; the notebook's
+    own metadata (which a learner can edit) only when the name says nothing. The note flags a
+    notebook whose metadata names another exercise than its file name."""
+    meta = nb.get("metadata", {}).get("attn_course", {}) if isinstance(nb, dict) else {}
+    meta_id = meta.get("exercise") if isinstance(meta, dict) else None
+    meta_ex = exercises.get(meta_id) if isinstance(meta_id, str) else None
+    by_name = _exercise_from_name(path.name, exercises)
+    if by_name is None:
+        return meta_ex, ""
+    if meta_ex is not None and meta_ex.id != by_name.id:
+        return by_name, (f" [graded as {by_name.id}, from the file name; the notebook's metadata says "
+                         f"{meta_ex.id}]")
+    return by_name, ""
 
 
 def _zero_rows(path: str, ex: Exercise | None, status: str, message: str) -> list[Row]:
@@ -213,6 +272,16 @@ def _zero_rows(path: str, ex: Exercise | None, status: str, message: str) -> lis
 
 
 
+def _capped_context() -> zmq.asyncio.Context:
+    """A zmq context whose sockets refuse frames over the cap (the kernel is disconnected) and
+    queue few messages: a flood fills the kernel's side, not the grader's memory."""
+    ctx = zmq.asyncio.Context()
+    ctx.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    ctx.setsockopt(zmq.RCVHWM, MAX_QUEUED_MESSAGES)
+    ctx.setsockopt(zmq.LINGER, 0)
+    return ctx
+
+
 class _KernelManager(AsyncKernelManager):
     """Starts ``python -m ipykernel_launcher`` inside the run's sandbox (never a kernel the notebook names).
 
@@ -220,9 +289,7 @@ class _KernelManager(AsyncKernelManager):
     """
 
     grading: GradingRun | None = None
-    workdir: str = ""
-    inputs: str = ""
-    cgroup: str | None = None
+    place: Place | None = None
 
     @property
     def kernel_spec(self) -> KernelSpec:
@@ -231,15 +298,18 @@ class _KernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         cmd = super().format_kernel_cmd(extra_arguments)
-        assert self.grading is not None
-        return self.grading.sandbox.command(cmd, self.workdir, self.inputs, self.grading.package, self.cgroup)
+        assert self.grading is not None and self.place is not None
+        return self.grading.sandbox.command(cmd, self.place, self.grading.package, self.grading.binds)
+
+    def write_connection_file(self, **kwargs: Any):
+        out = super().write_connection_file(**kwargs)
+        if self.place is not None and self.place.uid >= 0:  # the kernel's own uid must read it
+            os.chown(self.connection_file, self.place.uid, self.place.gid)
+        return out
 
     def client(self, **kwargs: Any):
-        # Every socket the client opens refuses messages over the cap (the kernel is disconnected).
-        ctx = zmq.asyncio.Context()
-        ctx.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self._client_context = ctx
-        return super().client(context=ctx, **kwargs)
+        self._client_context = _capped_context()
+        return super().client(context=self._client_context, **kwargs)
 
 
 class _Client(NotebookClient):
@@ -264,7 +334,7 @@ class _Kernel:
         self.deadline = deadline  # the notebook's hard wall clock (time.monotonic())
         self.client: _Client | None = None
         self.workdir = self.inputs = ""
-        self.cgroup: str | None = None
+        self.place: Place | None = None
         self.alive = False
         self.expired = False
         self.good_cells: list[int] = []  # cells that ran without error, replayed after a restart
@@ -274,8 +344,10 @@ class _Kernel:
         if self.expired or time.monotonic() >= self.deadline:
             self.expired = True
             raise TimeoutError("the notebook's wall clock ran out")
-        kill_cgroup(self.cgroup)  # the previous kernel's, if any
-        self.workdir, self.inputs, self.cgroup = self.run_ctx.new_dirs()
+        release_place(self.place)  # the previous kernel's, if any
+        self.place = None
+        self.place = place = self.run_ctx.new_place()
+        self.workdir, self.inputs = place.work, place.inputs
         client = _Client(
             nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]),
             kernel_name="python3",
@@ -289,8 +361,8 @@ class _Kernel:
             record_timing=False,
             resources={"metadata": {"path": self.workdir}},
         )
-        km = _KernelManager(kernel_name="python3")
-        km.grading, km.workdir, km.inputs, km.cgroup = self.run_ctx, self.workdir, self.inputs, self.cgroup
+        km = _KernelManager(kernel_name="python3", context=_capped_context())
+        km.grading, km.place = self.run_ctx, place
         # Talk over local sockets in the kernel's work folder, not TCP: no port is opened, and
         # the sockets work across the sandbox's network namespace.
         km.transport = "ipc"
@@ -298,15 +370,18 @@ class _Kernel:
         km.ip = os.path.join(self.workdir, ".kernel-ipc")
         client.km = km
         self.client = client
-        from .sandbox import kernel_env
-
         env = kernel_env(self.run_ctx.sandbox, self.workdir)
-        if not self.run_ctx.sandbox.isolated:
-            for sub in ("home", "tmp"):
-                os.makedirs(os.path.join(self.workdir, sub), exist_ok=True)
+        if self.run_ctx.package and self.run_ctx.sandbox.kind == "fallback":
+            env["PYTHONPATH"] = os.path.dirname(self.run_ctx.package)  # the stripped copy, before the real one
         # The kernel's own stdout/stderr go nowhere: never to the instructor's terminal.
         client.start_new_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client.start_new_kernel_client()
+        # Channels the grader never reads are closed: nothing the kernel sends there is queued.
+        for channel in ("stdin_channel", "hb_channel"):
+            try:
+                getattr(client.kc, channel).stop()
+            except Exception:
+                pass
         self.alive = True
 
     def kill(self) -> None:
@@ -317,7 +392,7 @@ class _Kernel:
             if process is None:
                 return
             try:
-                if not self.run_ctx.sandbox.isolated:
+                if self.run_ctx.sandbox.kind != "bwrap":
                     os.killpg(process.pid, signal.SIGKILL)  # the kernel leads its own process group
             except OSError:
                 pass
@@ -325,11 +400,14 @@ class _Kernel:
                 process.kill()  # bwrap: its death ends the PID namespace, and everything in it
             except OSError:
                 pass
+            place = self.place
+            if place is not None and self.run_ctx.sandbox.kind != "bwrap":
+                for pid in {p for cg in place.cgroups for p in cgroup_procs(cg)}:  # what left the group
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
         self.alive = False
-
-    def _end_cgroup(self) -> None:
-        kill_cgroup(self.cgroup)  # whatever is left, even a process that keeps forking
-        self.cgroup = None
 
     def stop(self) -> None:
         self.kill()
@@ -338,10 +416,15 @@ class _Kernel:
                 self.client._cleanup_kernel()  # closes the channels and removes the connection file
             except Exception:
                 pass
-            ctx = getattr(self.client.km, "_client_context", None) if self.client.km is not None else None
-            if ctx is not None:
-                ctx.destroy(linger=0)
-        self._end_cgroup()
+            for ctx in (getattr(self.client.km, "_client_context", None) if self.client.km is not None else None,
+                        getattr(self.client.km, "context", None) if self.client.km is not None else None):
+                if ctx is not None:
+                    try:
+                        ctx.destroy(linger=0)
+                    except Exception:
+                        pass
+        release_place(self.place)  # every process of it, its work filesystem and folders: now, not at the end
+        self.place = None
         self.alive = False
 
     def remaining(self) -> float:
@@ -455,10 +538,24 @@ def _execute_cells(kernel: _Kernel, sources: list[str], deadline: float) -> dict
     return problems
 
 
+def defines(source: str, name: str) -> bool:
+    """Whether a cell has a line ``def <name>(`` (plain string scanning: the text is the upload's,
+    and a regex with ``^\\s*`` over it can take quadratic time on many blank lines)."""
+    start = 0
+    while True:
+        i = source.find("def ", start)
+        if i < 0:
+            return False
+        line_start = source.rfind("\n", 0, i) + 1
+        rest = source[i + 4:i + 4 + len(name) + 64].lstrip(" \t")
+        if not source[line_start:i].strip(" \t") and rest.startswith(name) and rest[len(name):].lstrip(" \t").startswith("("):
+            return True
+        start = i + 4
+
+
 def _defining_cell_problem(name: str, sources: list[str], problems: dict[int, tuple[str, str]]) -> str:
-    pattern = re.compile(rf"^\s*def\s+{re.escape(name)}\s*\(", re.M)
     for i, src in enumerate(sources):
-        if pattern.search(src) and i in problems:
+        if i in problems and defines(src, name):
             status, detail = problems[i]
             what = {"timeout": "timed out", "dead": "killed the kernel"}.get(status, "raised")
             return f"; the cell that defines it {what}: {detail}"
@@ -545,10 +642,10 @@ def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = Non
     try:
         nb = nbformat.reads(read_upload(path).decode("utf-8"), as_version=4)
     except Exception as exc:
-        ex = identify_exercise(path, None, exercises)
+        ex, _ = identify_exercise(path, None, exercises)
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         return _zero_rows(shown, ex, "invalid", f"not a valid notebook ({type(exc).__name__}: {text})")
-    ex = identify_exercise(path, nb, exercises)
+    ex, note = identify_exercise(path, nb, exercises)
     if ex is None:
         return _zero_rows(shown, None, "unknown", "could not tell which exercise this notebook is "
                                                   f"(known: {', '.join(sorted(exercises))})")
@@ -574,7 +671,7 @@ def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = Non
             for k, task in enumerate(ex.tasks):
                 result = _grade_task(kernel, task, k, call_timeout, sources, problems, seed)
                 rows.append(Row(shown, ex.id, task.name, result.points, result.max_points, result.status,
-                                result.message))
+                                result.message + note))
                 if not kernel.alive and not kernel.expired:  # a call killed it: give the next task a working kernel
                     _restart(kernel, sources, kernel.good_cells, time.monotonic() + timeout)
         return rows
@@ -599,3 +696,112 @@ def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, source
         status, why = missing[0]
         return TaskResult(task.name, 0.0, task.points, status, why)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# One process per notebook: whatever a kernel floods its client with costs that notebook only
+# ----------------------------------------------------------------------------------------------
+
+CLIENT_MEMORY_BYTES = 3 << 30  # address space a notebook's grading process may add to what it starts with
+_PRELOAD = ("torch", "nbclient", "nbformat", "jupyter_client.manager", "zmq.asyncio", "attn_course.grading.runner",
+            "attn_course.grading.tasks")
+_worker_ctx = None
+_worker_lock = threading.Lock()
+
+
+def _worker_context():
+    """A forkserver whose process has imported the grader once: each notebook's process is a fork
+    of it (fast, and no thread of the grader's is copied into it)."""
+    global _worker_ctx
+    import multiprocessing
+
+    with _worker_lock:
+        if _worker_ctx is None:
+            ctx = multiprocessing.get_context("forkserver")
+            from .tasks import EXERCISE_MODULES
+
+            ctx.set_forkserver_preload([*_PRELOAD, *(f"attn_course.exercises.{m}" for m in EXERCISE_MODULES)])
+            _worker_ctx = ctx
+    return _worker_ctx
+
+
+def _vm_size() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _worker_main(conn, path: str, timeout: float, call_timeout: float, run: GradingRun,
+                 wall_clock: float | None, index: int) -> None:
+    import json
+    import resource
+
+    try:
+        limit = _vm_size() + CLIENT_MEMORY_BYTES
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ValueError, OSError):
+        pass
+    torch.set_num_threads(1)
+    run.prefix, run.serial_base = f"n{index}-", (index + 1) * 1000
+    rows = grade_notebook(path, load_exercises(), timeout, call_timeout, run=run, wall_clock=wall_clock)
+    conn.send_bytes(json.dumps([r.as_dict() for r in rows], ensure_ascii=True).encode())
+    conn.close()
+
+
+def grade_notebook_isolated(path: str | Path, exercises: dict[str, Exercise], timeout: float, call_timeout: float,
+                            run: GradingRun, wall_clock: float | None, index: int) -> list[Row]:
+    """``grade_notebook`` in a process of its own with a memory limit: a kernel that floods its
+    client, or a notebook whose text makes a step slow, costs that notebook only. Never raises."""
+    import json
+
+    path = Path(path)
+    ex = _exercise_from_name(path.name, exercises)
+    wall = wall_clock if wall_clock is not None else (wall_clock_for(ex, timeout, call_timeout) if ex else
+                                                      timeout + 20 * call_timeout + 2 * STARTUP_SECONDS)
+    rows: list[Row] | None = None
+    why = "the grader's process for this notebook stopped (out of memory: did the notebook flood it?)"
+    proc = None
+    try:
+        ctx = _worker_context()
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker_main, args=(sender, str(path), timeout, call_timeout, run, wall_clock, index),
+                           daemon=True)
+        proc.start()
+        sender.close()
+        if receiver.poll(wall + STARTUP_SECONDS + 30):
+            data = json.loads(receiver.recv_bytes(maxlength=16 << 20))
+            rows = [Row(**{k: d[k] for k in ("notebook", "exercise", "task", "points", "max_points", "status",
+                                              "message")}) for d in data]
+        else:
+            why = "the grader's process for this notebook did not finish in time"
+    except EOFError:
+        pass
+    except Exception as exc:
+        why = f"internal grader error: {type(exc).__name__}: {exc}"
+    finally:
+        if proc is not None:
+            try:
+                proc.kill()
+                proc.join(10)
+            except Exception:
+                pass
+        end_places(run, f"n{index}-")
+    return rows if rows is not None else _zero_rows(str(path), ex, "error", why)
+
+
+def end_places(run: GradingRun, prefix: str) -> None:
+    """What a notebook's process left (if it was killed): its kernels' processes, mounts, folders."""
+    try:
+        for cg in run.cgroups:
+            kill_cgroups([str(c) for c in Path(cg).glob(f"{prefix}*") if c.is_dir()])
+        for point in mounts_below(run.root):
+            if os.path.basename(os.path.dirname(point)).startswith(prefix):
+                unmount(point)
+        for entry in Path(run.root).glob(f"{prefix}*"):
+            remove_tree(str(entry))
+    except Exception:
+        pass
