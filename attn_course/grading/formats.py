@@ -116,7 +116,7 @@ def gradescope_results(rows: list[Row], sandboxes: list[dict[str, Any]] | None =
 
 def gradescope_stopped(detail: str = "") -> dict[str, Any]:
     """A valid results.json for a run that did not finish: 0 points, and why where known."""
-    tail = " ".join(clean_text(detail).split()[-60:])
+    tail = " ".join(clean_text(detail).split()[-60:])[-300:]  # the last lines say why
     return {"score": 0, "output": STOPPED + (f": {tail}" if tail else ""), "tests": []}
 
 
@@ -243,5 +243,9 @@ def feedback_files(rows: list[Row], roster: dict[str, Student] | None = None) ->
     out: dict[str, str] = {}
     for s, student_rows in by_student.items():
         safe = re.sub(r"[^A-Za-z0-9._@-]", "_", s.login).lstrip(".") or "student"
-        out[f"{safe}.md"] = feedback_markdown(student_rows, s.name or s.login)
+        name, n = f"{safe}.md", 1
+        while name in out:  # two logins that clean to the same name
+            n += 1
+            name = f"{safe}-{n}.md"
+        out[name] = feedback_markdown(student_rows, s.name or s.login)
     return out
