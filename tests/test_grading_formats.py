@@ -173,7 +173,7 @@ def test_classroom_files_are_the_generated_ones():
     tests = json.loads(files[platforms.CLASSROOM_JSON])["tests"]
     assert [(t["name"], t["points"]) for t in tests] == [(e, ex.max_points) for e, ex in exercises.items()]
     workflow = files[platforms.CLASSROOM_WORKFLOW]
-    for ex_id, ex in exercises.items():
+    for ex_id in exercises:
         assert f"exercises/{ex_id}.ipynb && attn-course check-points reports/{ex_id}.json --min-fraction 1" in workflow
     assert workflow.count("autograding-command-grader@v1") == len(exercises)
 
