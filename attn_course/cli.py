@@ -6,6 +6,11 @@
     attn-course merge-reports REPORT... [--json F] [--csv F]
     attn-course build-exercises [--check]
     attn-course strip NOTEBOOK...
+    attn-course export REPORT... [--canvas F] [--roster F] [--sheet F] [--feedback DIR]
+    attn-course check-points REPORT... [--min-fraction X]
+    attn-course gradescope-results REPORT --out F   |   --stopped LOG --out F
+    attn-course gradescope-build [--out autograder.zip]
+    attn-course classroom-config [--root .] [--check]
 """
 
 from __future__ import annotations
@@ -100,7 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-exercises", help="generate learner notebooks from exercises/source/")
     b.add_argument("--root", default=".", help="the course checkout (default: current folder)")
     b.add_argument("--check", action="store_true", help="exit 1 if a learner notebook is out of date")
+    _add_format_parsers(sub)
     return p
+
+
+def _add_format_parsers(sub) -> None:
+    """The commands that turn a grader's JSON report into what a platform or a gradebook takes."""
+    e = sub.add_parser("export", help="a Canvas gradebook CSV, grade sheets and feedback files from JSON reports",
+                       description="Who an upload belongs to: the roster (by file name, then login), else the "
+                                   "file name (Canvas bulk download login_userid_submissionid_..., or "
+                                   "login_exNN_...), else the folder it is in.")
+    e.add_argument("reports", nargs="+", metavar="REPORT", help="JSON reports of `attn-course grade`")
+    e.add_argument("--canvas", metavar="FILE", help="Canvas gradebook import: one column per exercise")
+    e.add_argument("--roster", metavar="FILE", help="CSV: file or login, and name, id, sis_user_id, "
+                                                    "sis_login_id, section")
+    e.add_argument("--sheet", metavar="FILE", help="otter-style grade sheet, one per exercise: FILE's name "
+                                                   "with _<exercise> before its suffix")
+    e.add_argument("--feedback", metavar="DIR", help="one Markdown feedback file per student, no expected values")
+
+    c = sub.add_parser("check-points", help="exit 0 when the reports' points reach a fraction of the maximum")
+    c.add_argument("reports", nargs="+", metavar="REPORT")
+    c.add_argument("--min-fraction", type=float, default=1.0, help="fraction of the maximum needed (default 1)")
+
+    r = sub.add_parser("gradescope-results", help="Gradescope's results.json from a JSON report")
+    r.add_argument("report", nargs="?", metavar="REPORT")
+    r.add_argument("--stopped", metavar="LOG", help="no report: write 0 points and why (the LOG's last lines)")
+    r.add_argument("--out", required=True, metavar="FILE")
+
+    z = sub.add_parser("gradescope-build", help="the autograder zip to upload to Gradescope")
+    z.add_argument("--out", default="autograder.zip", metavar="FILE")
+
+    k = sub.add_parser("classroom-config", help="write GitHub Classroom's autograding files from the exercises")
+    k.add_argument("--root", default=".", help="the course checkout (default: current folder)")
+    k.add_argument("--check", action="store_true", help="exit 1 if the committed files are out of date")
 
 
 def isolate_grader() -> None:
@@ -228,8 +265,79 @@ def _merge(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _format_command(args: argparse.Namespace) -> int | None:
+    """Run export, check-points, gradescope-* or classroom-config; None for any other command."""
+    import json
+    from pathlib import Path
+
+    from .grading import formats, platforms
+    from .grading.report import clean, write_atomic
+    from .grading.tasks import load_exercises
+
+    name = f"attn-course {args.command}"
+    try:
+        if args.command == "export":
+            rows, _ = formats.read_rows(args.reports)
+            exercises = load_exercises()
+            roster = formats.read_roster(args.roster) if args.roster else None
+            if args.canvas:
+                write_atomic(args.canvas, formats.canvas_csv(rows, exercises, roster))
+            if args.sheet:
+                base = Path(args.sheet)
+                for ex_id, text in formats.grade_sheets(rows, exercises, roster).items():
+                    write_atomic(str(base.with_name(f"{base.stem}_{ex_id}{base.suffix or '.csv'}")), text)
+            if args.feedback:
+                for file_name, text in formats.feedback_files(rows, roster).items():
+                    write_atomic(str(Path(args.feedback) / file_name), text)
+            return 0
+        if args.command == "check-points":
+            rows, _ = formats.read_rows(args.reports)
+            points, top = sum(r.points for r in rows), sum(r.max_points for r in rows)
+            ok = top > 0 and points >= args.min_fraction * top - 1e-9
+            print(f"{points:g} of {top:g} points: {'pass' if ok else 'fail'} (needs {args.min_fraction:g} of them)")
+            for r in rows:
+                if r.status != "passed":
+                    print(f"  {clean(r.task)}: {clean(formats.strip_expected(r.message))}")
+            return 0 if ok else 1
+        if args.command == "gradescope-results":
+            if args.stopped:
+                log = Path(args.stopped).read_text(errors="replace") if Path(args.stopped).is_file() else ""
+                results = formats.gradescope_stopped(log)
+            elif args.report:
+                results = formats.gradescope_results(*formats.read_rows([args.report]))
+            else:
+                print(f"{name}: give a REPORT or --stopped LOG", file=sys.stderr)
+                return 2
+            write_atomic(args.out, json.dumps(results, indent=2, ensure_ascii=True) + "\n")
+            return 0
+        if args.command == "gradescope-build":
+            names = platforms.build_gradescope_zip(args.out)
+            print(f"{args.out}: {len(names)} files (setup.sh, run_autograder, the course under course/)")
+            return 0
+        if args.command == "classroom-config":
+            stale = []
+            for rel, text in platforms.classroom_files(load_exercises()).items():
+                path = Path(args.root) / rel
+                if path.is_file() and path.read_text() == text:
+                    continue
+                stale.append(rel)
+                if not args.check:
+                    write_atomic(str(path), text)
+            if args.check and stale:
+                print(f"{name}: out of date (run `attn-course classroom-config`): {', '.join(stale)}", file=sys.stderr)
+                return 1
+            return 0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{name}: {clean(str(exc))}", file=sys.stderr)
+        return 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    done = _format_command(args)
+    if done is not None:
+        return done
     if args.command == "grade":
         return _grade(args)
     if args.command == "merge-reports":

@@ -83,3 +83,16 @@ def test_identify_exercise_from_file_name_then_metadata():
     ex, note = identify_exercise(Path("carol_ex01_softmax_attention.ipynb"), meta, exercises)
     assert ex.id == "ex01_softmax_attention" and "metadata says ex02_masks_and_scores" in note
     assert identify_exercise(Path("x" * 100000 + ".ipynb"), None, exercises) == (None, "")
+
+
+def test_every_bit_of_the_seed_draws_different_cases():
+    """torch's manual_seed feeds only the low 32 bits to mt19937; the grader's 62-bit secret seed
+    must count whole, so seeds differing only above bit 31 draw different inputs."""
+    from attn_course.grading.compare import case_generator
+
+    seed = 0x2545F4914F6CDD1D & ((1 << 62) - 1)
+    same = torch.randn(8, generator=case_generator(seed))
+    assert torch.equal(same, torch.randn(8, generator=case_generator(seed)))
+    for bit in (0, 31, 32, 40, 61):
+        other = torch.randn(8, generator=case_generator(seed ^ (1 << bit)))
+        assert not torch.equal(same, other), bit

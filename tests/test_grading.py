@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from attn_course.grading.build import learner_path, solution_notebook_paths
-from attn_course.grading.compare import GRADING_SEED
+from attn_course.grading.compare import GRADING_SEED, case_generator
 from attn_course.grading.sandbox import detect
 from attn_course.grading.tasks import load_exercises
 
@@ -60,7 +60,7 @@ def seed_table_notebook(path: Path) -> None:
     ex = load_exercises()["ex01_softmax_attention"]
     table = {}
     for task in ex.tasks:
-        cases = task.cases(torch.Generator().manual_seed(GRADING_SEED))
+        cases = task.cases(case_generator(GRADING_SEED))
         table[task.name] = {_key(c.args): task.reference(*c.args) for c in cases}
     buf = io.BytesIO()
     torch.save(table, buf)

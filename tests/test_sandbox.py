@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 import attn_course
 from attn_course.grading import sandbox as sb
 from attn_course.grading.codec import ResultError, check_bounds, encode, load_bounded
-from attn_course.grading.report import clean, collect_notebooks, csv_cell, shard, to_csv
+from attn_course.grading.report import clean, clean_text, collect_notebooks, csv_cell, shard, to_csv, to_json
 from attn_course.grading.runner import Row, read_results
 from attn_course.grading.tasks import EXERCISE_MODULES, load_exercises
 
@@ -316,6 +317,30 @@ def test_terminal_and_csv_text_are_cleaned():
     assert "'=cmd" in text and ",'-2+3" in text
 
 
+FORGERY = ("boom\x1b[2J\x1b[H\rnotebook,points\nalice.ipynb,10\x1b]0;title\x07\u202eftel\u2066x\u2069\u200e\u200f"
+           "\x9b31m\tend")
+
+
+@pytest.mark.parametrize("name", ["ok.ipynb", "ev\u202eil\x1b[8m.ipynb"])
+def test_reports_cannot_forge_what_cat_shows(name):
+    """An error text with escape sequences, carriage returns or bidi overrides comes out inert
+    in every CSV cell and JSON string: nothing moves the cursor, clears the screen, reorders text
+    or starts a new row."""
+    rows = [Row(name, "ex01", "softmax", 0.0, 1, "error", FORGERY), Row(name, "ex01", "t\x1b", 0.0, 1, "failed", " =1+2")]
+    csv_text = to_csv(rows)
+    json_text = to_json(rows, {"kind": "none", "note": "\x1b[31m"})
+    for text in (csv_text.replace("\r\n", "\n"), json_text):  # the CSV's own line ends are CRLF
+        assert not any(ord(ch) < 32 and ch not in "\n" or 0x7f <= ord(ch) <= 0x9f for ch in text), repr(text)
+        assert not any(unicodedata.category(ch) == "Cf" for ch in text)
+    assert json_text.isascii() and "\\u" not in json_text  # cleaned, not merely escaped
+    assert len(csv_text.splitlines()) == 3  # the header and two rows: the message's newline is a space
+    data = json.loads(json_text)
+    assert data["rows"][0]["message"].startswith("boom?[2J?[H?notebook,points alice.ipynb,10?]0;title??ftel?x????31m")
+    assert data["rows"][0]["message"].endswith("31m end") and data["sandbox"]["note"] == "?[31m"
+    assert ",' =1+2" in csv_text  # a formula behind spaces is quoted too
+    assert clean_text("a\r\nb\tc") == "a b c"
+
+
 def test_uploads_are_collected_as_data(tmp_path):
     (tmp_path / "a.ipynb").write_text("{}")
     (tmp_path / "b.ipynb").write_text("{}")  # identical to a
@@ -327,7 +352,9 @@ def test_uploads_are_collected_as_data(tmp_path):
     assert missing == [str(tmp_path / "nope")]
     by_name = {u.path.name: u for u in uploads}
     assert sorted(by_name) == ["a.ipynb", "b.ipynb", "c.ipynb", "d_link.ipynb", "e_fifo.ipynb"]  # a once
-    assert by_name["b.ipynb"].duplicate_of == str(tmp_path / "a.ipynb") and not by_name["c.ipynb"].duplicate_of
+    # Identical uploads name each other, whichever sorts first.
+    assert by_name["b.ipynb"].identical_to == [str(tmp_path / "a.ipynb")]
+    assert by_name["a.ipynb"].identical_to == [str(tmp_path / "b.ipynb")] and not by_name["c.ipynb"].identical_to
     assert "symbolic link" in by_name["d_link.ipynb"].problem and "FIFO" in by_name["e_fifo.ipynb"].problem
 
 

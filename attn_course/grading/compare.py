@@ -8,7 +8,10 @@ decides a score happens here, in the caller's process.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,38 @@ from .tasks import Case, Task, partial_points
 # draws a secret seed per run (``runner.grading_run``), since inputs from a public seed can be
 # answered from a table computed offline.
 GRADING_SEED = 20261125
+
+_MT_WORDS = 624  # mt19937's state: 624 32-bit words
+_MT_OFFSET = 24  # in torch's CPU generator state: seed (8 bytes), left, seeded (4 + 4), next (8), then the words
+
+
+def _mt_init(seed32: int) -> list[int]:
+    words = [seed32]
+    for i in range(1, _MT_WORDS):
+        words.append((1812433253 * (words[-1] ^ (words[-1] >> 30)) + i) & 0xFFFFFFFF)
+    return words
+
+
+def case_generator(seed: int) -> torch.Generator:
+    """A CPU generator whose stream depends on every bit of ``seed``.
+
+    ``torch.Generator().manual_seed(s)`` keeps ``s`` whole as ``initial_seed()`` but seeds its
+    mt19937 with the low 32 bits only: seeds differing above bit 31 draw the same cases. Here
+    the 624 state words are filled from a hash of the whole seed instead. Where torch's state
+    layout is not the one this expects, it warns and falls back to ``manual_seed``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    state = bytearray(g.get_state().numpy().tobytes())
+    stored = struct.unpack_from(f"<{_MT_WORDS}Q", state, _MT_OFFSET) if len(state) >= _MT_OFFSET + 8 * _MT_WORDS else ()
+    if list(stored) != _mt_init(seed & 0xFFFFFFFF):
+        warnings.warn("unknown torch generator layout: the cases depend on the low 32 bits of the seed only",
+                      RuntimeWarning, stacklevel=2)
+        return g
+    raw = hashlib.shake_256(b"attn-course cases\0" + str(seed).encode()).digest(4 * _MT_WORDS)
+    words = struct.unpack(f"<{_MT_WORDS}I", raw)
+    struct.pack_into(f"<{_MT_WORDS}Q", state, _MT_OFFSET, *words)
+    g.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+    return g
 
 
 @dataclass
@@ -206,7 +241,7 @@ def evaluate(task: Task, call: Callable[[list[Case]], list[Outcome]], seed: int 
     trip) and returns one Outcome per case; it may return fewer when it gave up (timeout,
     dead kernel): missing outcomes count as failures of the last one.
     """
-    cases = task.cases(torch.Generator().manual_seed(seed))
+    cases = task.cases(case_generator(seed))
     expected = expected_outputs(task, cases)
     outcomes = call(cases)
     failures: list[str] = []

@@ -27,7 +27,7 @@ import time
 import unicodedata
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,12 @@ FIELDS = ["notebook", "exercise", "task", "points", "max_points", "status", "mes
 
 @dataclass
 class Upload:
-    """One submitted file. ``problem`` says why it is not graded; ``duplicate_of`` names an identical one."""
+    """One submitted file. ``problem`` says why it is not graded; ``identical_to`` names the identical ones."""
 
     path: Path
     problem: str = ""
     sha256: str = ""
-    duplicate_of: str = ""
+    identical_to: list[str] = field(default_factory=list)  # every other upload with the same bytes
 
 
 def _kind(mode: int) -> str:
@@ -110,7 +110,8 @@ def collect_notebooks(paths: Iterable[str]) -> tuple[list[Upload], list[str]]:
 
 
 def _flag_duplicates(uploads: list[Upload]) -> None:
-    first: dict[str, str] = {}
+    """Every member of a group of identical uploads names all the others (no one is "the original")."""
+    groups: dict[str, list[Upload]] = {}
     for u in uploads:
         if u.problem:
             continue
@@ -118,10 +119,23 @@ def _flag_duplicates(uploads: list[Upload]) -> None:
             u.sha256 = hashlib.sha256(read_upload(u.path)).hexdigest()
         except (OSError, ValueError):
             continue
-        if u.sha256 in first:
-            u.duplicate_of = first[u.sha256]
-        else:
-            first[u.sha256] = str(u.path)
+        groups.setdefault(u.sha256, []).append(u)
+    for group in groups.values():
+        if len(group) > 1:
+            for u in group:
+                u.identical_to = sorted(str(o.path) for o in group if o is not u)
+
+
+MAX_NAMED_DUPLICATES = 5
+
+
+def identical_note(others: list[str]) -> str:
+    """" [identical to A, B]", naming at most ``MAX_NAMED_DUPLICATES`` (then "and N more")."""
+    if not others:
+        return ""
+    named = ", ".join(others[:MAX_NAMED_DUPLICATES])
+    more = len(others) - MAX_NAMED_DUPLICATES
+    return f" [identical to {named}{f' and {more} more' if more > 0 else ''}]"
 
 
 def shard(uploads: list[Upload], k: int, n: int) -> list[Upload]:
@@ -204,9 +218,9 @@ def read_progress(path: str) -> tuple[dict[tuple[str, str], list[Row]], list[dic
 
 
 def _rows_for(upload: Upload, rows: list[Row]) -> list[Row]:
-    if upload.duplicate_of:
-        for r in rows:
-            r.message += f" [identical to {upload.duplicate_of}]"
+    note = identical_note(upload.identical_to)
+    for r in rows:
+        r.message += note
     return rows
 
 
@@ -329,21 +343,37 @@ def write_atomic(path: str, text: str) -> None:
 
 def to_json(rows: list[Row], sandbox: dict[str, Any] | list[dict[str, Any]] | None = None,
             extra: dict[str, Any] | None = None) -> str:
-    return json.dumps({
+    """The JSON report: every string (keys too) cleaned with ``clean_text``, written as ASCII."""
+    return json.dumps(clean_strings({
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sandbox": sandbox,
         **(extra or {}),
         "rows": [r.as_dict() for r in rows],
         "totals": totals(rows),
-    }, indent=2, ensure_ascii=False)
+    }), indent=2, ensure_ascii=True)
+
+
+def clean_strings(value: Any) -> Any:
+    """``clean_text`` applied to every string in nested dicts and lists (a copy)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_strings(k): clean_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_strings(v) for v in value]
+    return value
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_cell(value: Any) -> Any:
-    """A spreadsheet opens a cell starting with = + - @ as a formula: prefix it with a quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA):
+    """A cleaned cell (``clean_text``); one a spreadsheet would open as a formula (= + - @ first,
+    spaces aside) is prefixed with a quote."""
+    if not isinstance(value, str):
+        return value
+    value = clean_text(value)
+    if value.lstrip(" ").startswith(_FORMULA):
         return "'" + value
     return value
 
@@ -372,12 +402,23 @@ def write_reports(rows: list[Row], json_path: str | None, csv_path: str | None,
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_BREAKS = re.compile(r"\r\n|[\n\t\v\f\x85\u2028\u2029]")
 
 
 def clean(text: str) -> str:
     """Text safe for a terminal: control and format characters (escapes, bidi overrides) become '?'."""
     text = _CONTROL.sub("?", text)
     return "".join("?" if unicodedata.category(ch) in ("Cf", "Cs", "Co") else ch for ch in text)
+
+
+def clean_text(text: str) -> str:
+    """A report cell or JSON string: line breaks and tabs become a space, then ``clean``.
+
+    C0/C1 controls (escape sequences, a lone carriage return that would overwrite a line) and
+    format characters (bidi overrides and isolates, zero-width marks) become '?', so neither
+    ``cat report.csv`` nor a viewer of the JSON shows anything but what the grader wrote.
+    """
+    return clean(_BREAKS.sub(" ", text))
 
 
 def summary(rows: list[Row]) -> str:
