@@ -128,6 +128,12 @@ def test_the_last_def_wins_and_a_task_without_forbidden_names_is_never_flagged()
     assert "no `def softmax`" in forbidden_in_source([SETUP], SOFTMAX)
 
 
+def test_reading_a_planted_function_instead_of_testing_it_is_flagged():
+    task = EXERCISES["ex06_find_the_bug"].task("leakage_test")
+    code = "def leakage_test(attention):\n    return attention.__closure__[0].cell_contents[0] == 0\n"
+    assert "`attention.__closure__`" in forbidden_in_source([SETUP, code], task)
+
+
 def _solution_cells(path):
     nb = nbformat.read(str(path), as_version=4)
     return [c.source for c in nb.cells if c.cell_type == "code"]

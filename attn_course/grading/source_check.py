@@ -45,8 +45,9 @@ BACKDOORS = frozenset({"ops", "_C", "_VF", "_refs", "_prims", "_decomp", "_ops"}
 # Lookups whose target the grader cannot know from the text.
 DYNAMIC_NAMES = frozenset({"eval", "exec", "compile", "__import__", "globals", "vars", "locals", "__builtins__",
                            "get_ipython", "breakpoint"})
+# ... and introspection, which reads a function instead of testing it (ex06's planted bugs).
 DYNAMIC_ATTRS = frozenset({"__dict__", "__globals__", "__builtins__", "__subclasses__", "__code__", "f_globals",
-                           "f_locals", "f_builtins", "user_ns"})
+                           "f_locals", "f_builtins", "user_ns", "__closure__", "cell_contents", "__wrapped__"})
 DYNAMIC_MODULES = ("importlib", "inspect", "pickle", "marshal", "ctypes", "gc", "runpy", "builtins", "dill",
                    "sys.modules", "sys._getframe", "operator.attrgetter", "operator.methodcaller")
 _GETATTRS = frozenset({"getattr", "setattr", "delattr", "hasattr"})  # the name is their 2nd argument
