@@ -148,15 +148,18 @@ def test_the_reference_scores_full_marks_for_every_seed():
 
 def test_counting_calls_earns_nothing():
     scores = []
-    for seed in range(20):
+    def counting_test():
         calls = []
 
         def leakage_test(attention):
             calls.append(1)
             return len(calls) <= 2  # "the first two are the correct ones"
 
+        return leakage_test
+
+    for seed in range(20):
         first_two = [c.required for c in _cases(seed)[:2]] == [True, True]
-        scores.append(_grade(leakage_test, seed).points)
+        scores.append(_grade(counting_test(), seed).points)
         assert scores[-1] == (4.0 if first_two else 0.0)  # lucky only when the draw put them first
     assert scores.count(0.0) >= 15
 

@@ -131,7 +131,7 @@ def test_the_last_def_wins_and_a_task_without_forbidden_names_is_never_flagged()
 def test_reading_a_planted_function_instead_of_testing_it_is_flagged():
     task = EXERCISES["ex06_find_the_bug"].task("leakage_test")
     code = "def leakage_test(attention):\n    return attention.__closure__[0].cell_contents[0] == 0\n"
-    assert "`attention.__closure__`" in forbidden_in_source([SETUP, code], task)
+    assert "cell_contents`, which the grader cannot check" in forbidden_in_source([SETUP, code], task)
 
 
 def _solution_cells(path):
