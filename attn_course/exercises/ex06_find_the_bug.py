@@ -7,16 +7,21 @@ Task:
         False when it is not.
 
 The learner's test is run against attention functions built in the kernel from
-``grading.planted_bugs`` (the cases pass fixture markers, see ``grading.fixtures``): two correct
-implementations, which it must accept (required: a test that rejects everything earns
-nothing), and three with a planted bug, one point for each it rejects (partial credit):
+``grading.planted_bugs`` (the cases pass fixture markers of four numbers, see
+``grading.fixtures``): two correct implementations, which it must accept (required: a test that
+rejects everything earns nothing), and three with a planted bug, one point for each it rejects
+(partial credit):
 
-    off_by_one          the causal mask lets position t see t + 1
-    missing_transpose   a multi-head wrapper splits the heads without the transpose
-    missing_scale       no 1 / sqrt(d)
+    the causal mask lets position t see t + 1 (or t + 2)
+    a multi-head wrapper splits the heads without the transpose
+    the default scale is 1 (or 1 / d) instead of 1 / sqrt(d)
+
+Each run draws, from the grader's secret seed, which correct implementations (vectorised, one
+query at a time, in chunks), each bug's parameters, and the order of the five cases: a test
+cannot answer by counting its calls.
 
 ``reference_leakage_test`` is a test that catches all three; its verdicts are the expected
-values (a unit test checks them against ``planted_bugs.CORRECT``).
+values (a unit test checks them against ``planted_bugs.is_correct``).
 
 Dimension glossary: B batch, H heads, T sequence length, d head width.
 """
@@ -55,25 +60,36 @@ def reference_leakage_test(attention: Callable[..., tuple[torch.Tensor, torch.Te
     return True
 
 
-def _cases(g: torch.Generator) -> list[Case]:
-    def planted(variant: str) -> tuple[dict]:
-        return (fixture("planted_attention", variant=variant),)
+_HOW = ("vectorised", "computed one query at a time", "computed two queries at a time")  # by ``loop``
 
-    return [
-        Case("a correct attention", planted("correct"), points=1, required=True,
-             hint="A correct attention must pass, or nothing counts. Compare floats with a tolerance "
-                  "(torch.allclose), not ==, and only where the contract says what to expect."),
-        Case("a correct attention, computed one query at a time", planted("correct_loop"), required=True,
-             hint="Two correct implementations round differently: compare with torch.allclose, not ==."),
-        Case("bug: the causal mask lets position t see t + 1", planted("off_by_one"), points=1,
+
+def _cases(g: torch.Generator) -> list[Case]:
+    def draw(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=g))
+
+    def planted(diagonal: int = 0, scale_power: int = 1, split: int = 0, loop: int | None = None) -> tuple[dict]:
+        loop = draw(3) if loop is None else loop  # bugs too: rounding must not tell them from the correct ones
+        return (fixture("planted_attention", diagonal=diagonal, scale_power=scale_power, split=split, loop=loop),)
+
+    first, second = torch.randperm(3, generator=g)[:2].tolist()  # two of the three correct implementations
+    diagonal, scale_power = 1 + draw(2), (0, 2)[draw(2)]
+    allclose = "Compare floats with a tolerance (torch.allclose), not ==, and only where the contract says what to expect."
+    cases = [
+        Case(f"a correct attention, {_HOW[first]}", planted(loop=first), points=1, required=True,
+             hint=f"A correct attention must pass, or nothing counts. {allclose}"),
+        Case(f"a correct attention, {_HOW[second]}", planted(loop=second), required=True,
+             hint=f"Two correct implementations round differently. {allclose}"),
+        Case(f"bug: the causal mask lets position t see t + {diagonal}", planted(diagonal=diagonal), points=1,
              hint="Change the tokens after position t and check that the outputs at 0 .. t stay the same "
                   "(or that the weights above the diagonal are 0), for every t."),
-        Case("bug: heads split without the transpose", planted("missing_transpose"), points=1,
+        Case("bug: heads split without the transpose", planted(split=1), points=1,
              hint="Some bugs only show with several heads: test on (B, H, T, d) inputs with H >= 2, and check "
                   "the outputs, not only the weights."),
-        Case("bug: no 1/sqrt(d) scale", planted("missing_scale"), points=1,
+        Case(f"bug: the default scale is {('1', '', '1/d')[scale_power]} instead of 1/sqrt(d)",
+             planted(scale_power=scale_power), points=1,
              hint="Compare the weights with softmax(q k^T / sqrt(d)) that you compute yourself, with d > 1."),
     ]
+    return [cases[i] for i in torch.randperm(len(cases), generator=g).tolist()]  # points travel with their case
 
 
 EXERCISE = Exercise(

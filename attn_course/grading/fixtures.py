@@ -2,7 +2,7 @@
 
 A case's inputs cross into a grading kernel as plain data (``torch.load(weights_only=True)``:
 tensors, numbers, strings, lists, dicts), so a case cannot hand the learner a function or a
-model directly. Instead it passes a *marker*, ``fixture("planted_attention", variant="off_by_one")``,
+model directly. Instead it passes a *marker*, ``fixture("planted_attention", diagonal=1, scale_power=1, split=0, loop=2)``,
 a dict ``{"__attn_course_fixture__": name, **params}`` whose params are plain data too. Just
 before the learner's function is called (``harness.call_local``, in the kernel or in the
 checker's process) and before the reference is called (``compare.expected_outputs``),
@@ -11,9 +11,10 @@ checker's process) and before the reference is called (``compare.expected_output
 
 Factories:
 
-``planted_attention(variant)``     an attention function with the signature of
+``planted_attention(diagonal, scale_power, split, loop)``
+                                   an attention function with the signature of
                                    ``scaled_dot_product_attention``, correct or with a planted
-                                   bug (``planted_bugs``)
+                                   bug (``planted_bugs``); the numbers name no bug
 ``table_lm(table, mix, pos)``      a tiny deterministic language model ``tokens (B, T) ->
                                    logits (B, T, V)`` (``TableLM``), for generation tasks
 
