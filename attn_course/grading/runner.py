@@ -68,6 +68,7 @@ from .sandbox import (
     stripped_package,
     unmount,
 )
+from .source_check import forbidden_in_source
 from .tasks import Case, Exercise, Task, load_exercises
 
 GRACE_SECONDS = 5  # what a cell still gets once the notebook's time is used up
@@ -595,7 +596,8 @@ def _call_task(kernel: _Kernel, task: Task, cases: list[Case], k: int, call_time
     in_path = os.path.join(kernel.inputs, f"in-{k}-{tag}.pt")
     out_path = os.path.join(kernel.workdir, f"out-{k}-{tag}.pt")
     _write_new(in_path, {"forbidden": list(task.forbidden),
-                         "cases": [{"name": c.name, "args": list(c.args), "kwargs": dict(c.kwargs)} for c in cases]})
+                         "cases": [{"name": f"case {i + 1}", "args": list(c.args), "kwargs": dict(c.kwargs)}
+                                   for i, c in enumerate(cases)]})  # names stay here: they can say which bug
     code = (
         "from attn_course.grading.harness import call_in_kernel as _attn_course_call\n"
         f"_attn_course_call({task.name!r}, {in_path!r}, {out_path!r}, globals())\n"
@@ -691,6 +693,11 @@ def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, source
             missing.append((status or "error", why))
         return outcomes
 
+    # Forbidden calls are found in the submitted source, here in the grader: a watch inside the
+    # learner's kernel is the learner's to switch off.
+    forbidden = forbidden_in_source(sources, task)
+    if forbidden:
+        return TaskResult(task.name, 0.0, task.points, "failed", forbidden)
     result = evaluate(task, call, seed=seed)
     if missing:
         status, why = missing[0]
