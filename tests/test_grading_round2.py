@@ -352,7 +352,8 @@ def test_starving_classmates_do_not_slow_the_honest_one(r2):
     _assert_full_marks(r2, "ex01_honest_classmate_a")
     alone = r2["alone"]["log"]["ex01_honest_classmate_a"]["seconds"]
     beside = r2["log"]["ex01_honest_classmate_a"]["seconds"]
-    assert beside <= 2 * alone + 10, f"{beside} s beside the attack, {alone} s alone"
+    # ~3 s alone here; beside 200 spinners without a CPU limit it took 13-21 s (2x + 10 s let that pass).
+    assert beside <= 2 * alone + 4, f"{beside} s beside the attack, {alone} s alone"
 
 
 def test_disk_limit_holds_and_space_comes_back(r2):
