@@ -136,7 +136,7 @@ class GradingRun:
 def grading_run(sandbox: Sandbox, seed: int | None = None):
     """A ``GradingRun``; its folder, mounts and cgroups are removed afterwards (never raising:
     an upload may have left anything there). ``seed`` None: a secret one, new each run."""
-    root = tempfile.mkdtemp(prefix="attn-course-run-")
+    root = tempfile.mkdtemp(prefix="attn-course-run-", dir=_run_parent(sandbox))
     os.chmod(root, 0o711)  # kernels must reach their own subfolders; nobody may list them
     cgroups = {}
     for parent, ctrls in sandbox.cgroups.items():
@@ -162,6 +162,21 @@ def grading_run(sandbox: Sandbox, seed: int | None = None):
         yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroups, binds)
     finally:
         end_run(root, list(cgroups))
+
+
+def _run_parent(sandbox: Sandbox) -> str:
+    """Where the run's folder goes: the temporary folder, unless kernels running as their own uid
+    could not get through it (a TMPDIR inside a private folder): then /tmp."""
+    base = tempfile.gettempdir()
+    if not sandbox.as_root:
+        return base
+    try:
+        path = Path(base).resolve()
+        if all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents)):
+            return base
+    except OSError:
+        pass
+    return "/tmp"
 
 
 def end_run(root: str, cgroups: list[str]) -> None:
@@ -693,15 +708,15 @@ def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, source
             missing.append((status or "error", why))
         return outcomes
 
-    # Forbidden calls are found in the submitted source, here in the grader: a watch inside the
-    # learner's kernel is the learner's to switch off.
-    forbidden = forbidden_in_source(sources, task)
-    if forbidden:
-        return TaskResult(task.name, 0.0, task.points, "failed", forbidden)
     result = evaluate(task, call, seed=seed)
     if missing:
         status, why = missing[0]
         return TaskResult(task.name, 0.0, task.points, status, why)
+    # Forbidden calls are found in the submitted source, here in the grader (a watch inside the
+    # learner's kernel is the learner's to switch off); only points it would earn are at stake.
+    forbidden = forbidden_in_source(sources, task) if result.points else None
+    if forbidden:
+        return TaskResult(task.name, 0.0, task.points, "failed", forbidden)
     return result
 
 
