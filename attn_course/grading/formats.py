@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from .report import FIELDS, _read_regular, clean_text, csv_cell, totals
+from .report import FIELDS, clean_text, csv_cell, read_regular, totals
 from .runner import Row
 
 # --- feedback without expected values --------------------------------------------------------
@@ -64,7 +64,7 @@ def read_rows(paths: Iterable[str]) -> tuple[list[Row], list[dict[str, Any]]]:
     rows: list[Row] = []
     sandboxes: list[dict[str, Any]] = []
     for p in paths:
-        data = json.loads(_read_regular(p).decode("utf-8"))
+        data = json.loads(read_regular(p).decode("utf-8"))
         rows += [Row(**{k: r[k] for k in FIELDS}) for r in data["rows"]]
         sb = data.get("sandbox")
         sandboxes += sb if isinstance(sb, list) else [sb] if isinstance(sb, dict) else []
@@ -139,7 +139,7 @@ class Student:
 
 def read_roster(path: str) -> dict[str, Student]:
     """Students by file name and by login, from a roster CSV (see the module docstring)."""
-    text = _read_regular(path).decode("utf-8-sig")
+    text = read_regular(path).decode("utf-8-sig")
     out: dict[str, Student] = {}
     for rec in csv.DictReader(io.StringIO(text)):
         rec = {(k or "").strip().lower().replace(" ", "_"): (v or "").strip() for k, v in rec.items()}

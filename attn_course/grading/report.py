@@ -180,7 +180,7 @@ class ProgressLog:
         if not stat.S_ISREG(st.st_mode):
             os.close(self.fd)
             raise ValueError(f"{path} is not a regular file")
-        if st.st_size and not _read_regular(path)[-1:] == b"\n":
+        if st.st_size and not read_regular(path)[-1:] == b"\n":
             os.write(self.fd, b"\n")  # a line torn by a killed grader stays a line of its own
 
     def write(self, record: dict[str, Any]) -> None:
@@ -196,7 +196,7 @@ def read_progress(path: str) -> tuple[dict[tuple[str, str], list[Row]], list[dic
     done: dict[tuple[str, str], list[Row]] = {}
     headers: list[dict[str, Any]] = []
     try:
-        text = _read_regular(path).decode("utf-8", "replace")
+        text = read_regular(path).decode("utf-8", "replace")
     except FileNotFoundError:
         return done, headers
     for line in text.splitlines():
@@ -288,7 +288,7 @@ def totals(rows: list[Row]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _read_regular(path: str, cap: int = 1 << 30) -> bytes:
+def read_regular(path: str, cap: int = 1 << 30) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -443,7 +443,7 @@ def merge_reports(paths: list[str]) -> tuple[list[Row], list[dict[str, Any]], li
             part = [r for rs in done.values() for r in rs]
             sandboxes += [h.get("sandbox") for h in headers if isinstance(h.get("sandbox"), dict)]
         else:
-            data = json.loads(_read_regular(p).decode("utf-8"))
+            data = json.loads(read_regular(p).decode("utf-8"))
             part = [Row(**{k: r[k] for k in FIELDS}) for r in data["rows"]]
             sb = data.get("sandbox")
             sandboxes += sb if isinstance(sb, list) else [sb] if isinstance(sb, dict) else []
