@@ -20,6 +20,7 @@ from attn_course.labs.kv_cache_costs import (  # noqa: E402
     decode_intensity,
     plot_paging,
     prefill_intensity,
+    read_bandwidth,
     time_generation,
     weight_bytes,
 )
@@ -100,3 +101,9 @@ def test_find_and_load_local_weights(tmp_path, monkeypatch):
     loaded = gpt2_weights.load_gpt2_weights(tmp_path / "model.safetensors", model.config)
     assert torch.equal(generate(loaded, idx, 6), generate(model, idx, 6))
     assert "never" in gpt2_weights.HOW_TO_GET_GPT2 and gpt2_weights.ENV_VAR in gpt2_weights.HOW_TO_GET_GPT2
+
+
+def test_read_bandwidth_is_a_rate_and_names_bad_sizes():
+    assert 0.1 < read_bandwidth(mbytes=8, repeat=1) < 10_000  # GB/s, on any machine
+    with pytest.raises((TypeError, ValueError), match="mbytes"):
+        read_bandwidth(mbytes=0)

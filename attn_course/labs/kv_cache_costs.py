@@ -112,6 +112,12 @@ def copy_bandwidth(mbytes: int = 64, repeat: int = 5) -> float:
     return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), repeat) / 1e9  # one warm-up copy first
 
 
+def read_bandwidth(mbytes: int = 256, repeat: int = 3) -> float:
+    """GB/s of summing ``mbytes`` MB of float32 (reads only), with the threads torch has now."""
+    x = torch.randn(require_int(mbytes, "mbytes") * 2**20 // 4)
+    return x.numel() * 4 / best_seconds(lambda: x.sum(), repeat) / 1e9  # one warm-up pass first
+
+
 def matmul_flops(n: int = 512, repeat: int = 3) -> float:
     """FLOP/s of an ``n x n`` by ``n x n`` float32 matrix product (``2 n^3`` FLOPs)."""
     a, b = torch.randn(require_int(n, "n"), n), torch.randn(n, n)
