@@ -39,22 +39,26 @@ def grade(folder: Path, sandbox: str, jobs: int, out: Path) -> dict[str, float]:
 
 def sandbox_start(repeat: int) -> tuple[float, float]:
     """Seconds to start `python -c pass` bare and inside the sandbox (best of ``repeat``)."""
+    from attn_course.grading.places import release_place
     from attn_course.grading.runner import grading_run
     from attn_course.grading.sandbox import detect
 
     box = detect("bwrap")
     argv = [sys.executable, "-c", "pass"]
     with grading_run(box) as run:
-        work, inputs, cgroup = run.new_dirs()
-        wrapped = box.command(argv, work, inputs, run.package, cgroup)
+        place = run.new_place()
+        wrapped = box.command(argv, place, run.package, run.binds)
         best = []
-        for cmd in (argv, wrapped):
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                subprocess.run(cmd, check=True)
-                times.append(time.perf_counter() - start)
-            best.append(min(times))
+        try:
+            for cmd in (argv, wrapped):
+                times = []
+                for _ in range(repeat):
+                    start = time.perf_counter()
+                    subprocess.run(cmd, check=True)
+                    times.append(time.perf_counter() - start)
+                best.append(min(times))
+        finally:
+            release_place(place)
     return best[0], best[1]
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import attn_course
+from attn_course.grading import places
 from attn_course.grading import sandbox as sb
 from attn_course.grading.codec import ResultError, check_bounds, encode, load_bounded
 from attn_course.grading.report import clean, clean_text, collect_notebooks, csv_cell, shard, to_csv, to_json
@@ -211,7 +212,7 @@ def _run_inside(layer: str, code: str, *args: str):
             assert proc.returncode == 0, proc.stderr[-2000:]
             written = os.stat(os.path.join(place.work, "written-inside")) if code is ESCAPES else None
         finally:
-            sb.release_place(place)
+            places.release_place(place)
         assert not os.path.exists(place.base)  # taken down as soon as the kernel stops
     return json.loads(proc.stdout), written, box
 
@@ -233,7 +234,7 @@ def test_inside_the_sandbox(layer, monkeypatch):
     assert seen["forks"] != "all" and seen["forks"] < box.limits.processes, seen["forks"]
     if layer == "bwrap":
         # Of the course checkout, only the stripped package (and a virtual environment kept inside it).
-        venvs = {Path(r).relative_to(checkout).parts[0] for r in sb._runtime_roots() if r.startswith(checkout + os.sep)}
+        venvs = {Path(r).relative_to(checkout).parts[0] for r in sb.runtime_roots() if r.startswith(checkout + os.sep)}
         assert set(seen["checkout"] or []) <= {"attn_course"} | venvs, seen["checkout"]
         assert seen["instructor_home"] in (None, []) or ".pyenv" in seen["instructor_home"]
     if "network" in applied or "seccomp" in applied:
@@ -256,7 +257,7 @@ def test_no_host_root_and_no_sysctl_inside(layer):
     assert seen["/proc/sys/vm/drop_caches"] == "refused"
     assert seen["ptrace"] is False
     if ROOT:
-        assert written.st_uid not in (0, os.geteuid()) and written.st_uid >= sb.UID_BASE
+        assert written.st_uid not in (0, os.geteuid()) and written.st_uid >= places.UID_BASE
     if layer == "bwrap":
         assert seen["shm"] == "refused"  # /dev/shm is a 64 MiB tmpfs
 
@@ -274,7 +275,7 @@ def test_remove_tree_survives_a_deep_tree_and_links(tmp_path):
         os.close(fd)
         fd = new
     os.close(fd)
-    sb.remove_tree(str(top))
+    places.remove_tree(str(top))
     assert not top.exists() and outside.read_text() == "keep"
 
 
@@ -379,7 +380,7 @@ def test_private_tmp_is_mounted_before_the_runtime_and_work_folders():
     """bwrap mounts in order: a checkout or virtual environment under /tmp (as in a CI clone
     there) must be bound on top of the private /tmp, not hidden by it."""
     box = sb.Sandbox(kind="bwrap", bwrap="/usr/bin/bwrap")
-    args = box.command(["/usr/bin/python3", "-m", "ipykernel"], sb.Place("/tmp/k", "/tmp/w", "/tmp/in"), "/tmp/pkg")
+    args = box.command(["/usr/bin/python3", "-m", "ipykernel"], places.Place("/tmp/k", "/tmp/w", "/tmp/in"), "/tmp/pkg")
     tmp = next(i for i in range(len(args) - 1) if args[i] == "--tmpfs" and args[i + 1] == "/tmp")
     binds = [i for i, a in enumerate(args) if a in ("--ro-bind", "--bind") and not args[i + 1].startswith("/proc")]
     assert binds and tmp < min(binds), args

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from .report import FIELDS, clean_text, csv_cell, read_regular, totals
+from .report import clean_text, csv_cell, read_regular, read_report, totals
 from .runner import Row
+from .sandbox import SANDBOXED_KINDS
 
 # --- feedback without expected values --------------------------------------------------------
 
@@ -64,10 +64,9 @@ def read_rows(paths: Iterable[str]) -> tuple[list[Row], list[dict[str, Any]]]:
     rows: list[Row] = []
     sandboxes: list[dict[str, Any]] = []
     for p in paths:
-        data = json.loads(read_regular(p).decode("utf-8"))
-        rows += [Row(**{k: r[k] for k in FIELDS}) for r in data["rows"]]
-        sb = data.get("sandbox")
-        sandboxes += sb if isinstance(sb, list) else [sb] if isinstance(sb, dict) else []
+        part, boxes = read_report(p)
+        rows += part
+        sandboxes += boxes
     return rows, sandboxes
 
 
@@ -109,7 +108,7 @@ def gradescope_results(rows: list[Row], sandboxes: list[dict[str, Any]] | None =
     total = sum(r.max_points for r in rows)
     output = (f"{score:g} of {total:g} points." if rows
               else "No notebook was found in the submission: upload your exercise notebook(s) (.ipynb).")
-    if sandboxes and any(s.get("kind") != "bwrap" for s in sandboxes):
+    if sandboxes and any(s.get("kind") not in SANDBOXED_KINDS for s in sandboxes):
         output += " (graded without a sandbox)"
     return {"score": score, "output": output, "visibility": "visible", "tests": tests}
 

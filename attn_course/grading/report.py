@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import GradingRun, Row, grade_notebook_isolated, grading_run, read_upload
-from .sandbox import Sandbox
+from .runner import GradingRun, Row, grading_run, read_upload
+from .sandbox import SANDBOXED_KINDS, Sandbox
 from .tasks import load_exercises
+from .worker import grade_notebook_isolated
 
 FIELDS = ["notebook", "exercise", "task", "points", "max_points", "status", "message"]
 
@@ -431,6 +432,14 @@ def summary(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def read_report(path: str) -> tuple[list[Row], list[dict[str, Any]]]:
+    """The rows and sandbox descriptions of one JSON report (a merged one may hold several)."""
+    data = json.loads(read_regular(path).decode("utf-8"))
+    rows = [Row(**{k: r[k] for k in FIELDS}) for r in data["rows"]]
+    sb = data.get("sandbox")
+    return rows, sb if isinstance(sb, list) else [sb] if isinstance(sb, dict) else []
+
+
 def merge_reports(paths: list[str]) -> tuple[list[Row], list[dict[str, Any]], list[str]]:
     """Rows and sandbox descriptions of shard reports (JSON, or progress logs), and problems found."""
     rows: list[Row] = []
@@ -443,15 +452,13 @@ def merge_reports(paths: list[str]) -> tuple[list[Row], list[dict[str, Any]], li
             part = [r for rs in done.values() for r in rs]
             sandboxes += [h.get("sandbox") for h in headers if isinstance(h.get("sandbox"), dict)]
         else:
-            data = json.loads(read_regular(p).decode("utf-8"))
-            part = [Row(**{k: r[k] for k in FIELDS}) for r in data["rows"]]
-            sb = data.get("sandbox")
-            sandboxes += sb if isinstance(sb, list) else [sb] if isinstance(sb, dict) else []
+            part, boxes = read_report(p)
+            sandboxes += boxes
         for nb in dict.fromkeys(r.notebook for r in part):
             if nb in owner and owner[nb] != p:
                 problems.append(f"{nb} is in both {owner[nb]} and {p}")
             owner.setdefault(nb, p)
         rows += part
-    if any(s.get("kind") != "bwrap" for s in sandboxes) or not sandboxes:
+    if any(s.get("kind") not in SANDBOXED_KINDS for s in sandboxes) or not sandboxes:
         problems.append("some shards ran without a sandbox (or do not say)")
     return rows, sandboxes, problems

@@ -52,12 +52,9 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, evaluate
-from .sandbox import (
+from .places import (
     Place,
-    Sandbox,
     cgroup_procs,
-    hide_from_others,
-    kernel_env,
     kill_cgroups,
     make_place,
     mounts_below,
@@ -65,9 +62,9 @@ from .sandbox import (
     release_place,
     remove_tree,
     stage_runtime,
-    stripped_package,
     unmount,
 )
+from .sandbox import Sandbox, hide_from_others, kernel_env, runtime_roots, stripped_package
 from .source_check import forbidden_in_source
 from .tasks import Case, Exercise, Task, load_exercises
 
@@ -120,7 +117,9 @@ class GradingRun:
             self._count += 1
             n = self._count
         name = f"{self.prefix}{n}"
-        return make_place(self.sandbox, self.root, name, self.cgroups, self.serial_base + n)
+        return make_place(self.sandbox.limits, self.root, name, own_uid=self.sandbox.as_root,
+                          private_home=self.sandbox.kind != "bwrap", run_cgroups=self.cgroups,
+                          serial=self.serial_base + n)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -156,7 +155,7 @@ def grading_run(sandbox: Sandbox, seed: int | None = None):
                 sandbox.missing.append("readable by any user here: " + ", ".join(sandbox.exposed))
         binds: dict[str, str] = {}
         if sandbox.kind == "bwrap" and sandbox.as_root:
-            binds, problems = stage_runtime(root)
+            binds, problems = stage_runtime(root, runtime_roots())
             if problems:
                 sandbox.missing.append("runtime folders an unprivileged uid cannot reach: " + ", ".join(problems))
         yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroups, binds)
@@ -179,18 +178,25 @@ def _run_parent(sandbox: Sandbox) -> str:
     return "/tmp"
 
 
+def clear_places(root: str, cgroups: list[str], prefix: str = "") -> None:
+    """Take down every kernel place under ``root`` whose name starts with ``prefix`` (all of them
+    by default): what a killed process left, or a whole run's leftovers. Never raises."""
+    try:
+        kill_cgroups([str(c) for cg in cgroups for c in Path(cg).glob(f"{prefix}*") if c.is_dir()])
+        for point in mounts_below(root):
+            if os.path.basename(os.path.dirname(point)).startswith(prefix):
+                unmount(point)
+        for entry in Path(root).glob(f"{prefix}*"):
+            remove_tree(str(entry))
+    except Exception:
+        pass
+
+
 def end_run(root: str, cgroups: list[str]) -> None:
     """Kill what is left in the run's cgroups, unmount what is mounted below ``root``, remove it."""
+    clear_places(root, cgroups)  # every place, the package copy and the staged runtime folders
     try:
-        for cg in cgroups:
-            try:
-                children = [str(c) for c in Path(cg).iterdir() if c.is_dir()]
-            except OSError:
-                children = []
-            kill_cgroups(children)
         kill_cgroups(cgroups)
-        for point in mounts_below(root):
-            unmount(point)
         remove_tree(root)
     except Exception:
         pass
@@ -253,7 +259,7 @@ def _write_new(path: str, obj: Any) -> None:
         torch.save(obj, f)
 
 
-def _exercise_from_name(name: str, exercises: dict[str, Exercise]) -> Exercise | None:
+def exercise_from_name(name: str, exercises: dict[str, Exercise]) -> Exercise | None:
     for ex_id in sorted(exercises, key=len, reverse=True):
         if ex_id in name:
             return exercises[ex_id]
@@ -272,7 +278,7 @@ def identify_exercise(path: Path, nb: Any, exercises: dict[str, Exercise]) -> tu
     meta = nb.get("metadata", {}).get("attn_course", {}) if isinstance(nb, dict) else {}
     meta_id = meta.get("exercise") if isinstance(meta, dict) else None
     meta_ex = exercises.get(meta_id) if isinstance(meta_id, str) else None
-    by_name = _exercise_from_name(path.name, exercises)
+    by_name = exercise_from_name(path.name, exercises)
     if by_name is None:
         return meta_ex, ""
     if meta_ex is not None and meta_ex.id != by_name.id:
@@ -281,7 +287,7 @@ def identify_exercise(path: Path, nb: Any, exercises: dict[str, Exercise]) -> tu
     return by_name, ""
 
 
-def _zero_rows(path: str, ex: Exercise | None, status: str, message: str) -> list[Row]:
+def zero_rows(path: str, ex: Exercise | None, status: str, message: str) -> list[Row]:
     if ex is None:
         return [Row(path, "?", "-", 0.0, 0, status, message)]
     return [Row(path, ex.id, t.name, 0.0, t.points, status, message) for t in ex.tasks]
@@ -555,18 +561,15 @@ def _execute_cells(kernel: _Kernel, sources: list[str], deadline: float) -> dict
 
 
 def defines(source: str, name: str) -> bool:
-    """Whether a cell has a line ``def <name>(`` (plain string scanning: the text is the upload's,
-    and a regex with ``^\\s*`` over it can take quadratic time on many blank lines)."""
-    start = 0
-    while True:
-        i = source.find("def ", start)
-        if i < 0:
-            return False
-        line_start = source.rfind("\n", 0, i) + 1
-        rest = source[i + 4:i + 4 + len(name) + 64].lstrip(" \t")
-        if not source[line_start:i].strip(" \t") and rest.startswith(name) and rest[len(name):].lstrip(" \t").startswith("("):
-            return True
-        start = i + 4
+    """Whether a cell has a line ``def <name>(``: one pass over its lines (the text is the
+    upload's, and a regex with ``^\\s*`` over it can take quadratic time on many blank lines)."""
+    for line in source.splitlines():
+        rest = line.lstrip(" \t")
+        if rest.startswith("def ") and rest[4:].lstrip(" \t").startswith(name):
+            after = rest[4:].lstrip(" \t")[len(name):]
+            if after.lstrip(" \t").startswith("("):
+                return True
+    return False
 
 
 def _defining_cell_problem(name: str, sources: list[str], problems: dict[int, tuple[str, str]]) -> str:
@@ -661,10 +664,10 @@ def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = Non
     except Exception as exc:
         ex, _ = identify_exercise(path, None, exercises)
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        return _zero_rows(shown, ex, "invalid", f"not a valid notebook ({type(exc).__name__}: {text})")
+        return zero_rows(shown, ex, "invalid", f"not a valid notebook ({type(exc).__name__}: {text})")
     ex, note = identify_exercise(path, nb, exercises)
     if ex is None:
-        return _zero_rows(shown, None, "unknown", "could not tell which exercise this notebook is "
+        return zero_rows(shown, None, "unknown", "could not tell which exercise this notebook is "
                                                   f"(known: {', '.join(sorted(exercises))})")
     if run is None:
         from .sandbox import detect
@@ -681,7 +684,7 @@ def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = Non
             try:
                 kernel.start()
             except Exception as exc:
-                return _zero_rows(shown, ex, "error", f"could not start a kernel: {type(exc).__name__}: {exc}")
+                return zero_rows(shown, ex, "error", f"could not start a kernel: {type(exc).__name__}: {exc}")
             deadline = time.monotonic() + timeout
             problems = _execute_cells(kernel, sources, deadline)
             rows = []
@@ -693,7 +696,7 @@ def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = Non
                     _restart(kernel, sources, kernel.good_cells, time.monotonic() + timeout)
         return rows
     except Exception as exc:  # a bug of ours must not lose the other submissions
-        return _zero_rows(shown, ex, "error", f"internal grader error: {type(exc).__name__}: {exc}")
+        return zero_rows(shown, ex, "error", f"internal grader error: {type(exc).__name__}: {exc}")
     finally:
         kernel.stop()
 
@@ -718,112 +721,3 @@ def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, source
     if forbidden:
         return TaskResult(task.name, 0.0, task.points, "failed", forbidden)
     return result
-
-
-# ----------------------------------------------------------------------------------------------
-# One process per notebook: whatever a kernel floods its client with costs that notebook only
-# ----------------------------------------------------------------------------------------------
-
-CLIENT_MEMORY_BYTES = 3 << 30  # address space a notebook's grading process may add to what it starts with
-_PRELOAD = ("torch", "nbclient", "nbformat", "jupyter_client.manager", "zmq.asyncio", "attn_course.grading.runner",
-            "attn_course.grading.tasks")
-_worker_ctx = None
-_worker_lock = threading.Lock()
-
-
-def _worker_context():
-    """A forkserver whose process has imported the grader once: each notebook's process is a fork
-    of it (fast, and no thread of the grader's is copied into it)."""
-    global _worker_ctx
-    import multiprocessing
-
-    with _worker_lock:
-        if _worker_ctx is None:
-            ctx = multiprocessing.get_context("forkserver")
-            from .tasks import EXERCISE_MODULES
-
-            ctx.set_forkserver_preload([*_PRELOAD, *(f"attn_course.exercises.{m}" for m in EXERCISE_MODULES)])
-            _worker_ctx = ctx
-    return _worker_ctx
-
-
-def _vm_size() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _worker_main(conn, path: str, timeout: float, call_timeout: float, run: GradingRun,
-                 wall_clock: float | None, index: int) -> None:
-    import json
-    import resource
-
-    try:
-        limit = _vm_size() + CLIENT_MEMORY_BYTES
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (ValueError, OSError):
-        pass
-    torch.set_num_threads(1)
-    run.prefix, run.serial_base = f"n{index}-", (index + 1) * 1000
-    rows = grade_notebook(path, load_exercises(), timeout, call_timeout, run=run, wall_clock=wall_clock)
-    conn.send_bytes(json.dumps([r.as_dict() for r in rows], ensure_ascii=True).encode())
-    conn.close()
-
-
-def grade_notebook_isolated(path: str | Path, exercises: dict[str, Exercise], timeout: float, call_timeout: float,
-                            run: GradingRun, wall_clock: float | None, index: int) -> list[Row]:
-    """``grade_notebook`` in a process of its own with a memory limit: a kernel that floods its
-    client, or a notebook whose text makes a step slow, costs that notebook only. Never raises."""
-    import json
-
-    path = Path(path)
-    ex = _exercise_from_name(path.name, exercises)
-    wall = wall_clock if wall_clock is not None else (wall_clock_for(ex, timeout, call_timeout) if ex else
-                                                      timeout + 20 * call_timeout + 2 * STARTUP_SECONDS)
-    rows: list[Row] | None = None
-    why = "the grader's process for this notebook stopped (out of memory: did the notebook flood it?)"
-    proc = None
-    try:
-        ctx = _worker_context()
-        receiver, sender = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker_main, args=(sender, str(path), timeout, call_timeout, run, wall_clock, index),
-                           daemon=True)
-        proc.start()
-        sender.close()
-        if receiver.poll(wall + STARTUP_SECONDS + 30):
-            data = json.loads(receiver.recv_bytes(maxlength=16 << 20))
-            rows = [Row(**{k: d[k] for k in ("notebook", "exercise", "task", "points", "max_points", "status",
-                                              "message")}) for d in data]
-        else:
-            why = "the grader's process for this notebook did not finish in time"
-    except EOFError:
-        pass
-    except Exception as exc:
-        why = f"internal grader error: {type(exc).__name__}: {exc}"
-    finally:
-        if proc is not None:
-            try:
-                proc.kill()
-                proc.join(10)
-            except Exception:
-                pass
-        end_places(run, f"n{index}-")
-    return rows if rows is not None else _zero_rows(str(path), ex, "error", why)
-
-
-def end_places(run: GradingRun, prefix: str) -> None:
-    """What a notebook's process left (if it was killed): its kernels' processes, mounts, folders."""
-    try:
-        for cg in run.cgroups:
-            kill_cgroups([str(c) for c in Path(cg).glob(f"{prefix}*") if c.is_dir()])
-        for point in mounts_below(run.root):
-            if os.path.basename(os.path.dirname(point)).startswith(prefix):
-                unmount(point)
-        for entry in Path(run.root).glob(f"{prefix}*"):
-            remove_tree(str(entry))
-    except Exception:
-        pass

@@ -34,17 +34,14 @@ grader's own user, for notebooks you trust; the report says so.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import shutil
-import signal
-import stat
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .places import UID_BASE, UID_SPAN, Limits, Place, detect_cgroups, reachable_by_others
 
 # The files of ``attn_course`` a kernel may import, relative to the package folder: the
 # in-notebook Checker (silent under the grader) and the harness that calls the learner's
@@ -56,41 +53,9 @@ KERNEL_FILES: tuple[str, ...] = (
 )
 INSIDE_UID = 65534  # "nobody" inside the user namespace
 HOME_INSIDE = "/tmp/home"
-# Host uids of grading kernels when the grader is root: far above any login or service
-# account and outside the usual subordinate-uid ranges; one per kernel (cycled).
-UID_BASE = 1_610_000_000
-UID_SPAN = 100_000
+SANDBOXED_KINDS = ("bwrap", "fallback")  # the layers that isolate a kernel ("none" does not)
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "localtime",
               "mime.types")
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REMOUNT, _MNT_DETACH = 1, 2, 4, 4096, 32, 2
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-kernel limits. ``total_memory_bytes`` and ``cpus`` need a cgroup (root); the rest is
-    setrlimit inside the sandbox and the sizes of its filesystems."""
-
-    memory_bytes: int = 6 << 30  # address space per process: torch reserves far more than it touches
-    total_memory_bytes: int = 4 << 30  # all of a kernel's processes, tmpfs and shared memory together
-    cpus: float = 1.0  # CPU time per wall-clock second, all processes together
-    processes: int = 256  # processes and threads
-    file_bytes: int = 256 << 20  # largest file a kernel may write
-    tmp_bytes: int = 512 << 20  # the private /tmp (HOME is inside it)
-    work_bytes: int = 512 << 20  # the work area (sockets, results)
-    shm_bytes: int = 64 << 20  # /dev/shm
-
-
-@dataclass
-class Place:
-    """Where one kernel lives: its folders, host identity and cgroups (made by ``make_place``)."""
-
-    base: str
-    work: str
-    inputs: str
-    uid: int = -1  # -1: the grader's own
-    gid: int = -1
-    cgroups: list[str] = field(default_factory=list)  # one folder per hierarchy; the kernel is put in each
-    mounted: bool = False  # the work area is a tmpfs of its own
 
 
 @dataclass
@@ -111,7 +76,7 @@ class Sandbox:
 
     @property
     def isolated(self) -> bool:
-        return self.kind in ("bwrap", "fallback")
+        return self.kind in SANDBOXED_KINDS
 
     @property
     def layer(self) -> str:
@@ -160,7 +125,7 @@ class Sandbox:
         args += _runtime_mounts(binds or {})
         real_pkg = Path(_package_dir()).resolve()
         solutions = real_pkg.parent / "exercises"
-        if solutions.is_dir() and any(str(solutions).startswith(r + os.sep) for r in _runtime_roots()):
+        if solutions.is_dir() and any(str(solutions).startswith(r + os.sep) for r in runtime_roots()):
             args += ["--tmpfs", str(solutions)]  # a checkout inside the runtime: hide its exercises
         if package is not None:
             args += ["--ro-bind", package, str(real_pkg)]
@@ -236,7 +201,7 @@ def kernel_env(sandbox: Sandbox, workdir: str) -> dict[str, str]:
     }
 
 
-def _runtime_roots() -> list[str]:
+def runtime_roots() -> list[str]:
     """Folders that hold the Python runtime and its packages (bound read-only)."""
     roots = {sys.base_prefix, sys.prefix, os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
@@ -261,7 +226,7 @@ def _runtime_mounts(binds: dict[str, str]) -> list[str]:
         path = f"/etc/{name}"
         if os.path.exists(path):
             args += ["--ro-bind", path, path]
-    for root in _runtime_roots():
+    for root in runtime_roots():
         if not root.startswith("/usr/"):
             args += ["--ro-bind", binds.get(root, root), root]
     return args
@@ -280,355 +245,6 @@ def stripped_package(dest: str) -> str:
         for f in filenames:
             os.chmod(os.path.join(dirpath, f), 0o644)
     return pkg
-
-
-# ----------------------------------------------------------------------------------------------
-# Mounts (root only): the work area's tmpfs, and runtime folders an unprivileged uid cannot reach
-# ----------------------------------------------------------------------------------------------
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    libc = _libc()
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                  data.encode() if data else None) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"mount {target}: {os.strerror(e)}")
-
-
-def unmount(target: str) -> bool:
-    """Detach the filesystem at ``target`` (lazily: it goes when its last user does)."""
-    libc = _libc()
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return libc.umount2(target.encode(), _MNT_DETACH) == 0
-
-
-def mounts_below(folder: str) -> list[str]:
-    """Mount points at or below ``folder``, deepest first (from /proc/self/mountinfo)."""
-    folder = os.path.realpath(folder)
-    found = []
-    try:
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == folder or point.startswith(folder + os.sep):
-                found.append(point)
-    except (OSError, IndexError, UnicodeDecodeError):
-        pass
-    return sorted(set(found), key=len, reverse=True)
-
-
-def _reachable_by_others(path: str) -> bool:
-    """Whether a user with no relation to the owner can read ``path`` (every folder on the way: o+x)."""
-    p = Path(path).resolve()
-    try:
-        for parent in reversed(p.parents):
-            if not os.stat(parent).st_mode & stat.S_IXOTH:
-                return False
-        return bool(os.stat(p).st_mode & stat.S_IROTH)
-    except OSError:
-        return False
-
-
-def stage_runtime(run_root: str) -> tuple[dict[str, str], list[str]]:
-    """Bind (read-only) each runtime folder an unprivileged uid cannot reach (a Python under
-    /root, say) into ``run_root``; return ({folder: reachable path}, problems)."""
-    binds: dict[str, str] = {}
-    problems: list[str] = []
-    for i, root in enumerate(_runtime_roots()):
-        if _reachable_by_others(root):
-            continue
-        target = os.path.join(run_root, "rt", str(i))
-        os.makedirs(target, mode=0o755, exist_ok=True)
-        os.chmod(os.path.dirname(target), 0o755)
-        try:
-            mount(root, target, None, _MS_BIND)
-            mount(root, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-            binds[root] = target
-        except OSError as exc:
-            problems.append(f"{root} ({exc.strerror})")
-    return binds, problems
-
-
-# ----------------------------------------------------------------------------------------------
-# cgroups: memory, CPU and process limits per kernel (v1 hierarchies or the v2 unified one)
-# ----------------------------------------------------------------------------------------------
-
-_CONTROLLERS = ("memory", "cpu", "pids")
-
-
-def _own_cgroup_paths() -> dict[str, str]:
-    """{controller or "": path of this process's cgroup} from /proc/self/cgroup ("" is v2)."""
-    out = {}
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, ctrls, path = line.split(":", 2)
-            for c in (ctrls.split(",") if ctrls else [""]):
-                out[c] = path
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def _cgroup_mounts() -> list[tuple[str, str, set[str]]]:
-    """(mount point, fstype, controllers) of every cgroup filesystem."""
-    found = []
-    try:
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            left, right = line.split(" - ", 1)
-            fstype, _src, opts = right.split()[:3]
-            if fstype in ("cgroup", "cgroup2"):
-                found.append((left.split()[4], fstype, set(opts.split(","))))
-    except (OSError, ValueError):
-        pass
-    return found
-
-
-def _try_child(base: str, files: tuple[str, ...]) -> bool:
-    test = os.path.join(base, f"attn-course-probe-{os.getpid()}")
-    try:
-        os.mkdir(test)
-    except OSError:
-        return False
-    try:
-        return all(os.path.exists(os.path.join(test, f)) for f in files)
-    finally:
-        try:
-            os.rmdir(test)
-        except OSError:
-            pass
-
-
-def detect_cgroups() -> dict[str, str]:
-    """{folder we may create kernel cgroups in: "memory,cpu,pids" (what it controls)}."""
-    own = _own_cgroup_paths()
-    found: dict[str, str] = {}
-    for point, fstype, opts in _cgroup_mounts():
-        if fstype == "cgroup":
-            ctrls = [c for c in _CONTROLLERS if c in opts]
-            if not ctrls:
-                continue
-            base = point + own.get(ctrls[0], "/").rstrip("/")
-            files = {"memory": "memory.limit_in_bytes", "cpu": "cpu.cfs_quota_us", "pids": "pids.max"}
-            ok = [c for c in ctrls if _try_child(base, (files[c],))]
-            if ok:
-                found[base] = ",".join(ok)
-        elif "" in own:
-            base = point + own[""].rstrip("/")
-            try:
-                have = set(Path(base, "cgroup.controllers").read_text().split())
-                enabled = set(Path(base, "cgroup.subtree_control").read_text().split())
-                for c in (set(_CONTROLLERS) & have) - enabled:
-                    try:
-                        Path(base, "cgroup.subtree_control").write_text(f"+{c}")
-                    except OSError:
-                        pass
-                enabled = set(Path(base, "cgroup.subtree_control").read_text().split())
-            except OSError:
-                continue
-            files = {"memory": "memory.max", "cpu": "cpu.max", "pids": "pids.max"}
-            ok = [c for c in _CONTROLLERS if c in enabled and _try_child(base, (files[c],))]
-            if ok:
-                found[base] = ",".join(ok)
-    return found
-
-
-def _write(folder: str, name: str, value: str) -> bool:
-    try:
-        Path(folder, name).write_text(value)
-        return True
-    except OSError:
-        return False
-
-
-def new_cgroups(parents: dict[str, str], name: str, limits: Limits | None) -> list[str]:
-    """A child cgroup named ``name`` under each parent, with ``limits`` (None: no limits of its own)."""
-    made = []
-    for parent, ctrls in parents.items():
-        path = os.path.join(parent, name)
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError:
-            continue
-        made.append(path)
-        if limits is None:
-            continue
-        period = 100_000
-        quota = max(1000, int(limits.cpus * period))
-        if os.path.exists(os.path.join(path, "memory.max")):  # v2
-            if "memory" in ctrls:
-                _write(path, "memory.max", str(limits.total_memory_bytes))
-                _write(path, "memory.swap.max", "0")
-            if "cpu" in ctrls:
-                _write(path, "cpu.max", f"{quota} {period}")
-        else:  # v1
-            if "memory" in ctrls:
-                _write(path, "memory.limit_in_bytes", str(limits.total_memory_bytes))
-                _write(path, "memory.memsw.limit_in_bytes", str(limits.total_memory_bytes))
-            if "cpu" in ctrls:
-                _write(path, "cpu.cfs_period_us", str(period))
-                _write(path, "cpu.cfs_quota_us", str(quota))
-        if "pids" in ctrls:
-            _write(path, "pids.max", str(limits.processes))
-    return made
-
-
-def cgroup_procs(path: str) -> list[int]:
-    try:
-        return [int(p) for p in Path(path, "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def kill_cgroups(paths: list[str] | str | None, rounds: int = 100) -> None:
-    """Kill every process in the cgroups until they are empty (a process that keeps forking cannot
-    outrun this: its forks land in the same cgroup, under its process limit), then remove them."""
-    if not paths:
-        return
-    paths = [paths] if isinstance(paths, str) else list(paths)
-    for _ in range(rounds):
-        pids = {p for path in paths for p in cgroup_procs(path)}
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.02)
-    for path in paths:
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.02)  # a killed process still leaving
-
-
-def kill_uid(uid: int) -> None:
-    """Kill every process of a kernel's own uid (where it had no cgroup to be found in)."""
-    if uid < 0:
-        return
-    for _ in range(50):
-        found = False
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.stat(entry.path).st_uid == uid:
-                    found = True
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                pass
-        if not found:
-            return
-        time.sleep(0.02)
-
-
-# ----------------------------------------------------------------------------------------------
-# A kernel's place, and taking it down again
-# ----------------------------------------------------------------------------------------------
-
-def make_place(sandbox: Sandbox, run_root: str, name: str, run_cgroups: dict[str, str], serial: int) -> Place:
-    """Folders, identity, work filesystem and cgroups of one kernel (its base folder: ``run_root/name``)."""
-    base = os.path.join(run_root, name)
-    work, inputs = os.path.join(base, "work"), os.path.join(base, "in")
-    os.mkdir(base, 0o711)
-    os.mkdir(work, 0o700)
-    os.mkdir(inputs, 0o750)
-    place = Place(base, work, inputs)
-    if sandbox.as_root:
-        place.uid = place.gid = UID_BASE + serial % UID_SPAN
-        os.chown(inputs, 0, place.gid)  # the kernel may read its inputs, never write them
-        try:
-            mount("tmpfs", work, "tmpfs", _MS_NOSUID | _MS_NODEV,
-                  f"size={sandbox.limits.work_bytes},mode=0700,uid={place.uid},gid={place.gid}")
-            place.mounted = True
-        except OSError:
-            os.chown(work, place.uid, place.gid)
-        place.cgroups = new_cgroups(run_cgroups, name, sandbox.limits)
-    if sandbox.kind != "bwrap":
-        for sub in ("home", "tmp"):
-            os.mkdir(os.path.join(work, sub), 0o700)
-            if place.uid >= 0:
-                os.chown(os.path.join(work, sub), place.uid, place.gid)
-    return place
-
-
-def release_place(place: Place | None) -> None:
-    """End every process of the kernel, then drop its work filesystem and folders (never raises)."""
-    if place is None:
-        return
-    try:
-        kill_cgroups(place.cgroups)
-        place.cgroups = []
-        if place.uid >= 0 and not place.mounted:
-            kill_uid(place.uid)
-        if place.mounted and unmount(place.work):
-            place.mounted = False
-        remove_tree(place.base)
-    except Exception:
-        pass
-
-
-def remove_tree(path: str) -> None:
-    """Remove a folder an upload may have filled, without recursion and without following links.
-
-    A tree thousands of folders deep breaks a recursive walk (and paths longer than PATH_MAX):
-    instead, each subfolder's entries are moved up into the top folder (renameat on folder
-    descriptors, never a path through a link) until the top holds only files and empty folders.
-    """
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        top = os.open(path, flags)
-    except FileNotFoundError:
-        return
-    except OSError:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        return
-    counter = 0
-    try:
-        for _ in range(10_000_000):
-            names = os.listdir(top)
-            if not names:
-                break
-            for name in names:
-                try:
-                    st = os.stat(name, dir_fd=top, follow_symlinks=False)
-                    if not stat.S_ISDIR(st.st_mode):
-                        os.unlink(name, dir_fd=top)
-                        continue
-                    try:
-                        os.rmdir(name, dir_fd=top)
-                        continue
-                    except OSError as exc:
-                        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                            continue
-                    sub = os.open(name, flags, dir_fd=top)
-                    try:
-                        os.chmod(sub, 0o700)
-                        for child in os.listdir(sub)[:10_000]:
-                            counter += 1
-                            os.rename(child, f".rm{counter}", src_dir_fd=sub, dst_dir_fd=top)
-                    finally:
-                        os.close(sub)
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    continue
-    finally:
-        os.close(top)
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -768,7 +384,7 @@ def _detect_bwrap(limits: Limits, root: bool, cgroups: dict[str, str], seccomp: 
 def fallback_blocker() -> str:
     """Why the fallback layer cannot run here ("" if it can): its kernels run as an unprivileged
     uid with no mount namespace, so the Python runtime must be readable by any user."""
-    hidden = [r for r in _runtime_roots() if not _reachable_by_others(r)]
+    hidden = [r for r in runtime_roots() if not reachable_by_others(r)]
     if hidden:
         return ("the fallback layer runs kernels as an unprivileged user, who cannot reach the Python runtime at "
                 + ", ".join(hidden) + " (install the grader with a Python outside a private home folder)")
@@ -781,7 +397,7 @@ def exposed_paths() -> list[str]:
     pkg = Path(_package_dir()).resolve()
     found = []
     for p in (pkg / "exercises", pkg.parent / "exercises" / "source"):
-        if p.exists() and _reachable_by_others(str(p)):
+        if p.exists() and reachable_by_others(str(p)):
             found.append(str(p))
     return found
 
