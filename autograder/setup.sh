@@ -11,8 +11,8 @@
 #  - checks that the grader starts.
 #
 # Inside Gradescope's container, unprivileged user namespaces (which bubblewrap needs) may be
-# off: the check at the end says so. Then `--sandbox auto` refuses to grade; see README.md
-# ("Grading in Gradescope") before setting ATTN_COURSE_SANDBOX in run_autograder.
+# off: the check at the end says so. Then `--sandbox auto` grades in the fallback layer (an
+# unprivileged uid per kernel, seccomp, rlimits, cgroups where they can be made): see README.md.
 set -euo pipefail
 
 ROOT="${AUTOGRADER_ROOT:-/autograder}"
@@ -30,5 +30,5 @@ python3 -m venv "$ROOT/venv"
 if bwrap --unshare-user --unshare-pid --ro-bind / / true 2> /dev/null; then
     echo "setup.sh: bubblewrap works here: submissions are graded in its sandbox"
 else
-    echo "setup.sh: WARNING: bubblewrap does not work in this container: --sandbox auto will refuse to grade" >&2
+    echo "setup.sh: bubblewrap does not work in this container: --sandbox auto will use the fallback layer" >&2
 fi

@@ -89,6 +89,11 @@ def test_gradescope_results_from_a_report(tmp_path):
                                                                                         "failed", "visible")
     assert first["output"] == "the result is 0.5, which is wrong on case 'a' (x: 3)"
     assert all(t["status"] == "passed" and t["score"] == t["max_score"] for t in res["tests"][1:])
+    # The learner sees which sandbox layer graded the work (or that none did).
+    rows = _ex01_rows("x.ipynb", passed=True)
+    fallback = formats.gradescope_results(rows, [{"kind": "fallback", "layer": "fallback (unprivileged uid)"}])
+    assert "graded in the sandbox: fallback (unprivileged uid)" in fallback["output"]
+    assert "without a sandbox" in formats.gradescope_results(rows, [{"kind": "none"}])["output"]
 
 
 def _autograder_tree(tmp_path: Path) -> Path:

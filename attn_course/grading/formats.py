@@ -110,6 +110,9 @@ def gradescope_results(rows: list[Row], sandboxes: list[dict[str, Any]] | None =
               else "No notebook was found in the submission: upload your exercise notebook(s) (.ipynb).")
     if sandboxes and any(s.get("kind") not in SANDBOXED_KINDS for s in sandboxes):
         output += " (graded without a sandbox)"
+    elif sandboxes:
+        layers = sorted({str(s.get("layer") or s.get("kind")) for s in sandboxes})
+        output += f" (graded in the sandbox: {', '.join(layers)})"
     return {"score": score, "output": output, "visibility": "visible", "tests": tests}
 
 
