@@ -384,3 +384,25 @@ def test_private_tmp_is_mounted_before_the_runtime_and_work_folders():
     tmp = next(i for i in range(len(args) - 1) if args[i] == "--tmpfs" and args[i + 1] == "/tmp")
     binds = [i for i, a in enumerate(args) if a in ("--ro-bind", "--bind") and not args[i + 1].startswith("/proc")]
     assert binds and tmp < min(binds), args
+
+
+@pytest.mark.skipif(not ROOT, reason="mounts a tmpfs: needs root")
+def test_a_killed_graders_run_is_cleared_by_the_next(tmp_path):
+    from attn_course.grading.runner import RUN_PREFIX, sweep_stale_runs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process
+    stale, alive = tmp_path / f"{RUN_PREFIX}stale", tmp_path / f"{RUN_PREFIX}alive"
+    for run, pid in ((stale, dead.pid), (alive, os.getpid())):
+        work = run / "n0-1" / "work"
+        work.mkdir(parents=True)
+        (run / "grader.pid").write_text(str(pid))
+        places.mount("tmpfs", str(work), "tmpfs", 0, "size=1m")
+        (work / "left.txt").write_text("x")
+    try:
+        assert sweep_stale_runs(str(tmp_path), {}) == [str(stale)]
+        assert not stale.exists() and (alive / "n0-1" / "work" / "left.txt").exists()  # a live run is its own
+        assert places.mounts_below(str(stale)) == []
+    finally:
+        for point in places.mounts_below(str(tmp_path)):
+            places.unmount(point)

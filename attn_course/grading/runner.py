@@ -74,6 +74,7 @@ PROBE_SECONDS = 5  # after a timeout: a kernel that cannot run `pass` in this lo
 MAX_NOTEBOOK_BYTES = 20 << 20  # an upload larger than this is not read
 MAX_RESULT_BYTES = 64 << 20  # results file of one task
 MAX_MESSAGE_BYTES = 4 << 20  # one frame from a kernel (zmq drops the kernel's connection beyond it)
+RUN_PREFIX = "attn-course-run-"  # the grading runs' folders in the temporary folder
 MAX_QUEUED_MESSAGES = 64  # messages queued per socket before zmq stops reading (the kernel waits)
 
 
@@ -135,8 +136,11 @@ class GradingRun:
 def grading_run(sandbox: Sandbox, seed: int | None = None):
     """A ``GradingRun``; its folder, mounts and cgroups are removed afterwards (never raising:
     an upload may have left anything there). ``seed`` None: a secret one, new each run."""
-    root = tempfile.mkdtemp(prefix="attn-course-run-", dir=_run_parent(sandbox))
+    parent = _run_parent(sandbox)
+    sweep_stale_runs(parent, sandbox.cgroups)
+    root = tempfile.mkdtemp(prefix=RUN_PREFIX, dir=parent)
     os.chmod(root, 0o711)  # kernels must reach their own subfolders; nobody may list them
+    Path(root, "grader.pid").write_text(str(os.getpid()))  # a later run clears this one if we are killed
     cgroups = {}
     for parent, ctrls in sandbox.cgroups.items():
         made = new_cgroups({parent: ctrls}, os.path.basename(root), None)
@@ -161,6 +165,31 @@ def grading_run(sandbox: Sandbox, seed: int | None = None):
         yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroups, binds)
     finally:
         end_run(root, list(cgroups))
+
+
+def sweep_stale_runs(parent: str, cgroup_parents: dict[str, str]) -> list[str]:
+    """Clear the runs in ``parent`` whose grader is gone (killed before its cleanup ran): their
+    kernels' processes, mounts and folders. Returns the run folders it cleared. Never raises."""
+    cleared = []
+    try:
+        candidates = [e for e in os.scandir(parent) if e.name.startswith(RUN_PREFIX)]
+    except OSError:
+        return cleared
+    for entry in candidates:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or os.stat(entry.path).st_uid != os.geteuid():
+                continue
+            pid = int(Path(entry.path, "grader.pid").read_text())
+            os.kill(pid, 0)  # alive (as far as we can tell): its run is its own
+            continue
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue  # no pid file yet (a run starting now), or not ours
+        cgroups = [os.path.join(p, entry.name) for p in cgroup_parents]
+        end_run(entry.path, [c for c in cgroups if os.path.isdir(c)])
+        cleared.append(entry.path)
+    return cleared
 
 
 def _run_parent(sandbox: Sandbox) -> str:
