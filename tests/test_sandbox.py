@@ -98,7 +98,7 @@ def test_kernel_files_hold_no_reference():
 def test_stripped_package_has_only_the_kernel_files(tmp_path):
     pkg = Path(sb.stripped_package(str(tmp_path)))
     files = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*") if p.is_file())
-    assert files == sorted(sb.KERNEL_FILES + ("grading/seccomp_filter.py",))
+    assert files == sorted(sb.KERNEL_FILES + ("grading/confine.py",))
 
 
 def test_kernel_environment_is_minimal(monkeypatch, tmp_path):
@@ -116,7 +116,10 @@ out = {"uid": os.getuid(), "pid": os.getpid(), "env": sorted(os.environ), "hostn
 out["root_dirs"] = sorted(os.listdir("/"))
 out["home_listing"] = sorted(os.listdir(os.environ["HOME"]))
 out["checkout"] = sorted(os.listdir(sys.argv[1])) if os.path.isdir(sys.argv[1]) else None
-out["instructor_home"] = sorted(os.listdir(os.path.expanduser("~root"))) if os.path.isdir("/root") else None
+try:
+    out["instructor_home"] = sorted(os.listdir("/root")) if os.path.isdir("/root") else None
+except PermissionError:
+    out["instructor_home"] = "refused"
 try:
     import attn_course.masking
     out["masking"] = attn_course.masking.__file__
@@ -190,6 +193,12 @@ try:
     out["shm"] = "written"
 except OSError:
     out["shm"] = "refused"
+try:  # the host's /tmp, in the fallback layer (bwrap's /tmp is a private tmpfs)
+    with open(f"/tmp/attn-course-escape-{os.getpid()}", "w") as f:
+        f.write("x")
+    out["host_tmp"] = "written"
+except OSError:
+    out["host_tmp"] = "refused"
 try:
     import ctypes
     out["ptrace"] = ctypes.CDLL(None, use_errno=True).ptrace(16, 1, 0, 0) == 0  # PTRACE_ATTACH to pid 1
@@ -237,6 +246,8 @@ def test_inside_the_sandbox(layer, monkeypatch):
         venvs = {Path(r).relative_to(checkout).parts[0] for r in sb.runtime_roots() if r.startswith(checkout + os.sep)}
         assert set(seen["checkout"] or []) <= {"attn_course"} | venvs, seen["checkout"]
         assert seen["instructor_home"] in (None, []) or ".pyenv" in seen["instructor_home"]
+    else:  # no mount namespace: the machine's files as an unprivileged user sees them
+        assert seen["instructor_home"] in (None, "refused")
     if "network" in applied or "seccomp" in applied:
         assert seen["network"] is False
     if "pid namespace" in applied:
@@ -260,6 +271,9 @@ def test_no_host_root_and_no_sysctl_inside(layer):
         assert written.st_uid not in (0, os.geteuid()) and written.st_uid >= places.UID_BASE
     if layer == "bwrap":
         assert seen["shm"] == "refused"  # /dev/shm is a 64 MiB tmpfs
+    elif box.landlock:  # no mount namespace: Landlock refuses writes outside the work area
+        assert seen["shm"] == "refused" and seen["host_tmp"] == "refused"
+    assert not [p for p in Path("/tmp").glob("attn-course-escape-*") if p.stat().st_uid >= places.UID_BASE]
 
 
 def test_remove_tree_survives_a_deep_tree_and_links(tmp_path):

@@ -54,6 +54,7 @@ class Place:
     gid: int = -1
     cgroups: list[str] = field(default_factory=list)  # one folder per hierarchy; the kernel is put in each
     mounted: bool = False  # the work area is a tmpfs of its own
+    shared_tmp: bool = False  # it could write to the machine's own /tmp (no mount namespace of its own)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,6 +331,7 @@ def make_place(limits: Limits, run_root: str, name: str, *, own_uid: bool, priva
             os.chown(work, place.uid, place.gid)
         place.cgroups = new_cgroups(run_cgroups, name, limits)
     if private_home:
+        place.shared_tmp = own_uid
         for sub in ("home", "tmp"):
             os.mkdir(os.path.join(work, sub), 0o700)
             if place.uid >= 0:
@@ -348,8 +350,32 @@ def release_place(place: Place | None) -> None:
         if place.mounted and unmount(place.work):
             place.mounted = False
         remove_tree(place.base)
+        if place.shared_tmp:
+            remove_owned(place.uid, SHARED_TMP)
     except Exception:
         pass
+
+
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable folders a kernel without namespaces could fill
+
+
+def remove_owned(uid: int, folders: tuple[str, ...]) -> None:
+    """Remove what ``uid`` left at the top of ``folders`` (its processes are gone by then)."""
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    remove_tree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
 
 
 def remove_tree(path: str) -> None:

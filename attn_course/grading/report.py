@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .places import reachable_by_others
 from .runner import GradingRun, Row, grading_run, read_upload
-from .sandbox import SANDBOXED_KINDS, Sandbox
+from .sandbox import SANDBOXED_KINDS, Sandbox, hide_from_others
 from .tasks import load_exercises
 from .worker import grade_notebook_isolated
 
@@ -249,6 +250,13 @@ def grade_paths(uploads: list[Upload], sandbox: Sandbox, timeout: float = 120.0,
     try:
         from tqdm.auto import tqdm
 
+        if sandbox.kind == "fallback":  # no mount namespace hides the other uploads: permissions do
+            readable = [str(uploads[i].path) for i in todo if reachable_by_others(str(uploads[i].path))]
+            failed = hide_from_others(readable)
+            if readable:
+                sandbox.applied.append(f"{len(readable) - len(failed)} uploads made unreadable to other users")
+            if failed:
+                sandbox.missing.append("uploads still readable by other users: " + ", ".join(failed[:5]))
         with grading_run(sandbox, seed) as run:
             bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not progress, file=sys.stderr)
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -421,9 +421,7 @@ class _Kernel:
         km.ip = os.path.join(self.workdir, ".kernel-ipc")
         client.km = km
         self.client = client
-        env = kernel_env(self.run_ctx.sandbox, self.workdir)
-        if self.run_ctx.package and self.run_ctx.sandbox.kind == "fallback":
-            env["PYTHONPATH"] = os.path.dirname(self.run_ctx.package)  # the stripped copy, before the real one
+        env = kernel_env(self.run_ctx.sandbox, self.workdir, self.run_ctx.package)
         # The kernel's own stdout/stderr go nowhere: never to the instructor's terminal.
         client.start_new_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client.start_new_kernel_client()

@@ -72,6 +72,7 @@ class Sandbox:
     cgroups: dict[str, str] = field(default_factory=dict)  # hierarchy folder -> controllers ("" = none usable)
     as_root: bool = False  # each kernel gets its own unprivileged uid, tmpfs work area
     seccomp: bool = False
+    landlock: bool = False  # fallback: writes only beneath the work area
     exposed: list[str] = field(default_factory=list)  # fallback: course paths a kernel's uid could read
 
     @property
@@ -106,16 +107,19 @@ class Sandbox:
         ``binds`` maps a runtime folder to a path its uid can reach (see ``stage_runtime``).
         """
         python = argv[0]
-        env = kernel_env(self, place.work)
+        env = kernel_env(self, place.work, package)
+        # The filter's file in the package the kernel sees: bwrap binds the stripped copy where the
+        # real package is; the fallback layer reads the copy (the real one is hidden from its uid).
+        own = Path(package) if package and self.kind == "fallback" else Path(_package_dir()).resolve()
         limited = [python, "-I", "-c", _LIMITS_SNIPPET, str(self.limits.memory_bytes), str(self.limits.processes),
-                   str(self.limits.file_bytes), "1" if self.seccomp else "0",
-                   str(Path(_package_dir()).resolve() / "grading" / "seccomp_filter.py"), *argv]
+                   str(self.limits.file_bytes), "1" if self.seccomp else "0", "1" if self.landlock else "0",
+                   str(own / "grading" / "confine.py"), place.work, *argv]
         enter: list[str] = []
         if place.cgroups or place.uid >= 0:
             enter = [sys.executable, "-I", "-S", "-c", _ENTER_SNIPPET, str(len(place.cgroups)), *place.cgroups,
                      str(place.uid), str(place.gid)]
-        if self.kind != "bwrap":
-            return enter + limited
+        if self.kind != "bwrap":  # the same minimal environment, set by env(1) instead of bwrap
+            return enter + ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items())] + limited
         args = [*enter, self.bwrap, *self.flags, "--die-with-parent", "--new-session"]
         # The private /tmp first: bwrap mounts in order, so a runtime, package or work folder that
         # lives under /tmp (a checkout in /tmp, say) is bound on top of it instead of hidden by it.
@@ -154,17 +158,18 @@ _ENTER_SNIPPET = (
 # limits are set here, not on bwrap, because a process limit must count the sandbox's user only.
 _LIMITS_SNIPPET = (
     "import os, resource, sys\n"
-    "mem, nproc, fsize, sec = (int(a) for a in sys.argv[1:5])\n"
+    "mem, nproc, fsize, sec, ll = (int(a) for a in sys.argv[1:6])\n"
     "for lim, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_NPROC, nproc),\n"
     "                   (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0)):\n"
     "    try:\n"
     "        resource.setrlimit(lim, (value, value))\n"
     "    except (ValueError, OSError):\n"
     "        pass\n"
-    "if sec:\n"
+    "if sec or ll:\n"
     "    import runpy\n"
-    "    runpy.run_path(sys.argv[5])['load']()\n"
-    "os.execv(sys.argv[6], sys.argv[6:])\n"
+    "    runpy.run_path(sys.argv[6])['confine'](sec, [sys.argv[7], '/dev/null'] if ll else None)\n"
+    "os.chdir(sys.argv[7])  # its work area, in every layer\n"
+    "os.execv(sys.argv[8], sys.argv[8:])\n"
 )
 
 
@@ -172,8 +177,11 @@ def _package_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def kernel_env(sandbox: Sandbox, workdir: str) -> dict[str, str]:
+def kernel_env(sandbox: Sandbox, workdir: str, package: str | None = None) -> dict[str, str]:
     """The whole environment of a grading kernel (nothing else of the grader's is passed on).
+
+    ``package`` is the stripped copy of ``attn_course``: bwrap binds it where the real one is;
+    the fallback layer puts its folder first on PYTHONPATH.
 
     Outside bwrap, HOME and TMPDIR are fresh folders in the kernel's own work area, so that an
     IPython startup file or a matplotlib config one upload writes does not reach the next.
@@ -195,9 +203,9 @@ def kernel_env(sandbox: Sandbox, workdir: str) -> dict[str, str]:
         "IPYTHONDIR": f"{home}/.ipython",
         "MPLCONFIGDIR": f"{tmp}/matplotlib",
         "JUPYTER_PLATFORM_DIRS": "1",
-        # Inside bwrap this folder holds only the stripped copy of the package; in the fallback
-        # layer the stripped copy is put first (see ``make_run``).
-        "PYTHONPATH": str(Path(_package_dir()).resolve().parent),
+        # Inside bwrap this folder holds only the stripped copy of the package.
+        "PYTHONPATH": (os.path.dirname(package) if package and sandbox.kind == "fallback"
+                       else str(Path(_package_dir()).resolve().parent)),
     }
 
 
@@ -236,7 +244,7 @@ def stripped_package(dest: str) -> str:
     """Copy the kernel's share of ``attn_course`` into ``dest``; return the copy's package folder."""
     src = _package_dir()
     pkg = os.path.join(dest, "attn_course")
-    for rel in KERNEL_FILES + ("grading/seccomp_filter.py",):
+    for rel in KERNEL_FILES + ("grading/confine.py",):
         target = os.path.join(pkg, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(os.path.join(src, rel), target)
@@ -292,10 +300,11 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/usr/local/bin/bwrap") if os.access(p, os.X_OK)), None)
 
 
-def _seccomp_works() -> bool:
+def _confine_works(what: str) -> bool:
+    """Whether ``confine.py`` can load ``what`` ("seccomp" or "landlock") on this machine."""
     try:
-        path = str(Path(_package_dir()).resolve() / "grading" / "seccomp_filter.py")
-        return subprocess.run([sys.executable, "-I", path], capture_output=True, timeout=60).returncode == 0
+        path = str(Path(_package_dir()).resolve() / "grading" / "confine.py")
+        return subprocess.run([sys.executable, "-I", path, what], capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -330,15 +339,21 @@ def detect(kind: str = "auto", limits: Limits | None = None) -> Sandbox | None:
     cgroups = detect_cgroups() if root else {}
     if kind == "none":
         return Sandbox("none", limits=limits, missing=["every isolation (--sandbox none)"], cgroups=cgroups)
-    seccomp = _seccomp_works()
+    seccomp = _confine_works("seccomp")
     if kind in ("auto", "bwrap"):
         box = _detect_bwrap(limits, root, cgroups, seccomp)
         if box is not None or kind == "bwrap":
             return box
     if not root or fallback_blocker():
         return None
-    box = Sandbox("fallback", limits=limits, cgroups=cgroups, as_root=True, seccomp=seccomp)
-    box.applied.append("no namespaces: the kernel's uid sees what any unprivileged user sees")
+    box = Sandbox("fallback", limits=limits, cgroups=cgroups, as_root=True, seccomp=seccomp,
+                  landlock=_confine_works("landlock"))
+    box.applied.append("no namespaces: the kernel's uid reads what any unprivileged user reads")
+    if box.landlock:
+        box.applied.append("Landlock: writes only beneath its own work area")
+    else:
+        box.missing.append("Landlock (writes outside the work area, e.g. the host's /tmp, are not refused; "
+                           "what the kernel's uid leaves there is removed when it stops)")
     _limits_applied(box)
     box.exposed = exposed_paths()
     if box.exposed:
@@ -392,11 +407,12 @@ def fallback_blocker() -> str:
 
 
 def exposed_paths() -> list[str]:
-    """Course paths an unrelated unprivileged user could read: the solution notebooks and the
-    exercise definitions (in the fallback layer a kernel's uid is such a user)."""
+    """Course paths an unrelated unprivileged user could read: the package (the tasks' references
+    and definitions) and the solution notebooks (in the fallback layer a kernel's uid is such a
+    user; it imports the stripped copy instead)."""
     pkg = Path(_package_dir()).resolve()
     found = []
-    for p in (pkg / "exercises", pkg.parent / "exercises" / "source"):
+    for p in (pkg, pkg.parent / "exercises" / "source"):
         if p.exists() and reachable_by_others(str(p)):
             found.append(str(p))
     return found

@@ -1,18 +1,23 @@
-"""The seccomp filter every grading kernel runs under (libseccomp, through ``pyseccomp``).
+"""What a grading kernel is confined by from inside: a seccomp filter and, in the fallback layer, Landlock.
 
-Loaded by the sandbox's first step, after the limits and before the kernel starts; it holds
-for the kernel and everything it starts (``no_new_privs`` is set, so no setuid program can
-lift it). It allows everything a notebook needs and refuses, with EPERM, what only an escape
-needs:
+Run by path as the sandbox's last step before the kernel starts (it imports nothing of the
+course); both hold for the kernel and everything it starts, and ``no_new_privs`` is set, so
+no setuid program can lift them.
 
-- sockets other than local (AF_UNIX) ones: no network, in the fallback layer too, where there
-  is no network namespace;
+**seccomp** (libseccomp, through ``pyseccomp``) allows everything a notebook needs and
+refuses, with EPERM, what only an escape needs:
+
+- sockets other than local (AF_UNIX) and netlink ones: no network, in the fallback layer too,
+  where there is no network namespace;
 - ptrace and reading or writing other processes' memory;
 - mounts, pivot_root, chroot, new namespaces (unshare, setns, and clone/clone3 with namespace
   flags), kernel keyrings, bpf, perf events, userfaultfd, io_uring, loading kernel modules,
   kexec, reboot, swap, quotas, accounting, clock and host name changes, file handles.
 
-This file is run by path inside the sandbox (it imports nothing of the course).
+**Landlock** (through the ``landlock`` package; fallback layer only, where no mount namespace
+gives the kernel filesystems of its own): writing, creating, removing or renaming anything is
+allowed only beneath the kernel's work area (a size-limited tmpfs) and on ``/dev/null``, so
+the host's ``/tmp`` and ``/dev/shm`` cannot be filled. Reading stays as any user's.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ DENIED = (
 _NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080)
 
 
-def build():
+def seccomp_filter():
     """The filter (not loaded)."""
     import pyseccomp as sc
 
@@ -60,10 +65,36 @@ def build():
     return f
 
 
-def load() -> None:
-    """Load the filter into this process (it is inherited by every child)."""
-    build().load()
+def restrict_writes(writable: list[str]) -> None:
+    """Landlock: every kind of write is refused except beneath ``writable`` (folders or files)."""
+    from landlock.plumbing import FSAccess, landlock_abi_version
+    from landlock.porcelain import Ruleset
+
+    writes = (FSAccess.WRITE_FILE | FSAccess.REMOVE_DIR | FSAccess.REMOVE_FILE | FSAccess.MAKE_CHAR
+              | FSAccess.MAKE_DIR | FSAccess.MAKE_REG | FSAccess.MAKE_SOCK | FSAccess.MAKE_FIFO
+              | FSAccess.MAKE_BLOCK | FSAccess.MAKE_SYM)
+    if landlock_abi_version() >= 2:
+        writes |= FSAccess.REFER  # links and renames across folders
+    if landlock_abi_version() >= 3:
+        writes |= FSAccess.TRUNCATE
+    ruleset = Ruleset(restrict_rules=writes)
+    file_writes = FSAccess.WRITE_FILE | (FSAccess.TRUNCATE if landlock_abi_version() >= 3 else 0)
+    for path in writable:
+        import os
+
+        ruleset.allow(path, rules=writes if os.path.isdir(path) else file_writes)
+    ruleset.apply()
 
 
-if __name__ == "__main__":
-    load()
+def confine(seccomp: bool, writable: list[str] | None = None) -> None:
+    """Load the seccomp filter (``seccomp``) and, with ``writable``, the Landlock write rules."""
+    if writable is not None:
+        restrict_writes(writable)
+    if seccomp:
+        seccomp_filter().load()
+
+
+if __name__ == "__main__":  # the grader's probe: does each of them work on this machine?
+    import sys
+
+    confine(seccomp="seccomp" in sys.argv, writable=["/dev/null"] if "landlock" in sys.argv else None)
