@@ -74,6 +74,25 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
         raise OSError(e, f"mount {target}: {os.strerror(e)}")
 
 
+def can_mount_tmpfs() -> bool:
+    """Whether this process may mount a tmpfs (root outside an unprivileged container)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="attn-course-mount-probe-")
+    try:
+        mount("tmpfs", folder, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m")
+    except OSError:
+        return False
+    else:
+        unmount(folder)
+        return True
+    finally:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
 def unmount(target: str) -> bool:
     """Detach the filesystem at ``target`` (lazily: it goes when its last user does)."""
     libc = _libc()

@@ -1,4 +1,4 @@
-"""One OS sandbox per graded notebook, in one of two layers, plus the kernel's own place on disk.
+"""One OS sandbox per graded notebook, in one of two layers (the kernel's place: ``places``).
 
 A submission is untrusted code. Its kernel runs in the strongest layer this machine allows:
 
@@ -10,26 +10,19 @@ stripped copy of ``attn_course`` (``KERNEL_FILES``: no task's reference, no solu
 notebook), ``/proc/sys`` read-only, and private size-limited ``/tmp``, ``HOME`` and ``/dev/shm``.
 
 **fallback** (root only, where bwrap cannot run: inside an unprivileged container, or where
-AppArmor forbids user namespaces): the kernel runs as an unprivileged uid of its own, its work
-area readable by that uid alone, a seccomp filter (libseccomp, through ``pyseccomp``) forbids
-the network, ptrace, mounts and namespaces, and the same limits apply. It sees the machine's
-files as any unprivileged user does: ``Sandbox.exposed`` lists what of the course it could read.
+AppArmor forbids user namespaces): no namespaces, so file permissions keep the course package,
+the solutions and the uploads from the kernel's unprivileged uid (``exposed_paths``,
+``hide_from_others``), it imports the stripped copy, and Landlock lets it write only beneath
+its work area (``confine``).
 
-In both layers, when the grader is root:
-
-- **never host root inside**: each kernel runs as its own unprivileged host uid and gid
-  (``UID_BASE + n``, no supplementary groups), so a file it writes is not owned by root, a
-  sysctl is not writable, and one kernel cannot signal or read another;
-- **aggregate limits enforced by the OS** (a cgroup per kernel, v1 or v2): memory of all its
-  processes together (its tmpfs and shared memory included), a CPU share, a process count;
-- **its work area is its own filesystem**: a size-limited ``nosuid,nodev`` tmpfs, unmounted
-  (not walked) as soon as the kernel stops.
-
-Everywhere: setrlimit (address space per process, file size, no core files, processes), a
-minimal environment, ``--die-with-parent``, and the grader's hard wall clock per notebook,
-which kills the whole sandbox. ``detect(kind)`` finds out at start what works here;
-``Sandbox.describe()`` is what the report says about it. ``kind="none"`` runs kernels as the
-grader's own user, for notebooks you trust; the report says so.
+In both layers, when the grader is root, each kernel runs as its own unprivileged host uid in a
+place of its own (``places``: a tmpfs work area, cgroups for memory, CPU and processes), and a
+seccomp filter refuses the network, ptrace, mounts and namespaces (``confine``). Everywhere:
+setrlimit (address space per process, file size, no core files, processes), a minimal
+environment, dying with the grader, and the grader's hard wall clock per notebook, which kills
+the whole sandbox. ``detect(kind)`` finds out at start what works here; ``Sandbox.describe()``
+is what the report says about it. ``kind="none"`` runs kernels as the grader's own user, for
+notebooks you trust; the report says so.
 """
 
 from __future__ import annotations
@@ -41,7 +34,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .places import UID_BASE, UID_SPAN, Limits, Place, detect_cgroups, reachable_by_others
+from .places import UID_BASE, UID_SPAN, Limits, Place, can_mount_tmpfs, detect_cgroups, reachable_by_others
 
 # The files of ``attn_course`` a kernel may import, relative to the package folder: the
 # in-notebook Checker (silent under the grader) and the harness that calls the learner's
@@ -81,7 +74,8 @@ class Sandbox:
 
     @property
     def layer(self) -> str:
-        return {"bwrap": "bwrap (namespaces)", "fallback": "fallback (unprivileged uid, seccomp, rlimits, cgroup)",
+        return {"bwrap": "bwrap (namespaces)",
+                "fallback": "fallback (unprivileged uid, file permissions, Landlock, seccomp, rlimits, cgroup)",
                 "none": "none"}[self.kind]
 
     def describe(self) -> dict:
@@ -103,7 +97,8 @@ class Sandbox:
         """``argv`` (the kernel's command) wrapped in the sandbox, run in ``place``.
 
         The command first enters the place's cgroups and takes its uid (as root), then the
-        namespaces (bwrap), then sets the limits and the seccomp filter, then becomes the kernel.
+        namespaces (bwrap), then sets the limits and the confinement (``confine``), then becomes
+        the kernel.
         ``binds`` maps a runtime folder to a path its uid can reach (see ``stage_runtime``).
         """
         python = argv[0]
@@ -314,7 +309,10 @@ def _limits_applied(sandbox: Sandbox) -> None:
     applied, missing = sandbox.applied, sandbox.missing
     if sandbox.as_root:
         applied.append("own unprivileged host uid and gid per kernel (never root)")
-        applied.append("work area on its own size-limited nosuid,nodev tmpfs")
+        if can_mount_tmpfs():
+            applied.append("work area on its own size-limited nosuid,nodev tmpfs")
+        else:
+            missing.append("work area on its own filesystem (mounts are not allowed here: a per-file limit only)")
     applied.append("setrlimit: address space, file size, no core files")
     if sandbox.as_root or os.geteuid() != 0:
         applied.append("setrlimit: processes")

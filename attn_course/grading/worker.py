@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -95,8 +96,7 @@ def grade_notebook_isolated(path: str | Path, exercises: dict[str, Exercise], ti
         sender.close()
         if receiver.poll(wall + STARTUP_SECONDS + 30):
             data = json.loads(receiver.recv_bytes(maxlength=16 << 20))
-            rows = [Row(**{k: d[k] for k in ("notebook", "exercise", "task", "points", "max_points", "status",
-                                              "message")}) for d in data]
+            rows = [Row(**{f.name: d[f.name] for f in fields(Row)}) for d in data]
         else:
             why = "the grader's process for this notebook did not finish in time"
     except EOFError:
