@@ -137,8 +137,13 @@ class AdditiveScore(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         check_query_key(q, k, d_q=self.query_dim, d_k=self.key_dim)
         # Project each query and each key once (L + S projections, not L*S) ...
+        return self.score_projected_keys(q, self.W_k(k))  # k: (..., S, d_k) -> (..., S, h)
+
+    def score_projected_keys(self, q: torch.Tensor, k_h: torch.Tensor) -> torch.Tensor:
+        """The scores from keys already projected by ``W_k`` (``k_h`` ``(..., S, h)``): a decoder
+        that asks the same keys at every step projects them once (``BahdanauDecoder.forward``).
+        Inputs are trusted: ``forward`` is the checked entry point."""
         q_h = self.W_q(q)  # (..., L, h)
-        k_h = self.W_k(k)  # (..., S, h)
         # ... then broadcast to every pair. This is the (..., L, S, h) tensor that dominates memory.
         pairs = q_h.unsqueeze(-2) + k_h.unsqueeze(-3)  # (..., L, 1, h) + (..., 1, S, h) -> (..., L, S, h)
         hidden = torch.tanh(pairs)  # (..., L, S, h)

@@ -260,7 +260,9 @@ class BahdanauDecoder(Decoder):
         logits = W_o [s_t; c_t; embed(y_{t-1})] + b_o
 
     The context depends on ``s_{t-1}`` and ``s_t`` on the context, so the steps cannot run in
-    parallel: teacher forcing (:meth:`forward`) is the :class:`Decoder` step loop. Simplifications
+    parallel: teacher forcing (:meth:`forward`) is still a loop over the steps, but what no step
+    depends on is taken out of it: the keys' projection ``W_k h_j`` (once per sequence, not once
+    per step), the embeddings and the output layer. Simplifications
     of the paper: a unidirectional encoder, ``s_0`` = the encoder's final state, and a linear
     output layer instead of the maxout layer. ``state`` is ``s`` ``(B, D)``.
 
@@ -292,6 +294,25 @@ class BahdanauDecoder(Decoder):
         s = self.combine(context, s_prev, emb)  # (B, D): GRU([emb; c], s_prev)
         logits = self.out(torch.cat([s, context, emb], dim=-1))  # (B, 2D + E) -> (B, V)
         return logits, s, weights.squeeze(1)  # (B, V), (B, D), (B, S)
+
+    def forward(self, tgt_in, state, encoder_outputs, src_mask):
+        # The steps of step(), with the work that does not change from step to step done once.
+        emb = self.embedding(tgt_in)  # (B, T, E)
+        keys = self.score.W_k(encoder_outputs)  # (B, S, h): W_k h_j, the same at every step
+        mask = src_mask.unsqueeze(1)  # (B, 1, S)
+        s = state  # (B, D)
+        states, contexts, weights = [], [], []
+        for t in range(tgt_in.shape[1]):
+            scores = self.score.score_projected_keys(s.unsqueeze(1), keys)  # (B, 1, S)
+            w = masked_softmax(scores, mask)  # (B, 1, S)
+            c = context_vector(w, encoder_outputs).squeeze(1)  # (B, 1, D) -> (B, D)
+            s = self.combine(c, s, emb[:, t])  # (B, D): GRU([emb_t; c_t], s_{t-1})
+            states.append(s)
+            contexts.append(c)
+            weights.append(w.squeeze(1))  # (B, S)
+        S_t, C_t = torch.stack(states, dim=1), torch.stack(contexts, dim=1)  # (B, T, D) each
+        logits = self.out(torch.cat([S_t, C_t, emb], dim=-1))  # (B, T, 2D + E) -> (B, T, V)
+        return logits, torch.stack(weights, dim=1)  # (B, T, V), (B, T, S)
 
 
 class LuongDecoder(Decoder):

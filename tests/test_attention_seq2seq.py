@@ -93,6 +93,19 @@ def test_forward_equals_step_loop(kind):
     torch.testing.assert_close(fast_attn, generic_attn, atol=1e-5, rtol=1e-5)
 
 
+def test_bahdanau_forward_projects_the_keys_once_per_sequence():
+    """W_k h_j does not depend on the step: teacher forcing projects the keys once, not T times."""
+    model = small_model("bahdanau")
+    b = batch(seed=2, n=4)
+    calls = []
+    hook = model.decoder.score.W_k.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        model(b.src, b.src_lengths, b.tgt_in)
+    finally:
+        hook.remove()
+    assert b.tgt_in.shape[1] > 1 and len(calls) == 1
+
+
 def test_luong_forward_is_one_gru_call_not_a_loop(monkeypatch):
     """The fast path must not fall back on step()."""
     model = small_model("luong")
