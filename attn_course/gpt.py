@@ -14,10 +14,11 @@ Dimension glossary (see ``attn_course`` for the full one)::
     d  head_dim = D // H                         N  n_layer
 
 * ``GPTConfig``, ``GPT``       ``GPT(config)(idx, cache=None, attention_mask=None, position_ids=None)``
-                               -> ``(logits (B, T, V), cache)``.
+                               -> ``logits (B, T, V)``; a ``cache`` is updated in place.
 * ``load_gpt2_state_dict``     a Hugging Face ``GPT2LMHeadModel`` state dict -> ``GPT`` (exact).
-* ``generate``                 greedy / temperature / top-k / top-p decoding, with or without a
-                               cache, batched prompts of different lengths via left padding.
+* ``generate``                 greedy / temperature / top-k / top-p decoding, with a cache
+                               (``cache="dynamic"`` etc.) or recomputing (``cache=None``),
+                               batched prompts of different lengths via left padding.
 * ``generate_shared_prompt``   several samples of one prompt sharing its KV blocks (``PagedCache``).
 * ``top_k_filter``, ``top_p_filter``, ``sampling_distribution``   what each method samples from.
 * ``generation_macs``          multiply-adds to produce one token, with and without a cache.
@@ -31,13 +32,14 @@ what it would alone.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_tensor, shape_error
+from attn_course._checks import require_int, require_tensor, shape_error
 from attn_course.gqa import GroupedQueryAttention, check_heads
 from attn_course.kv_cache import DynamicCache, KVCache, PagedCache, SlidingWindowCache, StaticCache
 
@@ -83,16 +85,12 @@ class GPTConfig:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         for name in ("vocab_size", "context_length", "n_layer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(getattr(self, name), name)
         check_heads(self.n_head, self.n_kv_head, self.n_embd, names=("n_head", "n_kv_head", "n_embd"))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.sliding_window is not None and (
-            isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) or self.sliding_window < 1
-        ):
-            raise ValueError(f"sliding_window must be None or a positive int, got {self.sliding_window!r}")
+        if self.sliding_window is not None:
+            require_int(self.sliding_window, "sliding_window")
         if self.attention not in ("sdpa", "naive"):
             raise ValueError(f"attention must be 'sdpa' or 'naive', got {self.attention!r}")
 
@@ -128,8 +126,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, mask, is_causal, cache, layer):
-        x = x + self.drop(self.attn(self.ln_1(x), mask, is_causal, cache, layer))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """``x (B, T, D)`` -> ``(B, T, D)``; ``mask``, ``is_causal``, ``cache``, ``layer`` go to the attention."""
+        a = self.attn(self.ln_1(x), mask=mask, is_causal=is_causal, cache=cache, layer=layer)
+        x = x + self.drop(a)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -145,7 +146,7 @@ class GPT(nn.Module):
         last_only: compute logits for the last position only (what generation needs).
 
     Returns:
-        ``(logits, cache)``: ``(B, T, V)`` (``(B, 1, V)`` with ``last_only``) and the same cache.
+        logits ``(B, T, V)`` (``(B, 1, V)`` with ``last_only``); the cache now holds ``P + T`` positions.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -186,7 +187,7 @@ class GPT(nn.Module):
                         attention_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, bool]:
         """The boolean ``(B or 1, 1, T, S)`` mask, or ``None`` plus ``is_causal`` when none is needed."""
         window = self.config.sliding_window
-        if isinstance(cache, SlidingWindowCache):
+        if cache is not None and cache.window is not None:  # the cache forgets older keys: mask them too
             window = cache.window if window is None else min(window, cache.window)
         S = cache.num_keys(T) if cache is not None else T
         end = past + T
@@ -219,7 +220,7 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         last_only: bool = False,
-    ) -> tuple[torch.Tensor, KVCache | None]:
+    ) -> torch.Tensor:
         cfg = self.config
         require_tensor(idx, "idx")
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32, torch.int64):
@@ -254,10 +255,10 @@ class GPT(nn.Module):
         mask, is_causal = self._attention_mask(B, T, past, cache, attention_mask)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, D)
         for layer, block in enumerate(self.h):
-            x = block(x, mask, is_causal, cache, layer)  # (B, T, D)
+            x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=layer)  # (B, T, D)
         if last_only:
             x = x[:, -1:]  # (B, 1, D): only the next token's logits are needed
-        return self.lm_head(self.ln_f(x)), cache  # (B, T, V)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
 
 
 def make_cache(config: GPTConfig, kind: str = "dynamic", batch_size: int = 1, max_len: int | None = None,
@@ -375,8 +376,8 @@ def load_gpt2_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+    if top_k is not None:
+        require_int(top_k, "top_k")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
 
@@ -441,128 +442,137 @@ def generate(
     model: GPT,
     idx: torch.Tensor,
     max_new_tokens: int,
-    use_cache: bool = True,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
-    cache: str | KVCache | None = None,
+    cache: str | KVCache | None = "dynamic",
     return_logits: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Append ``max_new_tokens`` tokens to each row of ``idx (B, T)``.
 
-    Without a cache every step runs the model on the whole sequence so far (``O(t)`` work for
-    token ``t``); with one, the prompt is run once (prefill) and each step runs the one new
-    token against the cached keys and values (decode).
+    Each step runs the model on what it has not seen yet and samples one token. With a cache
+    that is the whole prompt once (prefill), then only the newest token (decode), attending over
+    the cached keys and values; with ``cache=None`` it is the whole sequence every step (``O(t)``
+    work for token ``t``), which gives the same tokens.
 
     Args:
         model: a ``GPT``.  idx: prompt ids ``(B, T)``, left-padded when rows differ in length.
-        use_cache: decode with a KV cache (``cache`` says which) or recompute everything.
         temperature: 0 = greedy (arg-max); > 0 samples from ``sampling_distribution``.
         top_k, top_p: filters for sampling (see ``top_k_filter``, ``top_p_filter``).
         seed: seeds the sampler (a private ``torch.Generator``; global RNG untouched).
         attention_mask: ``(B, T)``, 1 for real tokens, 0 for left padding.
-        cache: ``"dynamic"`` (default), ``"static"``, ``"sliding"``, ``"paged"``, or an empty
-            ``KVCache`` built for this model and batch.
+        cache: a kind in ``CACHE_KINDS`` (``"dynamic"``, ``"static"``, ``"sliding"``, ``"paged"``),
+            an empty ``KVCache`` built for this model and batch, or ``None`` to recompute.
         return_logits: also return the logits each step chose from.
 
     Returns:
         tokens ``(B, T + max_new_tokens)``, and with ``return_logits`` the logits
-        ``(B, max_new_tokens, V)``. (Decoding runs under ``torch.inference_mode``; the results are
-        returned as ordinary tensors, usable in autograd later.)
+        ``(B, max_new_tokens, V)``.
     """
-    with torch.inference_mode():
-        result = _generate(model, idx, max_new_tokens, use_cache, temperature, top_k, top_p, seed,
-                           attention_mask, cache, return_logits)
-    return tuple(t.clone() for t in result) if isinstance(result, tuple) else result.clone()
-
-
-def _generate(model, idx, max_new_tokens, use_cache, temperature, top_k, top_p, seed, attention_mask, cache,
-              return_logits):
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
-    cfg = model.config
-    require_tensor(idx, "idx")
-    if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
-        raise shape_error("idx", idx, "(B, T) integer token ids")
-    B, T = idx.shape
-    if T == 0:
-        raise shape_error("idx", idx, "(B, T) with T >= 1: at least one prompt token (e.g. a <bos>)")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if T > cfg.context_length:
-        raise ValueError(f"idx has {T} tokens, longer than the model's context_length = {cfg.context_length}")
-    if T + max_new_tokens > cfg.context_length:
-        raise ValueError(f"max_new_tokens = {max_new_tokens} after a {T}-token prompt needs {T + max_new_tokens} "
-                         f"positions; context_length = {cfg.context_length}")
+    B, T = _check_prompt(model, idx, max_new_tokens, "idx")
     _check_sampling(temperature, top_k, top_p)
-    if cache is not None and not use_cache:
-        raise ValueError("cache was given but use_cache=False")
     total = T + max_new_tokens
-    if use_cache:
-        if cache is None or isinstance(cache, str):
-            cache = model.new_cache(cache or "dynamic", batch_size=B, max_len=total)
-        elif not isinstance(cache, KVCache):
-            raise TypeError(f"cache must be None, a kind in {CACHE_KINDS} or a KVCache, got {type(cache).__name__}")
-        cache.check_compatible(cfg.n_layer, cfg.n_kv_head, cfg.head_dim)
-        if isinstance(cache, StaticCache) and cache.max_len < total:
-            raise ValueError(f"cache has max_len = {cache.max_len}; this generation needs {total} positions "
-                             f"({T} prompt + {max_new_tokens} new)")
-        if cache.batch_size is not None and cache.batch_size != B:
-            raise ValueError(f"cache was built for batch_size = {cache.batch_size}; idx has {B} rows")
-        if cache.seq_len:
-            raise ValueError(f"cache already holds {cache.seq_len} positions; pass an empty one (cache.reset())")
-
-    full_mask = None
-    if attention_mask is not None:
-        require_tensor(attention_mask, "attention_mask")
-        if attention_mask.shape != (B, T):
-            raise shape_error("attention_mask", attention_mask, f"({B}, {T}) = idx's shape")
-        m = attention_mask.bool()
-        if not bool(m.any(-1).all()):
-            raise ValueError("attention_mask has a row with no real token")
-        if bool((m[:, :-1] & ~m[:, 1:]).any()):
-            raise ValueError("attention_mask must be left-padded: each row 0 .. 0 then 1 .. 1")
-        if not bool(m.all()):
-            full_mask = torch.ones(B, total, dtype=torch.bool, device=idx.device)  # (B, T + new), reused
-            full_mask[:, :T] = m
-    generator = None
-    if seed is not None and temperature > 0:
-        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    cache = _decoding_cache(model, cache, B, total)
+    mask = _padding_mask(attention_mask, B, T, total)  # (B, T + new) or None: no padding
+    generator = _generator(seed, temperature, idx.device)
 
     out = torch.empty(B, total, dtype=torch.long, device=idx.device)  # (B, T + new): no per-step cat
     out[:, :T] = idx
     step_logits = []
-    model_was_training = model.training
-    model.eval()
-    try:
-        if use_cache:
-            logits, _ = model(idx, cache, attention_mask=None if full_mask is None else full_mask[:, :T],
-                              last_only=True)  # prefill
-            next_pos = None if full_mask is None else full_mask[:, :T].sum(-1, keepdim=True)  # (B, 1)
-        for i in range(max_new_tokens):
-            t = T + i  # tokens so far
-            if not use_cache:
-                logits, _ = model(out[:, :t], attention_mask=None if full_mask is None else full_mask[:, :t],
-                                  last_only=True)
-            last = logits[:, -1]  # (B, V)
-            if return_logits:
-                step_logits.append(last.clone())
-            out[:, t] = sample_next(last, temperature, top_k, top_p, generator)
-            if use_cache and i + 1 < max_new_tokens:
-                pos = None if next_pos is None else next_pos + i  # (B, 1): real tokens before this one
-                logits, _ = model(out[:, t:t + 1], cache,
-                                  attention_mask=None if full_mask is None else full_mask[:, :t + 1],
-                                  position_ids=pos, last_only=True)  # decode one token
-    finally:
-        model.train(model_was_training)
+    start = 0  # the first position the model has not seen: the prompt is the first feed
+    with torch.no_grad(), _eval_mode(model):
+        for t in range(T, total):
+            feed_mask = None if mask is None else mask[:, :t]  # (B, t): covers the cached positions too
+            logits = model(out[:, start:t], cache, attention_mask=feed_mask, last_only=True)[:, -1]  # (B, V)
+            out[:, t] = sample_next(logits, temperature, top_k, top_p, generator)
+            step_logits.append(logits)
+            if cache is not None:
+                start = t  # the cache now holds positions < t: feed only the new token
     if return_logits:
         return out, torch.stack(step_logits, dim=1)  # (B, T + new), (B, new, V)
     return out
 
 
-@torch.no_grad()  # not inference_mode: the returned cache must accept updates afterwards
+def _check_prompt(model: GPT, idx: torch.Tensor, max_new_tokens: int, name: str) -> tuple[int, int]:
+    """Raise unless ``idx`` is ``(B, T)`` token ids and ``T + max_new_tokens`` fits the context; return ``(B, T)``."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+    require_tensor(idx, name)
+    if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
+        raise shape_error(name, idx, "(B, T) integer token ids")
+    B, T = idx.shape
+    if T == 0:
+        raise shape_error(name, idx, "(B, T) with T >= 1: at least one prompt token (e.g. a <bos>)")
+    require_int(max_new_tokens, "max_new_tokens")
+    context = model.config.context_length
+    if T > context:
+        raise ValueError(f"{name} has {T} tokens, longer than the model's context_length = {context}")
+    if T + max_new_tokens > context:
+        raise ValueError(f"max_new_tokens = {max_new_tokens} after a {T}-token prompt needs {T + max_new_tokens} "
+                         f"positions; context_length = {context}")
+    return B, T
+
+
+def _decoding_cache(model: GPT, cache: str | KVCache | None, batch: int, total: int) -> KVCache | None:
+    """The empty cache ``generate`` decodes with: built from a kind, or a given one checked for this run."""
+    if cache is None:
+        return None
+    if isinstance(cache, str):
+        return model.new_cache(cache, batch_size=batch, max_len=total)
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"cache must be None, a kind in {CACHE_KINDS} or a KVCache, got {type(cache).__name__}")
+    cfg = model.config
+    cache.check_compatible(cfg.n_layer, cfg.n_kv_head, cfg.head_dim)
+    if cache.capacity is not None and cache.capacity < total:
+        raise ValueError(f"cache has capacity = {cache.capacity}; this generation needs {total} positions")
+    if cache.batch_size is not None and cache.batch_size != batch:
+        raise ValueError(f"cache was built for batch_size = {cache.batch_size}; idx has {batch} rows")
+    if cache.seq_len:
+        raise ValueError(f"cache already holds {cache.seq_len} positions; pass an empty one (cache.reset())")
+    return cache
+
+
+def _padding_mask(attention_mask: torch.Tensor | None, B: int, T: int, total: int) -> torch.Tensor | None:
+    """The prompt's left-padding mask extended over the ``total`` positions (new tokens are real), or
+    ``None`` when nothing is padded."""
+    if attention_mask is None:
+        return None
+    require_tensor(attention_mask, "attention_mask")
+    if attention_mask.shape != (B, T):
+        raise shape_error("attention_mask", attention_mask, f"({B}, {T}) = idx's shape")
+    m = attention_mask.bool()
+    if not bool(m.any(-1).all()):
+        raise ValueError("attention_mask has a row with no real token")
+    if bool((m[:, :-1] & ~m[:, 1:]).any()):
+        raise ValueError("attention_mask must be left-padded: each row 0 .. 0 then 1 .. 1")
+    if bool(m.all()):
+        return None
+    full = torch.ones(B, total, dtype=torch.bool, device=m.device)  # (B, T + new)
+    full[:, :T] = m
+    return full
+
+
+def _generator(seed: int | None, temperature: float, device: torch.device) -> torch.Generator | None:
+    """A private generator for sampling (the global RNG stays untouched); none for greedy decoding."""
+    if seed is None or temperature == 0:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Run with dropout off, then restore the model's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def generate_shared_prompt(
     model: GPT,
     prompt: torch.Tensor,
@@ -584,47 +594,33 @@ def generate_shared_prompt(
         tokens ``(num_samples, T + max_new_tokens)`` and the cache, whose ``blocks_in_use`` and
         ``copies_on_write`` say what sharing saved (without it: ``num_samples`` x the prompt's blocks).
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
-    require_tensor(prompt, "prompt")
-    if prompt.dim() != 2 or prompt.shape[0] != 1:
+    _, T = _check_prompt(model, prompt, max_new_tokens, "prompt")
+    if prompt.shape[0] != 1:
         raise shape_error("prompt", prompt, "(1, T): one prompt")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    require_int(num_samples, "num_samples")
     _check_sampling(temperature, top_k, top_p)
-    T = prompt.shape[1]
     total = T + max_new_tokens
-    if total > model.config.context_length:
-        raise ValueError(f"a {T}-token prompt plus max_new_tokens = {max_new_tokens} needs {total} positions; "
-                         f"context_length = {model.config.context_length}")
-    blocks_per_seq = math.ceil(total / block_size)
     cache = model.new_cache("paged", batch_size=1, max_len=total, block_size=block_size,
-                            num_blocks=num_samples * blocks_per_seq)
-    generator = None if seed is None or temperature == 0 else torch.Generator(device=prompt.device).manual_seed(seed)
+                            num_blocks=num_samples * math.ceil(total / block_size))
+    generator = _generator(seed, temperature, prompt.device)
     out = torch.empty(num_samples, total, dtype=torch.long, device=prompt.device)  # (N, T + new)
     out[:, :T] = prompt
-    was_training = model.training
-    model.eval()
-    try:
-        logits, _ = model(prompt, cache, last_only=True)  # prefill once: (1, 1, V)
+    with _eval_mode(model):
+        logits = model(prompt, cache, last_only=True)[:, -1]  # prefill once: (1, V)
         for _ in range(num_samples - 1):
-            cache.fork(0)
-        logits = logits.expand(num_samples, -1, -1)  # every sample starts from the same distribution
-        for i in range(max_new_tokens):
-            out[:, T + i] = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-            if i + 1 < max_new_tokens:
-                logits, _ = model(out[:, T + i:T + i + 1], cache, last_only=True)  # (N, 1, V)
-    finally:
-        model.train(was_training)
+            cache.fork(0)  # share the prompt's blocks: reference counts, no copies
+        logits = logits.expand(num_samples, -1)  # (N, V): every sample starts from the same distribution
+        for t in range(T, total):
+            if t > T:
+                logits = model(out[:, t - 1:t], cache, last_only=True)[:, -1]  # (N, V): decode the newest token
+            out[:, t] = sample_next(logits, temperature, top_k, top_p, generator)
     return out, cache
 
 
 # --------------------------------------------------------------------------- work
 
 
-def generation_macs(t: int, config: GPTConfig, use_cache: bool = True) -> int:
+def generation_macs(t: int, config: GPTConfig, cached: bool = True) -> int:
     """Multiply-adds to produce the token that follows a context of ``t`` tokens (FLOPs ~ 2x).
 
     Per layer and per token: the projections ``D (H + 2 H_kv) d + D^2`` and the MLP ``8 D^2``;
@@ -636,12 +632,11 @@ def generation_macs(t: int, config: GPTConfig, use_cache: bool = True) -> int:
     * without: all ``t`` tokens again, token ``s`` attending over ``s`` keys:
       ``N (t proj + 2 D t (t + 1) / 2) + V D``  -- quadratic in ``t``.
     """
-    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-        raise ValueError(f"t must be a positive int, got {t!r}")
+    require_int(t, "t")
     D, d, N = config.n_embd, config.head_dim, config.n_layer
     proj = D * (config.n_head + 2 * config.n_kv_head) * d + D * D + 8 * D * D  # per token, per layer
     head = config.vocab_size * D
-    if use_cache:
+    if cached:
         return N * (proj + 2 * t * D) + head
     return N * (t * proj + D * t * (t + 1)) + head
 

@@ -26,12 +26,18 @@ Dimension glossary (see ``attn_course`` for the full one)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_ndim, shape_error
+from attn_course._checks import require_int, require_ndim, shape_error
 from attn_course.attention import scaled_dot_product_attention
+from attn_course.multihead import merge_heads, split_heads
+
+if TYPE_CHECKING:  # for annotations only: the cache is duck-typed (``update``)
+    from attn_course.kv_cache import KVCache
 
 __all__ = ["check_heads", "repeat_kv", "grouped_query_attention", "GroupedQueryAttention"]
 
@@ -41,8 +47,7 @@ def check_heads(num_heads: int, num_kv_heads: int, embed_dim: int | None = None,
     """Raise ``ValueError`` unless ``num_kv_heads`` divides ``num_heads`` (and ``num_heads`` divides ``embed_dim``)."""
     h, hkv, dm = names
     for name, value in [(h, num_heads), (hkv, num_kv_heads)] + ([(dm, embed_dim)] if embed_dim is not None else []):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_int(value, name)
     if num_heads % num_kv_heads:
         raise ValueError(f"{hkv} = {num_kv_heads} must divide {h} = {num_heads} "
                          f"(each KV head serves a whole group of query heads)")
@@ -57,8 +62,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     ``j // n_rep``) meets its group's key head. Same as ``x.repeat_interleave(n_rep, dim=1)``.
     """
     require_ndim(x, "x", 4, "(B, H_kv, S, d)")
-    if isinstance(n_rep, bool) or not isinstance(n_rep, int) or n_rep < 1:
-        raise ValueError(f"n_rep must be a positive int, got {n_rep!r}")
+    require_int(n_rep, "n_rep")
     if n_rep == 1:
         return x
     B, H_kv, S, d = x.shape
@@ -127,17 +131,14 @@ class GroupedQueryAttention(nn.Module):
         return f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}"
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                cache=None, layer: int = 0) -> torch.Tensor:
-        B, T, D = x.shape
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         H, H_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = self.qkv(x).split([H * d, H_kv * d, H_kv * d], dim=-1)  # (B, T, H d), (B, T, H_kv d) x2
-        q = q.view(B, T, H, d).transpose(1, 2)  # (B, H, T, d)
-        k = k.view(B, T, H_kv, d).transpose(1, 2)  # (B, H_kv, T, d)
-        v = v.view(B, T, H_kv, d).transpose(1, 2)  # (B, H_kv, T, d)
+        q = split_heads(q, H)  # (B, H, T, d)
+        k, v = split_heads(k, H_kv), split_heads(v, H_kv)  # (B, H_kv, T, d) each
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H_kv, S, d): the past and the new keys
         p = self.dropout if self.training else 0.0
         y = grouped_query_attention(q, k, v, mask, is_causal, naive=self.naive, dropout_p=p)  # (B, H, T, d)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, H, d) -> (B, T, D)
-        return self.out(y)
+        return self.out(merge_heads(y))  # (B, H, T, d) -> (B, T, D) -> (B, T, D)
 

@@ -19,6 +19,11 @@ Every cache has the same small interface, used by ``attn_course.gpt.GPT``::
     cache.key_positions(T)                     # (S,) absolute position of each returned key
     cache.reset()                              # forget everything, keep the memory
     cache.allocated_bytes()                    # bytes of K/V storage this object holds
+    cache.window, cache.capacity               # what a model must respect (None: no limit)
+
+A cache says what it needs through ``window`` (keys older than ``window`` positions are gone,
+so the model must mask them too) and ``capacity`` (positions per sequence it can ever hold);
+the model never asks which kind of cache it was given.
 
 Layers are updated in order ``0 .. N-1`` once per forward pass; ``seq_len`` advances when the
 last layer has been updated. The returned keys are always the *last* ``S`` positions
@@ -152,6 +157,14 @@ class KVCache(ABC):
     def allocated_bytes(self) -> int:
         """Bytes of key/value storage this object holds right now (compare with ``kv_cache_bytes``)."""
 
+    #: A sliding window the model must apply (the cache forgets older keys); None: keeps every key.
+    window: int | None = None
+
+    @property
+    def capacity(self) -> int | None:
+        """Positions per sequence this cache can hold; ``None``: it grows (or pages) as needed."""
+        return None
+
     def num_keys(self, num_new: int) -> int:
         """How many keys ``update`` will return when ``num_new`` tokens are added."""
         return self.seq_len + num_new
@@ -169,7 +182,8 @@ class KVCache(ABC):
 
     @property
     def batch_size(self) -> int | None:
-        return getattr(self, "_batch", None)
+        """The batch this cache was built for; ``None``: any (it takes it from the first update)."""
+        return None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``k, v (B, H_kv, T, d)`` for ``layer``; return all keys/values to attend, ``(B, H_kv, S, d)``."""
@@ -242,16 +256,25 @@ class DynamicCache(KVCache):
 # --------------------------------------------------------------------------- static
 
 
-def _preallocate(num_layers, batch_size, num_kv_heads, slots, head_dim, dtype, device):
-    """Zeroed key and value buffers ``(B, H_kv, slots, d)``, one pair per layer (static and ring caches)."""
-    require_int(batch_size, "batch_size")
-    shape = (batch_size, num_kv_heads, slots, head_dim)  # (B, H_kv, slots, d)
-    keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-    values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-    return keys, values
+class _BufferCache(KVCache):
+    """Zeroed ``(B, H_kv, slots, d)`` key and value buffers per layer, allocated once (static and ring caches)."""
+
+    def __init__(self, num_layers, num_kv_heads, head_dim, batch_size, slots, dtype, device) -> None:
+        super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
+        self._batch = require_int(batch_size, "batch_size")
+        shape = (batch_size, num_kv_heads, slots, head_dim)  # (B, H_kv, slots, d)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch
+
+    def allocated_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
 
-class StaticCache(KVCache):
+class StaticCache(_BufferCache):
     """Preallocated ``(B, H_kv, max_len, d)`` buffers per layer, written in place.
 
     No allocation while decoding: step ``t`` copies one key and one value into slot ``t``
@@ -268,10 +291,12 @@ class StaticCache(KVCache):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
         self.max_len = require_int(max_len, "max_len")
-        self.keys, self.values = _preallocate(num_layers, batch_size, num_kv_heads, max_len, head_dim, dtype, device)
-        self._batch = batch_size
+        super().__init__(num_layers, num_kv_heads, head_dim, batch_size, max_len, dtype, device)
+
+    @property
+    def capacity(self) -> int:
+        return self.max_len
 
     def _store(self, layer, k, v):
         start, end = self._lengths[layer], self._lengths[layer] + k.shape[2]
@@ -281,14 +306,11 @@ class StaticCache(KVCache):
         self.values[layer][:, :, start:end].copy_(v)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]  # views (B, H_kv, S, d)
 
-    def allocated_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
 
 # --------------------------------------------------------------------------- sliding window
 
 
-class SlidingWindowCache(KVCache):
+class SlidingWindowCache(_BufferCache):
     """A ring buffer holding the last ``window`` positions: position ``p`` lives in slot ``p % W``.
 
     Memory is ``O(W)`` however long the generation. Attending over it equals attending over a
@@ -310,10 +332,8 @@ class SlidingWindowCache(KVCache):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
         self.window = require_int(window, "window")
-        self.keys, self.values = _preallocate(num_layers, batch_size, num_kv_heads, window, head_dim, dtype, device)
-        self._batch = batch_size
+        super().__init__(num_layers, num_kv_heads, head_dim, batch_size, window, dtype, device)
 
     def num_keys(self, num_new: int) -> int:
         past, W = self.seq_len, self.window
@@ -356,9 +376,6 @@ class SlidingWindowCache(KVCache):
         K[:, :, slots] = k_all[:, :, -W:]
         V[:, :, slots] = v_all[:, :, -W:]
         return k_all, v_all
-
-    def allocated_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
 
 # --------------------------------------------------------------------------- paged
@@ -407,8 +424,8 @@ class PagedCache(KVCache):
         self.copies_on_write = 0  # how many shared blocks were copied before an append
 
     @property
-    def _batch(self) -> int:
-        return len(self.block_tables)
+    def batch_size(self) -> int:
+        return len(self.block_tables)  # grows with fork
 
     # --- block bookkeeping
     def _allocate(self) -> int:
@@ -430,13 +447,13 @@ class PagedCache(KVCache):
 
     def fork(self, seq: int = 0) -> int:
         """Add a sequence that shares all of sequence ``seq``'s blocks (its prompt); return its index."""
-        if not 0 <= seq < self._batch:
-            raise ValueError(f"seq must be in [0, {self._batch}), got {seq!r}")
+        if not 0 <= seq < self.batch_size:
+            raise ValueError(f"seq must be in [0, {self.batch_size}), got {seq!r}")
         table = list(self.block_tables[seq])
         for block in table:
             self.ref_counts[block] += 1
         self.block_tables.append(table)
-        return self._batch - 1
+        return self.batch_size - 1
 
     def _prepare_append(self, num_new: int) -> None:
         """Before writing ``num_new`` positions: copy shared partial blocks, allocate new ones."""
@@ -537,7 +554,7 @@ def simulate_paging(
     require_int(num_requests, "num_requests")
     require_int(max_len, "max_len")
     require_int(block_size, "block_size")
-    if isinstance(shared_prefix, bool) or not isinstance(shared_prefix, int) or not 0 <= shared_prefix < max_len:
+    if require_int(shared_prefix, "shared_prefix", minimum=0) >= max_len:
         raise ValueError(f"shared_prefix must be an int in [0, max_len = {max_len}), got {shared_prefix!r}")
     rng = random.Random(seed)
     low = max(min_len, shared_prefix + 1)

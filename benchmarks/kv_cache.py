@@ -10,7 +10,7 @@ row of one (prompt, length) should produce the same tokens (last column).
 
 Rows, for each prompt length and number of generated tokens:
 
-* ``uncached``   ``generate(use_cache=False)``: the whole sequence is recomputed every step
+* ``uncached``   ``generate(cache=None)``: the whole sequence is recomputed every step
                  (logits for the last position only: the strongest baseline without a cache).
 * ``hf``         ``GPT2LMHeadModel.generate(do_sample=False)``, with its own cache, as shipped.
 * ``dynamic``    ``generate(cache="dynamic")``: K/V concatenated every step.
@@ -214,8 +214,7 @@ def main() -> None:
                 elif method == "static-nn":
                     out = generate(stock, prompt, n, cache="static")
                 else:
-                    out = generate(model, prompt, n, use_cache=method != "uncached",
-                                   cache=None if method == "uncached" else method)
+                    out = generate(model, prompt, n, cache=None if method == "uncached" else method)
                 sync()
                 return out
             if method != "uncached":

@@ -55,7 +55,7 @@ def test_cached_generation_matches_uncached(kind, ragged):
         for b, n in enumerate(lengths):
             mask[b, 8 - n:] = 1
     new = 12
-    ref, ref_logits = generate(model, idx, new, use_cache=False, attention_mask=mask, return_logits=True)
+    ref, ref_logits = generate(model, idx, new, cache=None, attention_mask=mask, return_logits=True)
     out, logits = generate(model, idx, new, cache=kind, attention_mask=mask, return_logits=True)
     assert torch.equal(out, ref)
     assert (logits - ref_logits).abs().max().item() <= 1e-5
@@ -72,18 +72,18 @@ def test_sdpa_and_naive_attention_agree():
     idx = torch.randint(0, 61, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[1, :4] = 0
-    torch.testing.assert_close(naive(idx)[0], fast(idx)[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(naive(idx, attention_mask=mask)[0], fast(idx, attention_mask=mask)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(naive(idx), fast(idx), atol=1e-5, rtol=0)
+    torch.testing.assert_close(naive(idx, attention_mask=mask), fast(idx, attention_mask=mask), atol=1e-5, rtol=0)
 
 
 def test_forward_in_chunks_equals_one_pass():
     """Prefill in two chunks (a mask with a past) = one pass; the cache advances by T each call."""
     model = tiny_model()
     idx = torch.randint(0, 61, (2, 11))
-    full, _ = model(idx)
+    full = model(idx)
     cache = model.new_cache("static", batch_size=2, max_len=11)
-    a, _ = model(idx[:, :6], cache)
-    b, _ = model(idx[:, 6:], cache)
+    a = model(idx[:, :6], cache)
+    b = model(idx[:, 6:], cache)
     assert cache.seq_len == 11
     torch.testing.assert_close(torch.cat([a, b], dim=1), full, atol=1e-5, rtol=0)
 
@@ -92,7 +92,7 @@ def test_sampling_is_reproducible_and_cache_independent():
     model = tiny_model()
     idx = torch.randint(0, 61, (2, 4))
     a = generate(model, idx, 10, temperature=0.8, top_k=20, top_p=0.9, seed=3)
-    b = generate(model, idx, 10, temperature=0.8, top_k=20, top_p=0.9, seed=3, use_cache=False)
+    b = generate(model, idx, 10, temperature=0.8, top_k=20, top_p=0.9, seed=3, cache=None)
     c = generate(model, idx, 10, temperature=0.8, top_k=20, top_p=0.9, seed=4)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -103,7 +103,7 @@ def test_generated_tokens_are_ordinary_tensors():
     model = tiny_model()
     out = generate(model, torch.zeros(1, 2, dtype=torch.long), 3)
     assert not out.is_inference()
-    logits, _ = model(out)
+    logits = model(out)
     logits.sum().backward()
     assert model.wte.weight.grad is not None
 
@@ -151,7 +151,7 @@ def test_sampling_distribution():
 def test_generation_macs():
     cfg = GPTConfig()  # GPT-2 small
     cached = [generation_macs(t, cfg) for t in (1, 100, 1000)]
-    uncached = [generation_macs(t, cfg, use_cache=False) for t in (1, 100, 1000)]
+    uncached = [generation_macs(t, cfg, cached=False) for t in (1, 100, 1000)]
     assert cached[0] == uncached[0]  # the first token costs the same either way
     assert uncached[2] > 500 * cached[2]  # recomputing 1000 tokens
     # ~85M non-embedding weights x 1 token + the 38.6M-weight output layer
@@ -188,7 +188,7 @@ def test_errors_name_the_argument():
         GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
     with pytest.raises(ValueError, match="n_head = 5 must divide n_embd = 32"):
         GPTConfig(n_head=5, n_embd=32)
-    with pytest.raises(ValueError, match="cache has max_len = 5; this generation needs 6 positions"):
+    with pytest.raises(ValueError, match="cache has capacity = 5; this generation needs 6 positions"):
         generate(model, idx, 2, cache=model.new_cache("static", batch_size=1, max_len=5))
     with pytest.raises(ValueError, match="cache was built for batch_size = 2; idx has 1 rows"):
         generate(model, idx, 2, cache=model.new_cache("static", batch_size=2, max_len=8))
@@ -229,12 +229,12 @@ def test_loader_matches_transformers(hf_gpt2):
     idx = torch.randint(0, 97, (2, 9))
     with torch.no_grad():
         theirs = hf_gpt2(idx).logits
-    torch.testing.assert_close(model(idx)[0], theirs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(model(idx), theirs, atol=1e-4, rtol=0)
     with torch.no_grad():
         hf_tokens = hf_gpt2.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=12,
                                      do_sample=False, pad_token_id=0)
     assert torch.equal(generate(model, idx, 12), hf_tokens)
-    assert torch.equal(generate(model, idx, 12, use_cache=False), hf_tokens)
+    assert torch.equal(generate(model, idx, 12, cache=None), hf_tokens)
 
 
 def test_loader_infers_config_from_shapes():
@@ -246,7 +246,7 @@ def test_loader_infers_config_from_shapes():
     assert (model.config.n_layer, model.config.n_head, model.config.context_length) == (1, 2, 16)
     idx = torch.randint(0, 50, (1, 7))
     with torch.no_grad():
-        torch.testing.assert_close(model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
 
 
 def test_loader_ignores_mask_buffers_and_rejects_unknown_keys():
@@ -272,3 +272,36 @@ def _hf_layout(model: GPT) -> dict:
         conv = k.startswith("h.") and k.endswith("weight") and ("attn" in k or "mlp" in k)
         out[k] = v.t() if conv else v
     return out
+
+
+def test_one_model_call_per_new_token_with_or_without_a_cache():
+    """The loop: the prompt is the first feed, then one call per token; with a cache each later call
+    feeds only the newest token, without one the whole sequence."""
+    model = tiny_model()
+    idx = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    for cache in ("dynamic", None):
+        fed = []
+        handle = model.register_forward_pre_hook(lambda _m, args: fed.append(args[0].shape[1]))
+        try:
+            out = generate(model, idx, 4, cache=cache)
+        finally:
+            handle.remove()
+        assert fed == ([5, 1, 1, 1] if cache else [5, 6, 7, 8])
+        assert not out.is_inference() and not out.requires_grad  # ordinary tensors, usable later
+
+
+def test_caches_say_what_the_model_must_respect():
+    """No isinstance on cache kinds in the model: each cache declares its window and its capacity."""
+    cfg = tiny_config()
+    assert make_cache(cfg, "static", max_len=20).capacity == 20
+    assert make_cache(cfg, "sliding", window=6).window == 6
+    for kind in ("dynamic", "static", "paged"):
+        assert make_cache(cfg, kind).window is None
+    for kind in ("dynamic", "sliding", "paged"):
+        assert make_cache(cfg, kind, window=6).capacity is None
+    import inspect
+
+    import attn_course.gpt as gpt
+    source = inspect.getsource(gpt)
+    for kind in ("DynamicCache", "StaticCache", "SlidingWindowCache", "PagedCache"):
+        assert f"isinstance(cache, {kind})" not in source

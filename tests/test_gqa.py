@@ -67,7 +67,7 @@ def test_gqa_model_cached_equals_uncached(num_kv_heads):
     model = GPT(GPTConfig(vocab_size=50, context_length=32, n_layer=2, n_head=H, n_kv_head=num_kv_heads,
                           n_embd=32)).eval()
     idx = torch.randint(0, 50, (2, 5))
-    ref, ref_logits = generate(model, idx, 8, use_cache=False, return_logits=True)
+    ref, ref_logits = generate(model, idx, 8, cache=None, return_logits=True)
     out, logits = generate(model, idx, 8, cache="static", return_logits=True)
     assert torch.equal(out, ref)
     assert (logits - ref_logits).abs().max() <= 1e-5

@@ -46,7 +46,7 @@ def test_linear_flops_is_the_formula_without_attention():
     t = 6
     idx = torch.randint(0, 31, (1, t))
     attention = cfg.n_layer * cfg.n_embd * t * (t + 1)
-    assert linear_flops(model, idx) == 2 * (generation_macs(t, cfg, use_cache=False) - attention)
+    assert linear_flops(model, idx) == 2 * (generation_macs(t, cfg, cached=False) - attention)
 
 
 def test_weight_bytes_counts_every_parameter_but_positions():

@@ -149,8 +149,8 @@ def test_forked_sequences_decode_like_separate_ones():
             cache.fork(0)
         steps = torch.randint(0, 40, (3, 3))
         for t in range(3):
-            logits, _ = model(steps[:, t:t + 1], cache)
-        full, _ = model(torch.cat([prompt.expand(3, 6), steps], dim=1))
+            logits = model(steps[:, t:t + 1], cache)
+        full = model(torch.cat([prompt.expand(3, 6), steps], dim=1))
     torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=0)
     assert cache.blocks_in_use < 3 * 3  # the prompt's full block is stored once
 
@@ -193,6 +193,6 @@ def test_generate_shared_prompt():
     assert cache.blocks_in_use == 5 * 6 - 4 * 4
     with torch.no_grad():
         assert cache.seq_len == 22  # the last sampled token has not been fed back yet
-        step, _ = model(out[:, -1:], cache)  # feed it through the shared cache
-        full, _ = model(out)
+        step = model(out[:, -1:], cache)  # feed it through the shared cache
+        full = model(out)
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=0)

@@ -43,7 +43,7 @@ def test_packed_gpt_generates_the_same_tokens_and_logits():
     assert prepack_linears(packed) == 2 * 4 + 1  # qkv, out, c_fc, c_proj per layer, and the output layer
     idx = torch.randint(0, 61, (2, 6), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        torch.testing.assert_close(packed(idx)[0], model(idx)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed(idx), model(idx), rtol=1e-5, atol=1e-5)
         for cache in ("dynamic", "static"):
             ref, ref_logits = generate(model, idx, 10, cache=cache, return_logits=True)
             out, logits = generate(packed, idx, 10, cache=cache, return_logits=True)
@@ -79,14 +79,14 @@ def test_a_packed_model_can_be_copied_and_saved():
     prepack_linears(model)
     idx = torch.randint(0, 61, (1, 5))
     with torch.no_grad():
-        ref = model(idx)[0]
+        ref = model(idx)
         clone = copy.deepcopy(model)
         buffer = io.BytesIO()
         torch.save(model, buffer)
         buffer.seek(0)
         loaded = torch.load(buffer, weights_only=False)
         for other in (clone, loaded):
-            torch.testing.assert_close(other(idx)[0], ref)
+            torch.testing.assert_close(other(idx), ref)
             assert other.lm_head.weight is other.wte.weight
 
 
@@ -95,7 +95,7 @@ def test_training_takes_the_plain_path_and_gets_gradients():
     prepack_linears(model)
     model.train()
     idx = torch.randint(0, 61, (2, 6))
-    logits, _ = model(idx)
+    logits = model(idx)
     logits.sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None for g in grads)

@@ -190,7 +190,7 @@ def train_bracket_model(
 
     def loss_for_step(i: int) -> torch.Tensor:
         tokens = task.batch(batch_size, rng)  # (B, T)
-        logits, _ = model(tokens[:, :-1])  # (B, T - 1, V)
+        logits = model(tokens[:, :-1])  # (B, T - 1, V)
         targets = tokens[:, 1:].masked_fill(tokens[:, 1:] == PAD, -100)  # (B, T - 1)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
@@ -320,7 +320,7 @@ def plot_work_per_token(config: GPTConfig, lengths, ax=None):
 
     lengths = [require_int(t, "lengths") for t in lengths]
     ax = new_axes(ax)
-    for use_cache, label in ((False, "no cache: recompute all t tokens"), (True, "KV cache: one new token")):
-        ax.plot(lengths, [generation_macs(t, config, use_cache) for t in lengths], marker=".", label=label)
+    for cached, label in ((False, "no cache: recompute all t tokens"), (True, "KV cache: one new token")):
+        ax.plot(lengths, [generation_macs(t, config, cached) for t in lengths], marker=".", label=label)
     return finish_axes(ax, xlabel="tokens so far, t", ylabel="multiply-adds for the next token",
                        title="Work to produce one token")

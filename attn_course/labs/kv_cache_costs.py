@@ -64,12 +64,12 @@ def time_generation(model: GPT, prompt: torch.Tensor, lengths: Sequence[int],
     """
     lengths = [require_int(n, "lengths") for n in lengths]
     out: dict[str, dict[int, float]] = {m: {} for m in methods}
-    generate(model, prompt, 4, use_cache=False)  # warm-up
+    generate(model, prompt, 4, cache=None)  # warm-up
     generate(model, prompt, 4)
     jobs = [(n, m) for n in lengths for m in methods]
     for n, method in tqdm(jobs, desc="timing generation", disable=not progress, leave=False):
-        kwargs = dict(use_cache=False) if method == "no cache" else dict(cache=method)
-        seconds = best_seconds(lambda n=n, kwargs=kwargs: generate(model, prompt, n, **kwargs),
+        cache = None if method == "no cache" else method
+        seconds = best_seconds(lambda n=n, cache=cache: generate(model, prompt, n, cache=cache),
                                uncached_repeat if method == "no cache" else repeat, warmup=False)
         out[method][n] = n / seconds
     return out
@@ -145,7 +145,7 @@ def decode_intensity(config: GPTConfig, context: int, batch: int = 1, dtype_byte
     once for the whole batch) plus every sequence's cache (``kv_cache_bytes``).
     """
     require_int(batch, "batch")
-    flops = 2 * generation_macs(context + 1, config, use_cache=True) * batch
+    flops = 2 * generation_macs(context + 1, config, cached=True) * batch
     cache = kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, context, batch, dtype_bytes)
     return flops / (weight_bytes(config, dtype_bytes) + cache)
 
@@ -154,7 +154,7 @@ def prefill_intensity(config: GPTConfig, prompt_len: int, dtype_bytes: int = 4) 
     """FLOPs per byte of one prefill pass over ``prompt_len`` tokens (weights read once; the
     attention term counted causally, as in ``generation_macs``; one output row)."""
     T = require_int(prompt_len, "prompt_len")
-    flops = 2 * generation_macs(T, config, use_cache=False)
+    flops = 2 * generation_macs(T, config, cached=False)
     written = kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, T, 1, dtype_bytes)
     return flops / (weight_bytes(config, dtype_bytes) + written)
 
