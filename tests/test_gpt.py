@@ -281,7 +281,7 @@ def test_one_model_call_per_new_token_with_or_without_a_cache():
     idx = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
     for cache in ("dynamic", None):
         fed = []
-        handle = model.register_forward_pre_hook(lambda _m, args: fed.append(args[0].shape[1]))
+        handle = model.register_forward_pre_hook(lambda _m, args, fed=fed: fed.append(args[0].shape[1]))
         try:
             out = generate(model, idx, 4, cache=cache)
         finally:
