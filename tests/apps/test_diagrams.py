@@ -38,7 +38,7 @@ def test_chapters_use_the_alt_text_of_each_diagram():
     import re
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "chapters"
+    root = Path(__file__).resolve().parents[2] / "chapters"
     drawn = set()
     for name in ("11_attention_in_language", "12_attention_in_vision", "13_speech_recsys_graphs"):
         nb = json.loads((root / f"{name}.ipynb").read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ import nbformat
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
 NOTEBOOK = ROOT / "chapters" / "04_scores_to_context.ipynb"  # the quickest chapter (a few seconds)
 

@@ -18,7 +18,7 @@ import pytest
 
 from attn_course.utils import show_source, source_of
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
 
 # (chapter, the name as the page passes it to show_source, the exercise that practises it or None)

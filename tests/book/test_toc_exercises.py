@@ -17,7 +17,7 @@ import yaml
 
 from attn_course.grading.build import learner_path, solution_notebook_paths
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = solution_notebook_paths(ROOT)
 
 

@@ -22,7 +22,7 @@ from attn_course.grading.report import to_json
 from attn_course.grading.runner import Row
 from attn_course.grading.tasks import load_exercises
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EX01 = "ex01_softmax_attention"
 
 

@@ -28,7 +28,7 @@ from attn_course.grading.compare import GRADING_SEED, case_generator
 from attn_course.grading.sandbox import detect
 from attn_course.grading.tasks import load_exercises
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUBMISSIONS = ROOT / "tests" / "submissions"
 HOSTILE = sorted((SUBMISSIONS / "hostile").glob("*.ipynb"))
 # An upload that broke: not JSON. Written at test time, since a committed notebook must be valid.

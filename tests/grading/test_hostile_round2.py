@@ -53,7 +53,7 @@ import pytest
 from attn_course.grading.sandbox import detect
 from attn_course.grading.tasks import load_exercises
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND2 = ROOT / "tests" / "submissions" / "hostile" / "round2"
 EX01 = "ex01_softmax_attention"
 HONEST = [f"ex01_honest_classmate_{x}" for x in "abcd"]
@@ -320,7 +320,7 @@ def test_escape_gets_nothing_and_no_sysctl_opens_for_writing(r2):
 def test_escape_files_are_not_owned_by_host_root(r2):
     """From inside, /proc/self/uid_map shows the parent user namespace's id: with
     --disable-userns bwrap nests two namespaces, so it reads 0 there even though the host uid is
-    the kernel's own. The host side is checked in tests/test_sandbox.py (a file written inside
+    the kernel's own. The host side is checked in tests/grading/test_sandbox.py (a file written inside
     is owned by the kernel's uid); here the report must say that identity is in force."""
     probe = _probe(rows_for(r2, "ex01_hostile_escape"))
     assert "core_pattern_writable=True" not in probe, probe

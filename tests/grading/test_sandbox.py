@@ -2,7 +2,7 @@
 
 The isolation checks run a small Python program inside the sandbox exactly as a kernel is
 started (``Sandbox.command``) and assert what it can and cannot see; they skip where bubblewrap
-does not work, saying how to install it. tests/test_grading.py grades hostile notebooks end to end.
+does not work, saying how to install it. tests/grading/test_grading.py grades hostile notebooks end to end.
 """
 
 import ast

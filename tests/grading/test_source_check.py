@@ -13,7 +13,7 @@ from attn_course.grading.tasks import load_exercises
 EXERCISES = load_exercises()
 EX01 = EXERCISES["ex01_softmax_attention"]
 SOFTMAX, ATTEND = EX01.task("softmax"), EX01.task("attend")
-SOURCE = Path(__file__).resolve().parents[1] / "exercises" / "source"
+SOURCE = Path(__file__).resolve().parents[2] / "exercises" / "source"
 
 SETUP = "import math\nimport functools\nimport torch\nimport torch.nn.functional as F\nfrom attn_course.check import Checker\n"
 HONEST_SOFTMAX = ("def softmax(scores):\n    shifted = scores - scores.amax(-1, keepdim=True)\n"

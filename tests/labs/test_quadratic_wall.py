@@ -19,7 +19,7 @@ from attn_course.labs.quadratic_wall import (
 )
 from attn_course.triton_attention import attention_flops
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

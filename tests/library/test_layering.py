@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "attn_course"
+PACKAGE = Path(__file__).resolve().parents[2] / "attn_course"
 
 
 def module_names(root: Path) -> dict[str, Path]:

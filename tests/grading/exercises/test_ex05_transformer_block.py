@@ -2,7 +2,7 @@
 library, and plausible wrong submissions lose their points with a useful message.
 
 Whole notebooks (the solution source: full marks; the learner notebook: 0) are graded in
-tests/test_grading.py.
+tests/grading/test_grading.py.
 """
 
 import math

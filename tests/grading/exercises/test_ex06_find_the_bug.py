@@ -3,7 +3,7 @@ test tells them apart, and a learner's test earns a point per bug it catches, bu
 accepts the correct attention functions.
 
 Whole notebooks (the solution source: full marks; the learner notebook: 0) are graded in
-tests/test_grading.py; the last test here grades a partial submission in a real kernel.
+tests/grading/test_grading.py; the last test here grades a partial submission in a real kernel.
 """
 
 import itertools

@@ -2,7 +2,7 @@
 plausible wrong submissions lose their points with a message that says where to look.
 
 Whole notebooks (the solution source: full marks; the learner notebook: 0) are graded in
-tests/test_grading.py.
+tests/grading/test_grading.py.
 """
 
 import math
