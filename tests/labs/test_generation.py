@@ -13,8 +13,6 @@ from attn_course.labs.generation import (
     train_bracket_model,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.mark.parametrize("text, error", [
     ("( [ ] ) [ ( ) ] .", None),

@@ -118,6 +118,7 @@ def test_offset_attention_mass_errors():
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.threads(2)  # more than the function under test sets, so that restoring shows
 def test_train_model_restores_threads_and_validates():
     task = TwoOffsetCopyTask(vocab_size=4, seq_len=5, offsets=(1, 2))
     model = AttentionOnlyModel.for_task(task, 4, 2)

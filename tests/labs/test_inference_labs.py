@@ -25,8 +25,6 @@ from attn_course.labs.kv_cache_costs import (  # noqa: E402
     weight_bytes,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny(**kw) -> GPT:
     torch.manual_seed(0)

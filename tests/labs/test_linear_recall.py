@@ -13,8 +13,6 @@ from attn_course.labs.linear_recall import (
 )
 from attn_course.linear import linear_attention, linear_attention_quadratic
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_softmax_decode_step_writes_the_cache_and_attends_over_it():
     g = torch.Generator().manual_seed(0)

@@ -12,8 +12,6 @@ from attn_course.labs.long_range import (
 )
 from attn_course.sparse import longformer_mask, sliding_window_mask, strided_mask
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_each_sequence_has_cls_and_exactly_one_signal():
     task = SignalTask(seq_len=20, n_signals=5, n_filler=7)

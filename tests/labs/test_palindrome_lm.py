@@ -27,9 +27,6 @@ from attn_course.labs.palindrome_lm import (
 )
 from attn_course.transformer import TransformerConfig, TransformerDecoder, TransformerEncoder
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 CORPUS = PalindromeCorpus(num_symbols=10, min_half=3, max_half=6)
 
 

@@ -20,8 +20,6 @@ from attn_course.labs.quadratic_wall import (
 from attn_course.triton_attention import attention_flops
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.mark.parametrize("B, H, N, d", [(1, 1, 16, 8), (2, 3, 40, 5)])
 def test_counted_flops_match_the_formula(B, H, N, d):

@@ -9,6 +9,7 @@ from attn_course.labs.training import run_steps
 from attn_course.utils import best_seconds, num_threads
 
 
+@pytest.mark.threads(2)  # more than the function under test sets, so that restoring shows
 def test_num_threads_sets_and_restores():
     before = torch.get_num_threads()
     with num_threads(1):

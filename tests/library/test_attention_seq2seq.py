@@ -32,8 +32,6 @@ DECODERS = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def small_model(kind: str, seed: int = 0, hidden_dim: int = 16) -> Seq2Seq:
     torch.manual_seed(seed)

@@ -23,8 +23,6 @@ from attn_course.flash import (
     tiled_attention_numpy,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def qkv(B=2, H=3, L=37, S=37, d=16, d_v=8, seed=0, spread=3.0):
     g = torch.Generator().manual_seed(seed)

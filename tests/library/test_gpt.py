@@ -17,8 +17,6 @@ from attn_course.gpt import (
     top_p_filter,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny_config(**overrides) -> GPTConfig:
     base = dict(vocab_size=61, context_length=48, n_layer=2, n_head=4, n_embd=32)

@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from attn_course.gpt import GPT, GPTConfig, generate
 from attn_course.gqa import GroupedQueryAttention, grouped_query_attention, repeat_kv
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 H = 4
 
 

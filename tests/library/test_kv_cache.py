@@ -14,8 +14,6 @@ from attn_course.kv_cache import (
     simulate_paging,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def kv(B=2, H=2, T=1, d=4, start=0):
     """Keys whose every entry is its position, so returned positions can be read off."""

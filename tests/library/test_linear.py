@@ -18,8 +18,6 @@ from attn_course.linear import (
     linear_attention_step,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def qkv(B=2, H=3, L=11, S=11, d=8, d_v=5, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)

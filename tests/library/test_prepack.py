@@ -11,8 +11,6 @@ from attn_course import prepack
 from attn_course.gpt import GPT, GPTConfig, generate
 from attn_course.prepack import PackedLinear, prepack_available, prepack_linears
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 needs_onednn = pytest.mark.skipif(not prepack_available(), reason="this torch build has no oneDNN prepacking")
 
 

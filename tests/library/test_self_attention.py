@@ -228,6 +228,7 @@ def test_layers_to_connect_gives_up_after_max_layers():
     assert layers_to_connect(3, 1) == 0
 
 
+@pytest.mark.threads(2)  # more than the function under test sets, so that restoring shows
 def test_layers_to_connect_restores_the_thread_count():
     n = torch.get_num_threads()
     layers_to_connect(3, 10)
@@ -286,6 +287,7 @@ def test_layer_flops_rejects_unknown_kinds_and_sizes():
 # --------------------------------------------------------------------------- timing
 
 
+@pytest.mark.threads(2)  # more than the function under test sets, so that restoring shows
 def test_time_forward_and_sweep():
     layer = make_layer("self_attention", 4)
     t = time_forward(layer, 8, batch=1, repeats=2)

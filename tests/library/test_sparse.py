@@ -20,8 +20,6 @@ from attn_course.sparse import (
     time_vs_length,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def qkv(B=2, H=2, N=50, d=8, d_v=6, seed=0):
     g = torch.Generator().manual_seed(seed)

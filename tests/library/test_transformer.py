@@ -13,9 +13,6 @@ from attn_course.transformer import (
     num_parameters,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 SMALL = TransformerConfig(vocab_size=11, max_len=12, d_model=24, num_heads=3, num_layers=2, d_ff=40)
 
 

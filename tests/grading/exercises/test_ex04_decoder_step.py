@@ -18,8 +18,6 @@ from attn_course.exercises.ex04_decoder_step import (
 from attn_course.masking import masked_softmax
 from attn_course.seq2seq import BahdanauDecoder, Seq2SeqConfig
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def check():

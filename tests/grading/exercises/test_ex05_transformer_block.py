@@ -23,8 +23,6 @@ from attn_course.exercises.ex05_transformer_block import (
 from attn_course.grading.fixtures import TableLM, resolve
 from attn_course.transformer import TransformerBlock, TransformerConfig, TransformerDecoder
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def check():

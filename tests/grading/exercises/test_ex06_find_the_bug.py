@@ -23,8 +23,6 @@ from attn_course.grading.harness import call_local
 from attn_course.grading.planted_bugs import CORRECT, KNOBS, VARIANTS, is_correct, planted_attention
 from attn_course.masking import padding_mask
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 BUGS = [v for v in VARIANTS if v not in CORRECT]
 TASK = EXERCISE.task("leakage_test")
 ALL_KNOBS = [dict(zip(KNOBS, values)) for values in itertools.product(*KNOBS.values())]

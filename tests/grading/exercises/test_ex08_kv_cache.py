@@ -15,8 +15,6 @@ from attn_course.check import Checker
 from attn_course.exercises.ex08_kv_cache import EXERCISE, attend_one_query_reference, cache_append_reference
 from attn_course.kv_cache import DynamicCache
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def check():

@@ -15,8 +15,6 @@ from attn_course.check import Checker
 from attn_course.exercises.ex09_efficient_attention import EXERCISE
 from attn_course.linear import causal_linear_attention, linear_attention_quadratic
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def check():

@@ -14,8 +14,6 @@ from attn_course.check import Checker
 from attn_course.exercises.ex10_flash_attention import EXERCISE
 from attn_course.flash import memory_traffic, naive_attention
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def check():
