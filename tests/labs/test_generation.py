@@ -1,14 +1,21 @@
-"""The bracket-language lab: the rule-checker, the grammar, and a short training run."""
+"""The generation lab: the bracket language (the rule-checker, the grammar, a short training run),
+left padding, work counting and the sampling distributions."""
 
+import math
 import random
 
+import matplotlib.pyplot as plt
 import pytest
+import torch
 
-from attn_course.gpt import GPT
+from attn_course.gpt import GPT, GPTConfig, generation_macs
 from attn_course.labs.generation import (
     BracketTask,
     check_brackets,
     default_model_config,
+    left_pad,
+    linear_flops,
+    plot_sampling_distributions,
     sample_sentences,
     train_bracket_model,
 )
@@ -56,3 +63,26 @@ def test_short_training_learns_some_rules():
     assert trained.valid_fraction > untrained.valid_fraction + 0.3
     windowed = sample_sentences(model, task, 100, temperature=0.7, window=2)
     assert len(windowed.sentences) == 100
+
+
+def test_left_pad():
+    idx, mask = left_pad([[5, 6, 7], [8]], pad=0)
+    assert idx.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="prompts"):
+        left_pad([[1], []])
+
+
+def test_linear_flops_is_the_formula_without_attention():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=31, context_length=32, n_layer=2, n_head=4, n_embd=16)).eval()
+    cfg = model.config
+    t = 6
+    idx = torch.randint(0, 31, (1, t))
+    attention = cfg.n_layer * cfg.n_embd * t * (t + 1)
+    assert linear_flops(model, idx) == 2 * (generation_macs(t, cfg, use_cache=False) - attention)
+
+
+def test_sampling_distributions_sum_to_one():
+    fig, probs = plot_sampling_distributions(torch.randn(7), {"greedy": {"temperature": 0}, "T=1": {}})
+    assert probs["greedy"].sum() == 1 and math.isclose(probs["T=1"].sum().item(), 1, rel_tol=1e-6)
+    plt.close("all")

@@ -1,7 +1,5 @@
-"""Part IV's lab helpers: left padding, work counting, intensity, cache tables, paging plots,
-and finding/loading local GPT-2 weights (never downloading)."""
-
-import math
+"""Part IV's lab helpers: intensity, cache tables, timing, paging plots, and finding/loading local
+GPT-2 weights (never downloading)."""
 
 import matplotlib
 
@@ -11,10 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from attn_course.gpt import GPT, GPTConfig, generate, generation_macs  # noqa: E402
+from attn_course.gpt import GPT, GPTConfig, generate  # noqa: E402
 from attn_course.kv_cache import published_shapes  # noqa: E402
 from attn_course.labs import gpt2_weights  # noqa: E402
-from attn_course.labs.generation import left_pad, linear_flops, plot_sampling_distributions  # noqa: E402
 from attn_course.labs.kv_cache_costs import (  # noqa: E402
     cache_table,
     decode_intensity,
@@ -29,22 +26,6 @@ from attn_course.labs.kv_cache_costs import (  # noqa: E402
 def tiny(**kw) -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(**{**dict(vocab_size=31, context_length=32, n_layer=2, n_head=4, n_embd=16), **kw})).eval()
-
-
-def test_left_pad():
-    idx, mask = left_pad([[5, 6, 7], [8]], pad=0)
-    assert idx.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    with pytest.raises(ValueError, match="prompts"):
-        left_pad([[1], []])
-
-
-def test_linear_flops_is_the_formula_without_attention():
-    model = tiny()
-    cfg = model.config
-    t = 6
-    idx = torch.randint(0, 31, (1, t))
-    attention = cfg.n_layer * cfg.n_embd * t * (t + 1)
-    assert linear_flops(model, idx) == 2 * (generation_macs(t, cfg, use_cache=False) - attention)
 
 
 def test_weight_bytes_counts_every_parameter_but_positions():
@@ -73,8 +54,6 @@ def test_time_generation_and_plots_return_what_they_measure():
     assert set(tps) == {"no cache", "dynamic", "static"} and all(v > 0 for d in tps.values() for v in d.values())
     ax, stats = plot_paging(max_len=256, block_sizes=(8, 32), num_requests=20)
     assert stats[8].paged_waste < stats[32].paged_waste < stats[8].contiguous_waste
-    fig, probs = plot_sampling_distributions(torch.randn(7), {"greedy": {"temperature": 0}, "T=1": {}})
-    assert probs["greedy"].sum() == 1 and math.isclose(probs["T=1"].sum().item(), 1, rel_tol=1e-6)
     plt.close("all")
 
 
