@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from attn_course.attention import scaled_dot_product_attention
-from attn_course.check import Checker
 from attn_course.exercises.ex06_find_the_bug import EXERCISE, reference_leakage_test
 from attn_course.grading.compare import case_generator, evaluate
 from attn_course.grading.fixtures import MARKER, resolve
@@ -35,11 +34,6 @@ def planted(variant):
 def qkv(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(*shape, generator=g) for _ in range(3))
-
-
-@pytest.fixture
-def check():
-    return Checker("ex06_find_the_bug")
 
 
 @pytest.mark.parametrize("variant", CORRECT)
