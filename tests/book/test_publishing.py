@@ -1,6 +1,8 @@
 """How the book is kept clean, built and deployed: the config files say what CONTRIBUTING.md says."""
 
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,12 +38,64 @@ def test_pre_commit_strips_notebooks_and_runs_ruff():
     assert "ruff" in hooks
 
 
+def make_n(*args: str) -> list[str]:
+    """The commands `make` would run (dry run: nothing runs, nothing is installed)."""
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    out = subprocess.run(["make", "-n", "--no-print-directory", *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.replace("\\\n", " ").splitlines()
+
+
 def test_builds_treat_warnings_as_errors():
-    makefile = (ROOT / "Makefile").read_text()
-    builds = re.findall(r"jupyter-book build .*", makefile)
-    assert len(builds) >= 2 and all("$(STRICT)" in b for b in builds), builds
-    assert re.search(r"^STRICT := -W --keep-going$", makefile, re.M)
-    assert "tests/test_browser.py" in makefile
+    builds = [c for target in ("book", "test", "linkcheck") for c in make_n(target) if "jupyter-book build" in c]
+    assert len(builds) == 3 and all("-W --keep-going" in b for b in builds), builds
+
+
+def test_make_test_runs_every_notebook_once_then_checks_the_book_built_from_them():
+    commands = make_n("test")
+    at = {name: [i for i, c in enumerate(commands) if key in c] for name, key in [
+        ("config", ".ci/book_config.py"), ("nbmake", "--nbmake"), ("build", "jupyter-book build"),
+        ("book_tests", "-m book"), ("apt", "apt-get install"), ("ruff", "ruff check")]}
+    assert all(len(v) == 1 for v in at.values()), at  # one of each: the notebooks run once
+    assert at["apt"] < at["config"] < at["nbmake"] < at["build"] < at["book_tests"]
+    assert "executed-book" in commands[at["build"][0]]
+    book_tests = shlex.split(commands[at["book_tests"][0]].split("pytest", 1)[1])
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                *book_tests], capture_output=True, text=True, cwd=ROOT).stdout
+    assert "test_browser.py::" in collected and "test_book_html.py::" in collected, collected[-2000:]
+
+
+def test_the_executed_copy_gets_the_config_with_execution_off(tmp_path):
+    """Run the config command `make test` would run, writing to tmp_path: the book's config with
+    execution off and every other setting as it is."""
+    [command] = [c for c in make_n("test") if ".ci/book_config.py" in c]
+    args = shlex.split(command)
+    args[3] = str(tmp_path / "_config.yml")  # python book_config.py BASE DEST OVERRIDE
+    subprocess.run([sys.executable, *args[1:]], check=True, cwd=ROOT)
+    base = yaml.safe_load((ROOT / "_config.yml").read_text())
+    executed = yaml.safe_load((tmp_path / "_config.yml").read_text())
+    assert base["execute"]["execute_notebooks"] != "off" and executed["execute"]["execute_notebooks"] == "off"
+    base["execute"]["execute_notebooks"] = "off"
+    assert executed == base
+
+
+def test_a_config_override_that_no_longer_applies_fails(tmp_path):
+    out = subprocess.run([sys.executable, ".ci/book_config.py", "_config.yml", str(tmp_path / "c.yml"),
+                          "{executing: {execute_notebooks: 'off'}}"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "executing" in out.stderr and not (tmp_path / "c.yml").exists()
+
+
+@pytest.mark.parametrize("target", ["install", "test-fast", "lint"])
+def test_only_make_test_and_system_may_run_apt(target):
+    assert not [c for c in make_n(target) if "apt-get" in c]
+
+
+def test_make_lint_needs_only_ruff():
+    """Without the course's environment, lint makes a venv of ruff alone: no torch, no install."""
+    commands = " ".join(make_n("lint", "BIN=/nonexistent"))
+    assert "ruff" in commands and "pip install" in commands
+    assert "torch" not in commands and ".[book,dev]" not in commands and "ipykernel" not in commands
 
 
 def test_book_is_published_from_main():
