@@ -9,7 +9,7 @@ image's file name. For each such image this extension takes, in order:
 3. otherwise "Figure: " and the last paragraph of that markdown cell (which introduces the
    figure), shortened to a few sentences.
 
-tests/test_browser.py fails on a page whose image has no alt text or its file name as alt.
+tests/book/test_browser.py fails on a page whose image has no alt text or its file name as alt.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ The package has two layers, plus the exercise system:
   ``utils`` (seeding, threads, ``show_source``).
 * **The chapters' experiments**, in ``attn_course.labs``: one module per experiment, named for
   its topic (task, data, training run, measurements, the chapter's own figures). A library
-  module never imports a lab; ``tests/test_layering.py`` checks it.
+  module never imports a lab; ``tests/library/test_layering.py`` checks it.
 * **The exercise system**: ``check`` (instant feedback in a notebook), ``grading/`` (the
   grader and the learner-notebook builder), ``exercises/`` (task definitions), ``cli``.
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short GPU check of the Triton FlashAttention kernel (about 3-5 minutes on an H100/H200; at most 240 s of tests + 200 s of benchmark):
-#   1. tests/test_triton_attention.py on CUDA: float16 (every head_dim) and bfloat16 (64, 128),
+#   1. tests/library/test_triton_attention.py on CUDA: float16 (every head_dim) and bfloat16 (64, 128),
 #      causal and not, ragged lengths, L != S, against SDPA in float32;
 #   2. benchmarks/attention.py on CUDA: time and peak extra memory by N (to 16384) of naive,
 #      tiled, SDPA (each backend) and Triton, then TFLOP/s of Triton vs SDPA's flash and cuDNN
@@ -24,7 +24,7 @@ unset TRITON_INTERPRET  # compile for the GPU
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== tests (float16/bfloat16 vs SDPA) =="
-timeout 240 "$PY" -m pytest tests/test_triton_attention.py -q -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/tests.txt"
+timeout 240 "$PY" -m pytest tests/library/test_triton_attention.py -q -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/tests.txt"
 status=${PIPESTATUS[0]}
 
 echo "== benchmark =="

@@ -23,14 +23,16 @@ def root() -> Path:
     return ROOT
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread for the test, restored afterwards: tiny tensors gain nothing from threads,
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """One torch thread for every test, restored afterwards: tiny tensors gain nothing from threads,
     and on a busy CPU extra threads slow them down by an order of magnitude.
 
-    Modules of small-model tests use it for every test: ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    A test that measures or restores the thread count says how many it wants:
+    ``@pytest.mark.threads(2)``, or ``@pytest.mark.threads(None)`` to leave torch's setting as it is.
     """
     from attn_course.utils import num_threads
 
-    with num_threads(1):
+    marker = request.node.get_closest_marker("threads")
+    with num_threads(marker.args[0] if marker else 1, name="the threads marker's argument"):
         yield

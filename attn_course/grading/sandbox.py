@@ -38,7 +38,7 @@ from .places import UID_BASE, UID_SPAN, Limits, Place, can_mount_tmpfs, detect_c
 
 # The files of ``attn_course`` a kernel may import, relative to the package folder: the
 # in-notebook Checker (silent under the grader) and the harness that calls the learner's
-# functions. None of them holds or imports a task's reference (tests/test_sandbox.py checks).
+# functions. None of them holds or imports a task's reference (tests/grading/test_sandbox.py checks).
 KERNEL_FILES: tuple[str, ...] = (
     "__init__.py", "_checks.py", "check.py",
     "grading/__init__.py", "grading/codec.py", "grading/compare.py", "grading/harness.py", "grading/tasks.py",

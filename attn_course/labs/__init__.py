@@ -3,7 +3,7 @@
 A lab holds what one chapter measures: its synthetic task and data, the small model trained on
 it when that model is not a library mechanism, the training run, the measurements and the
 chapter's own figures. Labs import the library (``attn_course.<mechanism>``); the library never
-imports a lab (``tests/test_layering.py`` keeps it so).
+imports a lab (``tests/library/test_layering.py`` keeps it so).
 
 ==========================  ======  ==============================================================
 lab                         chapter what it holds

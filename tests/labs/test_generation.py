@@ -1,0 +1,88 @@
+"""The generation lab: the bracket language (the rule-checker, the grammar, a short training run),
+left padding, work counting and the sampling distributions."""
+
+import math
+import random
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from attn_course.gpt import GPT, GPTConfig, generation_macs
+from attn_course.labs.generation import (
+    BracketTask,
+    check_brackets,
+    default_model_config,
+    left_pad,
+    linear_flops,
+    plot_sampling_distributions,
+    sample_sentences,
+    train_bracket_model,
+)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("( [ ] ) [ ( ) ] .", None),
+    ("( ) .", None),
+    ("( [ ) ] .", "')' at position 2 closes '[' from position 1"),
+    (") .", "')' at position 0 closes nothing"),
+    ("( ( .", "'.' at position 2 while '(' from position 1 is still open"),
+    ("( )", "no '.' at the end"),
+    ("( [", "'[' from position 1 is never closed"),
+    (".", "empty sentence"),
+    ("( ) . (", "tokens after '.' at position 2"),
+    ("( x ) .", "unknown token 'x' at position 1"),
+])
+def test_check_brackets(text, error):
+    assert check_brackets(text) == error
+
+
+def test_check_brackets_limits():
+    assert check_brackets("( ( ( ) ) ) .", max_depth=2) == "nested 3 deep at position 2, more than max_depth = 2"
+    assert check_brackets("( ) ( ) ( ) .", max_pairs=2) == "more than max_pairs = 2 pairs"
+
+
+def test_grammar_sentences_follow_the_rules():
+    task = BracketTask(max_pairs=6, max_depth=3)
+    rng = random.Random(0)
+    sentences = [task.sentence(rng) for _ in range(300)]
+    assert all(check_brackets(s, 3, 6) is None for s in sentences)
+    assert max(len(s.split()) for s in sentences) == task.seq_len - 1
+    batch = task.batch(4, rng)
+    assert batch.shape == (4, task.seq_len)
+    assert task.decode(task.encode(sentences[0])) == sentences[0]
+    assert task.encode(task.decode(batch[0])) == [i for i in batch[0].tolist() if i != 0]
+
+
+def test_short_training_learns_some_rules():
+    task = BracketTask(max_pairs=4, max_depth=3)
+    untrained = sample_sentences(GPT(default_model_config(task)).eval(), task, 100)
+    model, history = train_bracket_model(task, steps=250, progress=False)
+    assert history.losses[-1] < history.losses[0] - 0.5
+    trained = sample_sentences(model, task, 100, temperature=0.7)
+    assert trained.valid_fraction > untrained.valid_fraction + 0.3
+    windowed = sample_sentences(model, task, 100, temperature=0.7, window=2)
+    assert len(windowed.sentences) == 100
+
+
+def test_left_pad():
+    idx, mask = left_pad([[5, 6, 7], [8]], pad=0)
+    assert idx.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="prompts"):
+        left_pad([[1], []])
+
+
+def test_linear_flops_is_the_formula_without_attention():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=31, context_length=32, n_layer=2, n_head=4, n_embd=16)).eval()
+    cfg = model.config
+    t = 6
+    idx = torch.randint(0, 31, (1, t))
+    attention = cfg.n_layer * cfg.n_embd * t * (t + 1)
+    assert linear_flops(model, idx) == 2 * (generation_macs(t, cfg, cached=False) - attention)
+
+
+def test_sampling_distributions_sum_to_one():
+    fig, probs = plot_sampling_distributions(torch.randn(7), {"greedy": {"temperature": 0}, "T=1": {}})
+    assert probs["greedy"].sum() == 1 and math.isclose(probs["T=1"].sum().item(), 1, rel_tol=1e-6)
+    plt.close("all")

@@ -1,0 +1,86 @@
+"""Part IV's lab helpers: intensity, cache tables, timing, paging plots, and finding/loading local
+GPT-2 weights (never downloading)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from attn_course.gpt import GPT, GPTConfig, generate  # noqa: E402
+from attn_course.kv_cache import published_shapes  # noqa: E402
+from attn_course.labs import gpt2_weights  # noqa: E402
+from attn_course.labs.kv_cache_costs import (  # noqa: E402
+    cache_table,
+    decode_intensity,
+    plot_paging,
+    prefill_intensity,
+    read_bandwidth,
+    time_generation,
+    weight_bytes,
+)
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**dict(vocab_size=31, context_length=32, n_layer=2, n_head=4, n_embd=16), **kw})).eval()
+
+
+def test_weight_bytes_counts_every_parameter_but_positions():
+    for kw in ({}, {"n_kv_head": 2}, {"n_kv_head": 1, "bias": False}):
+        model = tiny(**kw)
+        n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("wpe"))
+        assert weight_bytes(model.config) == 4 * n
+
+
+def test_intensities():
+    gpt2 = GPTConfig()
+    assert 0.45 < decode_intensity(gpt2, 512) < 0.55  # ~2 FLOPs per 4-byte weight
+    assert decode_intensity(gpt2, 512, batch=8) > 5 * decode_intensity(gpt2, 512)
+    assert prefill_intensity(gpt2, 512) > 100
+
+
+def test_cache_table():
+    rows = {r["key"]: r for r in cache_table(published_shapes(), tokens=10, batch=2)}
+    assert rows["llama3-8b"]["per_token"] == 2 * 32 * 8 * 128 * 2
+    assert rows["gpt2"]["cache"] == 2 * 12 * 12 * 64 * 2 * 10 * 2
+
+
+def test_time_generation_and_plots_return_what_they_measure():
+    model = tiny()
+    tps = time_generation(model, torch.randint(0, 31, (1, 3)), [4, 8], repeat=1, progress=False)
+    assert set(tps) == {"no cache", "dynamic", "static"} and all(v > 0 for d in tps.values() for v in d.values())
+    ax, stats = plot_paging(max_len=256, block_sizes=(8, 32), num_requests=20)
+    assert stats[8].paged_waste < stats[32].paged_waste < stats[8].contiguous_waste
+    plt.close("all")
+
+
+def test_find_and_load_local_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv(gpt2_weights.ENV_VAR, raising=False)
+    monkeypatch.setattr(gpt2_weights, "_hub_cache_file", lambda repo, name: None)  # an empty HF cache
+    assert gpt2_weights.find_gpt2_weights(folders=[tmp_path]) is None
+    model = tiny()
+    torch.save(gpt2_weights.hf_state_dict(model), tmp_path / "pytorch_model.bin")
+    monkeypatch.setenv(gpt2_weights.ENV_VAR, str(tmp_path))
+    found = gpt2_weights.find_gpt2_weights()
+    assert found == tmp_path / "pytorch_model.bin"
+    loaded = gpt2_weights.load_gpt2_weights(found, model.config)
+    idx = torch.randint(0, 31, (2, 5))
+    assert torch.equal(generate(loaded, idx, 6), generate(model, idx, 6))
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in gpt2_weights.hf_state_dict(model).items() if k != "lm_head.weight"},
+              str(tmp_path / "model.safetensors"))
+    assert gpt2_weights.find_gpt2_weights() == tmp_path / "model.safetensors"
+    loaded = gpt2_weights.load_gpt2_weights(tmp_path / "model.safetensors", model.config)
+    assert torch.equal(generate(loaded, idx, 6), generate(model, idx, 6))
+    assert "never" in gpt2_weights.HOW_TO_GET_GPT2 and gpt2_weights.ENV_VAR in gpt2_weights.HOW_TO_GET_GPT2
+
+
+def test_read_bandwidth_is_a_rate_and_names_bad_sizes():
+    assert 0.1 < read_bandwidth(mbytes=8, repeat=1) < 10_000  # GB/s, on any machine
+    with pytest.raises((TypeError, ValueError), match="mbytes"):
+        read_bandwidth(mbytes=0)

@@ -1,0 +1,111 @@
+"""Sparse patterns and block-skipping attention: equal to dense attention with the same mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attn_course.sparse import (
+    bigbird_layout,
+    block_sparse_attention,
+    dense_masked_attention,
+    global_mask,
+    layout_density,
+    layout_to_mask,
+    longformer_mask,
+    mask_to_layout,
+    sliding_window_mask,
+    strided_mask,
+    time_vs_length,
+)
+
+
+def qkv(B=2, H=2, N=50, d=8, d_v=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, N, d, generator=g), torch.randn(B, H, N, d, generator=g),
+            torch.randn(B, H, N, d_v, generator=g))
+
+
+def test_masks_by_hand():
+    assert sliding_window_mask(4, 1).int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]
+    assert sliding_window_mask(4, 1, causal=True).int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0],
+                                                                     [0, 0, 1, 1]]
+    assert strided_mask(5, 2, causal=True)[4].int().tolist() == [1, 0, 1, 0, 1]
+    g = global_mask(4, [0])
+    assert g[0].all() and g[:, 0].all() and not g[1:, 1:].any()
+    lf = longformer_mask(6, 1, [0])
+    assert torch.equal(lf, sliding_window_mask(6, 1) | global_mask(6, [0]))
+
+
+def test_layout_round_trip_and_density():
+    mask = sliding_window_mask(10, 2)
+    layout = mask_to_layout(mask, 4)  # (3, 3)
+    assert layout.int().tolist() == [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
+    covered = layout_to_mask(layout, 4, 10, 10)
+    assert covered.shape == (10, 10) and (covered | ~mask).all()  # every allowed pair is in an allowed tile
+    assert layout_density(layout) == pytest.approx(7 / 9)
+
+
+def test_bigbird_layout():
+    lay = bigbird_layout(8, window_blocks=3, global_blocks=1, random_blocks=1, seed=3)
+    assert lay[0].all() and lay[:, 0].all() and lay.diagonal().all()
+    assert torch.equal(lay, bigbird_layout(8, 3, 1, 1, seed=3))  # deterministic
+    assert not bigbird_layout(8, causal=True).triu(1).any()
+
+
+PATTERNS = {
+    "window": lambda N: sliding_window_mask(N, 5),
+    "window-causal": lambda N: sliding_window_mask(N, 7, causal=True),
+    "strided+local": lambda N: strided_mask(N, 6, causal=True) | sliding_window_mask(N, 6, causal=True),
+    "longformer": lambda N: longformer_mask(N, 4, [0, 17]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+@pytest.mark.parametrize("block_size", [8, 13])
+def test_block_sparse_equals_dense_and_sdpa(name, block_size):
+    q, k, v = qkv(N=50)
+    mask = PATTERNS[name](50)
+    layout = mask_to_layout(mask, block_size)
+    out = block_sparse_attention(q, k, v, layout, block_size, mask)
+    dense = dense_masked_attention(q, k, v, mask)
+    torch.testing.assert_close(out, dense, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6, rtol=1e-5)
+
+
+def test_block_sparse_with_layout_only_equals_tile_mask():
+    q, k, v = qkv(N=40)
+    layout = bigbird_layout(5, window_blocks=3, global_blocks=1, random_blocks=1)
+    out = block_sparse_attention(q, k, v, layout, 8)
+    torch.testing.assert_close(out, dense_masked_attention(q, k, v, layout_to_mask(layout, 8)), atol=1e-6, rtol=1e-5)
+
+
+def test_rows_without_keys_give_zero():
+    q, k, v = qkv(N=16)
+    layout = torch.zeros(2, 2, dtype=torch.bool)
+    layout[1, 1] = True
+    out = block_sparse_attention(q, k, v, layout, 8)
+    assert (out[:, :, :8] == 0).all()
+    torch.testing.assert_close(out, dense_masked_attention(q, k, v, layout_to_mask(layout, 8)))
+
+
+def test_time_vs_length_rows_agree():
+    rows = time_vs_length([64, 128], lambda N: sliding_window_mask(N, 8), block_size=16, H=1, d=8, repeats=1)
+    assert [r["N"] for r in rows] == [64, 128]
+    assert all(r["max_abs_diff"] < 1e-5 for r in rows)
+    assert rows[1]["density"] < rows[0]["density"]  # a fixed window is a shrinking fraction of N^2
+
+
+def test_errors():
+    q, k, v = qkv(N=20)
+    with pytest.raises(ValueError, match=r"layout has shape \(2, 2\); expected boolean \(3, 3\)"):
+        block_sparse_attention(q, k, v, torch.ones(2, 2, dtype=torch.bool), 8)
+    with pytest.raises(ValueError, match="mask has shape"):
+        block_sparse_attention(q, k, v, torch.ones(3, 3, dtype=torch.bool), 8, mask=torch.ones(5, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="window must be an int >= 0"):
+        sliding_window_mask(10, -1)
+    with pytest.raises(ValueError, match="global_tokens"):
+        global_mask(4, [7])
+    with pytest.raises(TypeError, match="mask must be a 2-D boolean"):
+        mask_to_layout(torch.ones(4, 4), 2)
