@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attn_course._checks import require_floating, shape_error
+from attn_course._checks import require_floating, require_int, shape_error
 from attn_course.utils import num_threads
 
 __all__ = [
@@ -89,19 +89,13 @@ def check_qkv(q: object, k: object, v: object, names: tuple[str, str, str] = ("q
             raise ValueError(f"{name} is on {x.device}; expected {qn}'s device {q.device}")
 
 
-def _check_block(block_size: object, name: str = "block_size") -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"{name} must be a positive int, got {block_size!r}")
-    return block_size
-
-
 def _block_sizes(block_size: int | tuple[int, int]) -> tuple[int, int]:
     """``64`` -> ``(64, 64)``; ``(Bq, Bk)`` stays."""
     if isinstance(block_size, tuple):
         if len(block_size) != 2:
             raise ValueError(f"block_size must be an int or a pair (Bq, Bk), got {block_size!r}")
-        return _check_block(block_size[0], "block_size[0] (Bq)"), _check_block(block_size[1], "block_size[1] (Bk)")
-    b = _check_block(block_size)
+        return require_int(block_size[0], "block_size[0] (Bq)"), require_int(block_size[1], "block_size[1] (Bk)")
+    b = require_int(block_size, "block_size")
     return b, b
 
 
@@ -166,7 +160,7 @@ def online_softmax(x: torch.Tensor, dim: int = -1, block_size: int = 64) -> torc
     time the max grows, so it reads ``x`` twice. Equal to ``torch.softmax`` to rounding.
     """
     require_floating(x, "x")
-    _check_block(block_size)
+    require_int(block_size, "block_size")
     if x.dim() == 0:
         raise shape_error("x", x, "at least one dimension to take the softmax over")
     xt = x.movedim(dim, -1)  # (..., n): the softmax dimension last
@@ -348,7 +342,7 @@ def tiled_attention(
     check_qkv(q, k, v)
     bq, bk = _block_sizes(block_size)
     if threads is not None:
-        _check_block(threads, "threads")
+        require_int(threads, "threads")
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
     q3 = q.reshape(B * H, L, d)  # (BH, L, d): a view when q is contiguous
@@ -466,7 +460,7 @@ def tiled_attention_numpy(
         raise ValueError(
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; expected (B, H, L, d), (B, H, S, d), (B, H, S, d_v)"
         )
-    bs = _check_block(block_size)
+    bs = require_int(block_size, "block_size")
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
     c = _scale(d, scale)
@@ -548,7 +542,7 @@ def memory_traffic(
     """
     for value, name in ((N, "N"), (head_dim, "head_dim"), (sram_bytes, "sram_bytes"),
                         (dtype_bytes, "dtype_bytes"), (batch_heads, "batch_heads")):
-        _check_block(value, name)
+        require_int(value, name)
     M = sram_bytes // dtype_bytes
     if M < 4 * head_dim:
         raise ValueError(
