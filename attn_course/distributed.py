@@ -40,6 +40,7 @@ import torch.multiprocessing as mp
 
 from attn_course._checks import require_int
 from attn_course.flash import block_partial, check_qkv, merge_partials
+from attn_course.masking import causal_mask
 
 __all__ = [
     "ring_attention",
@@ -97,7 +98,7 @@ def ring_attention(
     kv = torch.cat([k_local, v_local], dim=-1).contiguous()  # (B, H, n, d + d_v)
     d = k_local.shape[-1]
     incoming = torch.empty_like(kv)
-    own_mask = torch.ones(n, n, dtype=torch.bool, device=q_local.device).tril() if causal else None  # (n, n)
+    own_mask = causal_mask(n, device=q_local.device) if causal else None  # (n, n)
     state = None  # (m, l, acc) of the keys seen so far
     for step in range(world):
         src = (rank - step) % world  # whose chunk we hold in this step

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 
 from attn_course._checks import require_floating, require_int, shape_error
+from attn_course.masking import causal_mask
+from attn_course.scoring import default_scale
 from attn_course.utils import num_threads
 
 __all__ = [
@@ -99,10 +101,6 @@ def _block_sizes(block_size: int | tuple[int, int]) -> tuple[int, int]:
     return b, b
 
 
-def _scale(d: int, scale: float | None) -> float:
-    return 1.0 / math.sqrt(d) if scale is None else float(scale)
-
-
 # --------------------------------------------------------------------------- naive
 
 
@@ -115,9 +113,9 @@ def naive_attention(
     """
     check_qkv(q, k, v)
     L, S = q.shape[2], k.shape[2]
-    scores = (q @ k.transpose(-2, -1)) * _scale(q.shape[-1], scale)  # (B, H, L, S)
+    scores = (q @ k.transpose(-2, -1)) * default_scale(q.shape[-1], scale)  # (B, H, L, S)
     if causal:
-        hidden = torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1)  # (L, S): True above the diagonal
+        hidden = ~causal_mask(L, S, device=q.device)  # (L, S): True above the diagonal
         scores = scores.masked_fill(hidden, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v  # (B, H, L, S) @ (B, H, S, d_v) -> (B, H, L, d_v)
 
@@ -213,7 +211,7 @@ def block_partial(
     ``mask`` is boolean, broadcastable to ``(..., L, S)``, ``True`` = may attend. Combine partials
     with ``merge_partials``; ``acc / l`` is the output (``0/0`` where every key was masked).
     """
-    scores = (q @ k.transpose(-2, -1)) * _scale(q.shape[-1], scale)  # (..., L, S)
+    scores = (q @ k.transpose(-2, -1)) * default_scale(q.shape[-1], scale)  # (..., L, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     L, d_v = q.shape[-2], v.shape[-1]
@@ -272,7 +270,7 @@ def blockwise_attention(
     bq, bk = _block_sizes(block_size)
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
-    c = _scale(d, scale)
+    c = default_scale(d, scale)
     out = torch.empty(B, H, L, d_v, dtype=q.dtype, device=q.device)
     for i0 in range(0, L, bq):
         qi = q[:, :, i0 : i0 + bq]  # (B, H, nq, d)
@@ -352,7 +350,7 @@ def tiled_attention(
     starts = list(range(0, L, bq))
     n_workers = min(len(starts), torch.get_num_threads() if threads is None else threads)
     if q.device.type != "cpu" or n_workers <= 1:
-        _tiled_rows(q3, kt3, v3, out, starts, causal, bq, bk, _scale(d, scale))
+        _tiled_rows(q3, kt3, v3, out, starts, causal, bq, bk, default_scale(d, scale))
         return out.view(B, H, L, d_v)
     # One Python thread per core, each running single-threaded torch ops on its own query blocks
     # (round-robin, so causal work is balanced). torch releases the GIL inside its ops. On a
@@ -360,7 +358,7 @@ def tiled_attention(
     # that waits for the slowest (possibly descheduled) thread.
     with num_threads(1), ThreadPoolExecutor(n_workers) as pool:
         jobs = [
-            pool.submit(_tiled_rows, q3, kt3, v3, out, starts[w::n_workers], causal, bq, bk, _scale(d, scale))
+            pool.submit(_tiled_rows, q3, kt3, v3, out, starts[w::n_workers], causal, bq, bk, default_scale(d, scale))
             for w in range(n_workers)
         ]
         for job in jobs:
@@ -463,7 +461,7 @@ def tiled_attention_numpy(
     bs = require_int(block_size, "block_size")
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
-    c = _scale(d, scale)
+    c = default_scale(d, scale)
     out = np.empty((B, H, L, d_v), dtype=q.dtype)
     for i0 in range(0, L, bs):
         Qi = q[:, :, i0 : i0 + bs]  # (B, H, nq, d)      load a query block

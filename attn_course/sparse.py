@@ -42,6 +42,7 @@ from attn_course._checks import require_int, require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.flash import check_qkv
 from attn_course.masking import masked_softmax
+from attn_course.scoring import default_scale
 from attn_course.utils import best_seconds, num_threads
 
 __all__ = [
@@ -216,7 +217,7 @@ def block_sparse_attention(
         require_tensor(mask, "mask")
         if mask.dtype != torch.bool or tuple(mask.shape) != (L, S):
             raise shape_error("mask", mask, f"boolean ({L}, {S}) (True = may attend)")
-    c = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    c = default_scale(d, scale)
     out = torch.zeros(B, H, L, d_v, dtype=q.dtype, device=q.device)
     key_pos = torch.arange(S, device=q.device)
     for i in range(Lb):
