@@ -27,9 +27,11 @@ _FLASH = tuple(f"attn_course.flash.{n}" for n in (
     "online_softmax_update", "online_softmax_stats_update", "online_softmax", "block_partial", "merge_partials",
     "naive_attention", "blockwise_attention", "tiled_attention", "tiled_attention_numpy", "memory_traffic"))
 _ATTENTIONS = ("torch.nn.functional.scaled_dot_product_attention", "attn_course.attention.scaled_dot_product_attention",
+               "attn_course.attention.attention_weights_unchecked",
                "attn_course.triton_attention.reference_attention")
 _SOFTMAXES = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax", "torch.special.softmax",
-              "torch._softmax", "attn_course.masking.masked_softmax")
+              "torch._softmax", "attn_course.masking.masked_softmax",
+              "attn_course.masking.masked_softmax_unchecked")
 
 
 def _start(*lead: int, d_v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
