@@ -56,11 +56,35 @@ def require_broadcastable(x: torch.Tensor, name: str, target: Sequence[int], exp
     return x
 
 
-def require_int(value: object, name: str, minimum: int = 1) -> int:
-    """An ``int`` (not a ``bool``) of at least ``minimum``; the error names the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
+def _int_kind(minimum: int, maximum: int | None) -> str:
+    """What ``require_int`` expects, in words: ``a positive int``, ``an int in [0, 4]``, ..."""
+    if maximum is not None:
+        return f"an int in [{minimum}, {maximum}]"
+    return {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+
+
+def _is_int_in(value: object, minimum: int, maximum: int | None) -> bool:
+    # bool is an int subclass, but True as a head count is a bug, not a 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return minimum <= value and (maximum is None or value <= maximum)
+
+
+def require_int(value: object, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """An ``int`` (not a ``bool``) in ``[minimum, maximum]`` (no upper bound by default).
+
+    The error names the argument, the value received and what was expected, e.g.
+    ``num_heads must be a positive int, got 0`` or ``t must be an int in [0, 4], got 5``.
+    """
+    if not _is_int_in(value, minimum, maximum):
+        raise ValueError(f"{name} must be {_int_kind(minimum, maximum)}, got {value!r}")
+    return value
+
+
+def require_optional_int(value: object, name: str, minimum: int = 1, maximum: int | None = None) -> int | None:
+    """``None`` (meaning "use the default") or what ``require_int`` accepts; the error says so."""
+    if value is not None and not _is_int_in(value, minimum, maximum):
+        raise ValueError(f"{name} must be {_int_kind(minimum, maximum)} or None, got {value!r}")
     return value
 
 

@@ -15,6 +15,9 @@ Shapes: ``query (..., L, d_k)``, ``key (..., S, d_k)``, ``value (..., S, d_v)``,
 
 There is one implementation of each step (``scoring.scaled_dot_score``,
 ``masking.masked_softmax``, ``context_vector``); ``scaled_dot_product_attention`` chains them.
+Inputs are validated once, at the door: the public functions check their arguments, then run
+the steps' ``*_unchecked`` cores, which trust their caller. ``attention_weights_unchecked`` is
+that core for callers that have checked their own inputs (``multihead.MultiHeadAttention``).
 ``attention_loop`` is a deliberately slow twin that handles one query at a time, for reading
 and for testing the vectorised version against.
 """
@@ -34,12 +37,13 @@ from attn_course._checks import (
     require_ndim,
     shape_error,
 )
-from attn_course.masking import causal_mask, masked_softmax
-from attn_course.scoring import scaled_dot_score
+from attn_course.masking import causal_mask, masked_softmax_unchecked
+from attn_course.scoring import scaled_dot_score_unchecked
 
 __all__ = [
     "scaled_dot_product_attention",
     "attention_weights",
+    "attention_weights_unchecked",
     "context_vector",
     "attention_loop",
 ]
@@ -48,21 +52,18 @@ __all__ = [
 # --------------------------------------------------------------------------- validation
 
 
-def _combined_mask(
-    mask: torch.Tensor | None, is_causal: bool, target: tuple[int, ...], device: torch.device
-) -> torch.Tensor | None:
-    """Validate ``mask`` against the scores shape ``target`` and AND it with the causal mask."""
+_NO_VALUE = object()  # attention_weights has no value to check (None would be a bad value)
+
+
+def _check_inputs(query: object, key: object, mask: object, value: object = _NO_VALUE) -> None:
+    """The door: ``query``/``key`` (and ``value``, if given) fit together and ``mask`` is boolean,
+    broadcastable to ``(..., L, S)``."""
+    batch = check_query_key(query, key, "query", "key")
+    if value is not _NO_VALUE:
+        check_value(value, key, query)
     if mask is not None:
+        target = (*batch, query.shape[-2], key.shape[-2])  # (..., L, S): the scores' shape
         check_mask(mask, target, "a boolean (..., L, S) mask (True = may attend)")
-    if not is_causal:
-        return mask
-    L, S = target[-2], target[-1]
-    causal = causal_mask(L, S, device=device)  # (L, S), upper-left aligned like torch's is_causal
-    return causal if mask is None else mask & causal  # broadcasts to at most (..., L, S)
-
-
-def _default_scale(d_k: int, scale: float | None) -> float:
-    return 1.0 / math.sqrt(d_k) if scale is None else float(scale)
 
 
 # --------------------------------------------------------------------------- the three steps
@@ -87,11 +88,25 @@ def attention_weights(
     Returns:
         weights ``(..., L, S)``; rows sum to 1, fully masked rows are all zero.
     """
-    batch = check_query_key(query, key, "query", "key")
-    L, S = query.shape[-2], key.shape[-2]
-    mask = _combined_mask(mask, is_causal, (*batch, L, S), query.device)
-    scores = scaled_dot_score(query, key, scale=_default_scale(query.shape[-1], scale))  # (..., L, S)
-    return masked_softmax(scores, mask, dim=-1)  # (..., L, S): normalise over the keys
+    _check_inputs(query, key, mask)
+    return attention_weights_unchecked(query, key, mask, scale, is_causal=is_causal)
+
+
+def attention_weights_unchecked(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    *,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """``attention_weights`` for a caller that has validated its inputs (the same arguments and
+    shapes; ``mask`` boolean, broadcastable to ``(..., L, S)``): trusted, nothing is checked again."""
+    if is_causal:
+        causal = causal_mask(query.shape[-2], key.shape[-2], device=query.device)  # (L, S), upper-left
+        mask = causal if mask is None else mask & causal  # broadcasts to at most (..., L, S)
+    scores = scaled_dot_score_unchecked(query, key, scale)  # (..., L, S); default scale 1 / sqrt(d_k)
+    return masked_softmax_unchecked(scores, mask, dim=-1)  # (..., L, S): normalise over the keys
 
 
 def context_vector(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -113,6 +128,10 @@ def context_vector(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     if values.shape[-2] != S:
         raise shape_error("values", values, f"(..., {S}, d_v): its S must equal weights' last dim = {S}")
     batch_shape(weights, "weights", values, "values", "(..., S, d_v)")
+    return _context(weights, values)  # (..., L, d_v)
+
+
+def _context(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return weights @ values  # (..., L, S) @ (..., S, d_v) -> (..., L, d_v)
 
 
@@ -146,10 +165,10 @@ def scaled_dot_product_attention(
         TypeError: a non-tensor, non-floating or mismatched-dtype input, or a non-boolean mask.
         ValueError: shapes that do not fit, naming the argument, its shape and the expected one.
     """
-    check_query_key(query, key, "query", "key")
-    check_value(value, key, query)
-    weights = attention_weights(query, key, mask, scale, is_causal=is_causal)  # (..., L, S)
-    return context_vector(weights, value), weights  # (..., L, d_v), (..., L, S)
+    _check_inputs(query, key, mask, value)
+    # checked once, above: the three steps run unchecked
+    weights = attention_weights_unchecked(query, key, mask, scale, is_causal=is_causal)  # (..., L, S)
+    return _context(weights, value), weights  # (..., L, d_v), (..., L, S)
 
 
 # --------------------------------------------------------------------------- the readable twin
@@ -169,11 +188,10 @@ def attention_loop(
     Returns:
         ``(output, weights)``: ``(..., L, d_v)`` and ``(..., L, S)``.
     """
-    batch = check_query_key(query, key, "query", "key")
-    check_value(value, key, query)
+    _check_inputs(query, key, mask, value)
+    batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
     L, S, d_k = query.shape[-2], key.shape[-2], query.shape[-1]
     if mask is not None:
-        check_mask(mask, (*batch, L, S), "a boolean (..., L, S) mask (True = may attend)")
         mask = mask.expand(*batch, L, S)  # a view: lets us pick row i below
     outputs, weight_rows = [], []
     for i in range(L):
@@ -181,7 +199,7 @@ def attention_loop(
         # Score of query i against every key: a dot product per key.
         scores_i = (q_i * key).sum(dim=-1) / math.sqrt(d_k)  # (..., 1, d_k) * (..., S, d_k) -> (..., S)
         mask_i = None if mask is None else mask[..., i, :]  # (..., S)
-        w_i = masked_softmax(scores_i, mask_i, dim=-1)  # (..., S): how much query i takes from each key
+        w_i = masked_softmax_unchecked(scores_i, mask_i, dim=-1)  # (..., S): how much query i takes from each key
         # Output i: the values, each weighted by how much query i attends to it, summed.
         out_i = (w_i.unsqueeze(-1) * value).sum(dim=-2)  # (..., S, 1) * (..., S, d_v) -> (..., d_v)
         outputs.append(out_i)

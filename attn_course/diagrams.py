@@ -197,10 +197,9 @@ def draw_word_alignment(source: Sequence[str] | None = None, target: Sequence[st
             raise ValueError(f"{name} must be a non-empty sequence of non-empty strings (words), got {words!r}")
     pairs = []
     for link in links:
-        if (not isinstance(link, Sequence) or len(link) != 2
-                or not all(isinstance(i, int) and not isinstance(i, bool) for i in link)):
+        if not isinstance(link, Sequence) or len(link) != 2:
             raise ValueError(f"each link must be a pair (source_index, target_index) of ints, got {link!r}")
-        s, t = link
+        s, t = require_int(link[0], "a link's source_index", 0), require_int(link[1], "a link's target_index", 0)
         if not (0 <= s < len(source) and 0 <= t < len(target)):
             raise ValueError(f"link {link!r} is out of range: source has {len(source)} words, "
                              f"target has {len(target)}")

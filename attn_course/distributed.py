@@ -38,7 +38,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from attn_course._checks import require_int
 from attn_course.flash import block_partial, check_qkv, merge_partials
+from attn_course.masking import causal_mask
 
 __all__ = [
     "ring_attention",
@@ -96,7 +98,7 @@ def ring_attention(
     kv = torch.cat([k_local, v_local], dim=-1).contiguous()  # (B, H, n, d + d_v)
     d = k_local.shape[-1]
     incoming = torch.empty_like(kv)
-    own_mask = torch.ones(n, n, dtype=torch.bool, device=q_local.device).tril() if causal else None  # (n, n)
+    own_mask = causal_mask(n, device=q_local.device) if causal else None  # (n, n)
     state = None  # (m, l, acc) of the keys seen so far
     for step in range(world):
         src = (rank - step) % world  # whose chunk we hold in this step
@@ -154,8 +156,7 @@ def launch(fn: Callable, world_size: int, args: tuple = (), timeout: float = 120
     ``fn`` use ``torch.distributed.get_rank()``. ``fn`` must be importable (a module-level
     function). Returns the list of the processes' return values, by rank.
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    require_int(world_size, "world_size")
     with tempfile.TemporaryDirectory() as out_dir:
         ctx = mp.start_processes(_worker, args=(world_size, _free_port(), fn, args, out_dir),
                                  nprocs=world_size, join=False, start_method=_start_method())
@@ -225,8 +226,7 @@ def ring_communication_volume(
     """
     for value, name in ((N, "N"), (world_size, "world_size"), (head_dim, "head_dim"), (heads, "heads"),
                         (batch, "batch"), (dtype_bytes, "dtype_bytes")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_int(value, name)
     n = math.ceil(N / world_size)
     sent = 2 * batch * heads * n * head_dim * dtype_bytes
     flops = 4.0 * batch * heads * n * n * head_dim

@@ -43,7 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attn_course._checks import require_floating, shape_error
+from attn_course._checks import require_floating, require_int, shape_error
+from attn_course.masking import causal_mask
+from attn_course.scoring import default_scale
 from attn_course.utils import num_threads
 
 __all__ = [
@@ -89,24 +91,14 @@ def check_qkv(q: object, k: object, v: object, names: tuple[str, str, str] = ("q
             raise ValueError(f"{name} is on {x.device}; expected {qn}'s device {q.device}")
 
 
-def _check_block(block_size: object, name: str = "block_size") -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"{name} must be a positive int, got {block_size!r}")
-    return block_size
-
-
 def _block_sizes(block_size: int | tuple[int, int]) -> tuple[int, int]:
     """``64`` -> ``(64, 64)``; ``(Bq, Bk)`` stays."""
     if isinstance(block_size, tuple):
         if len(block_size) != 2:
             raise ValueError(f"block_size must be an int or a pair (Bq, Bk), got {block_size!r}")
-        return _check_block(block_size[0], "block_size[0] (Bq)"), _check_block(block_size[1], "block_size[1] (Bk)")
-    b = _check_block(block_size)
+        return require_int(block_size[0], "block_size[0] (Bq)"), require_int(block_size[1], "block_size[1] (Bk)")
+    b = require_int(block_size, "block_size")
     return b, b
-
-
-def _scale(d: int, scale: float | None) -> float:
-    return 1.0 / math.sqrt(d) if scale is None else float(scale)
 
 
 # --------------------------------------------------------------------------- naive
@@ -121,9 +113,9 @@ def naive_attention(
     """
     check_qkv(q, k, v)
     L, S = q.shape[2], k.shape[2]
-    scores = (q @ k.transpose(-2, -1)) * _scale(q.shape[-1], scale)  # (B, H, L, S)
+    scores = (q @ k.transpose(-2, -1)) * default_scale(q.shape[-1], scale)  # (B, H, L, S)
     if causal:
-        hidden = torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1)  # (L, S): True above the diagonal
+        hidden = ~causal_mask(L, S, device=q.device)  # (L, S): True above the diagonal
         scores = scores.masked_fill(hidden, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v  # (B, H, L, S) @ (B, H, S, d_v) -> (B, H, L, d_v)
 
@@ -166,7 +158,7 @@ def online_softmax(x: torch.Tensor, dim: int = -1, block_size: int = 64) -> torc
     time the max grows, so it reads ``x`` twice. Equal to ``torch.softmax`` to rounding.
     """
     require_floating(x, "x")
-    _check_block(block_size)
+    require_int(block_size, "block_size")
     if x.dim() == 0:
         raise shape_error("x", x, "at least one dimension to take the softmax over")
     xt = x.movedim(dim, -1)  # (..., n): the softmax dimension last
@@ -219,7 +211,7 @@ def block_partial(
     ``mask`` is boolean, broadcastable to ``(..., L, S)``, ``True`` = may attend. Combine partials
     with ``merge_partials``; ``acc / l`` is the output (``0/0`` where every key was masked).
     """
-    scores = (q @ k.transpose(-2, -1)) * _scale(q.shape[-1], scale)  # (..., L, S)
+    scores = (q @ k.transpose(-2, -1)) * default_scale(q.shape[-1], scale)  # (..., L, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     L, d_v = q.shape[-2], v.shape[-1]
@@ -278,7 +270,7 @@ def blockwise_attention(
     bq, bk = _block_sizes(block_size)
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
-    c = _scale(d, scale)
+    c = default_scale(d, scale)
     out = torch.empty(B, H, L, d_v, dtype=q.dtype, device=q.device)
     for i0 in range(0, L, bq):
         qi = q[:, :, i0 : i0 + bq]  # (B, H, nq, d)
@@ -348,7 +340,7 @@ def tiled_attention(
     check_qkv(q, k, v)
     bq, bk = _block_sizes(block_size)
     if threads is not None:
-        _check_block(threads, "threads")
+        require_int(threads, "threads")
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
     q3 = q.reshape(B * H, L, d)  # (BH, L, d): a view when q is contiguous
@@ -358,7 +350,7 @@ def tiled_attention(
     starts = list(range(0, L, bq))
     n_workers = min(len(starts), torch.get_num_threads() if threads is None else threads)
     if q.device.type != "cpu" or n_workers <= 1:
-        _tiled_rows(q3, kt3, v3, out, starts, causal, bq, bk, _scale(d, scale))
+        _tiled_rows(q3, kt3, v3, out, starts, causal, bq, bk, default_scale(d, scale))
         return out.view(B, H, L, d_v)
     # One Python thread per core, each running single-threaded torch ops on its own query blocks
     # (round-robin, so causal work is balanced). torch releases the GIL inside its ops. On a
@@ -366,7 +358,7 @@ def tiled_attention(
     # that waits for the slowest (possibly descheduled) thread.
     with num_threads(1), ThreadPoolExecutor(n_workers) as pool:
         jobs = [
-            pool.submit(_tiled_rows, q3, kt3, v3, out, starts[w::n_workers], causal, bq, bk, _scale(d, scale))
+            pool.submit(_tiled_rows, q3, kt3, v3, out, starts[w::n_workers], causal, bq, bk, default_scale(d, scale))
             for w in range(n_workers)
         ]
         for job in jobs:
@@ -466,10 +458,10 @@ def tiled_attention_numpy(
         raise ValueError(
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; expected (B, H, L, d), (B, H, S, d), (B, H, S, d_v)"
         )
-    bs = _check_block(block_size)
+    bs = require_int(block_size, "block_size")
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
-    c = _scale(d, scale)
+    c = default_scale(d, scale)
     out = np.empty((B, H, L, d_v), dtype=q.dtype)
     for i0 in range(0, L, bs):
         Qi = q[:, :, i0 : i0 + bs]  # (B, H, nq, d)      load a query block
@@ -548,7 +540,7 @@ def memory_traffic(
     """
     for value, name in ((N, "N"), (head_dim, "head_dim"), (sram_bytes, "sram_bytes"),
                         (dtype_bytes, "dtype_bytes"), (batch_heads, "batch_heads")):
-        _check_block(value, name)
+        require_int(value, name)
     M = sram_bytes // dtype_bytes
     if M < 4 * head_dim:
         raise ValueError(

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
+from attn_course._checks import require_int
+
 __all__ = ["slider_figure"]
 
 # Text glyphs for the player's buttons (matplotlib draws them with an icon font from a CDN).
@@ -139,10 +141,8 @@ def slider_figure(
         raise ValueError(f"label must be a non-empty string, got {label!r}")
     if not isinstance(alt, str) or not alt.strip():
         raise ValueError("alt must be a non-empty string describing the figure")
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(vals):
-        raise ValueError(f"start must be an index into values (0..{len(vals) - 1}), got {start!r}")
-    if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or interval_ms <= 0:
-        raise ValueError(f"interval_ms must be a positive int, got {interval_ms!r}")
+    require_int(start, "start (an index into values)", 0, len(vals) - 1)
+    require_int(interval_ms, "interval_ms")
     fmt.format(vals[0])  # a bad format fails here, with Python's own message
 
     # A Figure, not pyplot: nothing is left open for the notebook to show a second time.

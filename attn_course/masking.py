@@ -58,6 +58,12 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: 
     require_floating(scores, "scores")
     if mask is not None:
         check_mask(mask, scores.shape, "a boolean mask (True = may attend)")
+    return masked_softmax_unchecked(scores, mask, dim)
+
+
+def masked_softmax_unchecked(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
+    """``masked_softmax`` for a caller that has validated ``scores`` (floating) and ``mask`` (boolean,
+    broadcastable to ``scores``) itself, as the attention functions do at their door: trusted."""
     x = scores.float() if scores.dtype in _LOW_PRECISION else scores  # .float() copies; never in place
     if mask is not None:
         x = x.masked_fill(~mask, float("-inf"))  # out of place: the caller's scores stay untouched

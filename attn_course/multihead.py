@@ -13,8 +13,8 @@ Dimension glossary (see ``attn_course`` for the full one)::
 
 * ``split_heads`` / ``merge_heads``  ``(B, T, D) <-> (B, H, T, d)``: a reshape, no arithmetic.
 * ``MultiHeadAttention``             the compact version: one big projection per Q/K/V, then
-                                     every head at once with the package's
-                                     ``scaled_dot_product_attention`` on ``(B, H, L, d)``.
+                                     every head at once with the package's attention
+                                     (``attention_weights``, then ``@ v``) on ``(B, H, L, d)``.
 * ``MultiHeadAttentionLoop``         its naive twin, same parameters: each head projects with
                                      its own slice of the weights and attends on its own, in a
                                      Python loop; the heads' outputs are concatenated.
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_course._checks import require_floating, require_int, require_tensor, shape_error
-from attn_course.attention import context_vector, scaled_dot_product_attention
+from attn_course.attention import attention_weights_unchecked
 from attn_course.masking import causal_mask
 
 __all__ = [
@@ -151,8 +151,9 @@ class MultiHeadAttention(nn.Module):
     weights and a zero attention result (torch gives NaN there), so its output is
     ``out_proj.bias`` (zero when ``bias=False``).
 
-    Dropout (``dropout > 0``, training mode only) is applied to the attention weights before
-    they weight the values, as in torch; the returned weights are those *before* dropout.
+    Dropout (``dropout > 0``, training mode only) is applied once, to the attention weights
+    between the softmax and ``@ v``, as in torch; the returned weights are those *before*
+    dropout (rows sum to 1), the output is computed from the dropped ones.
 
     Args:
         embed_dim: ``D``, the width of queries and of the output.
@@ -285,12 +286,17 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(self.q_proj(query), H)  # (B, L, D) -> (B, H, L, d)
         k = split_heads(self.k_proj(key), H)  # (B, S, D) -> (B, H, S, d)
         v = split_heads(self.v_proj(value), H)  # (B, S, D) -> (B, H, S, d)
-        # every head at once: (B, H) are batch dimensions for the one attention of the package
-        heads, weights = scaled_dot_product_attention(q, k, v, mask, is_causal)  # (B, H, L, d), (B, H, L, S)
-        if self.dropout and self.training:
-            heads = context_vector(F.dropout(weights, self.dropout), v)  # (B, H, L, d)
+        # every head at once: (B, H) are batch dimensions for the one attention of the package;
+        # the inputs were checked above, so its unchecked core
+        weights = attention_weights_unchecked(q, k, mask, is_causal=is_causal)  # (B, H, L, S)
+        heads = self._dropout(weights) @ v  # (B, H, L, S) @ (B, H, S, d) -> (B, H, L, d)
         output = self.out_proj(merge_heads(heads))  # (B, H, L, d) -> (B, L, D) -> (B, L, D)
         return output, (weights if need_weights else None)
+
+    def _dropout(self, weights: torch.Tensor) -> torch.Tensor:
+        """Dropout on the weights, in training mode only: some keys of a row are dropped, the rest
+        scaled by ``1 / (1 - p)`` (so the row sums to 1 on average, not exactly)."""
+        return F.dropout(weights, self.dropout) if self.dropout and self.training else weights
 
     # ----------------------------------------------------------------------- torch interop
 
@@ -338,9 +344,9 @@ class MultiHeadAttentionLoop(MultiHeadAttention):
     """The naive twin of ``MultiHeadAttention``: the same parameters, one head at a time.
 
     Head ``h`` owns rows ``h*d .. (h+1)*d - 1`` of ``W_Q``, ``W_K`` and ``W_V`` (and of their
-    biases): its own small projections ``(d, D)``. The loop projects the inputs with them,
-    runs ``scaled_dot_product_attention`` on ``(B, L, d)`` queries, concatenates the ``H``
-    results along the features and applies ``W_O``. Load the compact module's weights with
+    biases): its own small projections ``(d, D)``. The loop projects the inputs with them, runs
+    the package's attention (``attention_weights``, then ``@ v``) on ``(B, L, d)`` queries,
+    concatenates the ``H`` results along the features and applies ``W_O``. Load the compact module's weights with
     ``loop.load_state_dict(mha.state_dict())``: outputs agree to float rounding.
     """
 
@@ -365,10 +371,8 @@ class MultiHeadAttentionLoop(MultiHeadAttention):
             k_h = F.linear(key, *_rows(self.k_proj, rows))  # (B, S, E_k) -> (B, S, d)
             v_h = F.linear(value, *_rows(self.v_proj, rows))  # (B, S, E_v) -> (B, S, d)
             mask_h = None if mask is None else (mask if mask.dim() == 2 else mask[:, h])  # (B | 1, L, S)
-            out_h, w_h = scaled_dot_product_attention(q_h, k_h, v_h, mask_h, is_causal)  # (B, L, d), (B, L, S)
-            if self.dropout and self.training:
-                out_h = context_vector(F.dropout(w_h, self.dropout), v_h)  # (B, L, d)
-            heads.append(out_h)
+            w_h = attention_weights_unchecked(q_h, k_h, mask_h, is_causal=is_causal)  # (B, L, S)
+            heads.append(self._dropout(w_h) @ v_h)  # (B, L, S) @ (B, S, d) -> (B, L, d)
             head_weights.append(w_h)
         concat = torch.cat(heads, dim=-1)  # H x (B, L, d) -> (B, L, D)
         output = self.out_proj(concat)  # (B, L, D)

@@ -33,6 +33,7 @@ from attn_course._checks import check_query_key, require_int
 __all__ = [
     "dot_score",
     "scaled_dot_score",
+    "default_scale",
     "GeneralScore",
     "AdditiveScore",
     "score_cost",
@@ -40,6 +41,20 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- parameter-free scores
+
+
+def default_scale(d_k: int, scale: float | None = None) -> float:
+    """The score multiplier: ``scale`` when given, else ``1 / sqrt(d_k)`` (why: ``scaled_dot_score``).
+
+    The one place the default is written: every attention of the package (naive, tiled, sparse,
+    Triton, ring) takes its ``scale=None`` from here, so they all agree with torch's default.
+    """
+    return 1.0 / math.sqrt(d_k) if scale is None else float(scale)
+
+
+def _dot(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    # One matrix product computes all L*S dot products at once.
+    return q @ k.transpose(-2, -1)  # (..., L, d_k) @ (..., d_k, S) -> (..., L, S)
 
 
 def dot_score(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -53,8 +68,7 @@ def dot_score(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores ``(..., L, S)`` with ``scores[..., i, j] = q[..., i, :] @ k[..., j, :]``.
     """
     check_query_key(q, k)
-    # One matrix product computes all L*S dot products at once.
-    return q @ k.transpose(-2, -1)  # (..., L, d_k) @ (..., d_k, S) -> (..., L, S)
+    return _dot(q, k)  # (..., L, S)
 
 
 def scaled_dot_score(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -71,10 +85,15 @@ def scaled_dot_score(q: torch.Tensor, k: torch.Tensor, scale: float | None = Non
     Returns:
         scores ``(..., L, S)``.
     """
-    scores = dot_score(q, k)  # (..., L, S); validates q and k
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    return scores * scale  # not in place: dot_score's result may be needed for autograd
+    check_query_key(q, k)
+    return scaled_dot_score_unchecked(q, k, scale)  # (..., L, S)
+
+
+def scaled_dot_score_unchecked(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """``scaled_dot_score`` for a caller that has validated ``q`` and ``k`` itself (the attention
+    functions check them once, at their door): the inputs are trusted, nothing is checked again."""
+    # not in place: the product may be needed for autograd
+    return _dot(q, k) * default_scale(q.shape[-1], scale)  # (..., L, S)
 
 
 # --------------------------------------------------------------------------- learned scores
@@ -102,7 +121,7 @@ class GeneralScore(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         check_query_key(q, k, d_q=self.query_dim, d_k=self.key_dim)
         q_in_key_space = q @ self.W  # (..., L, d_q) @ (d_q, d_k) -> (..., L, d_k)
-        return dot_score(q_in_key_space, k)  # (..., L, S)
+        return _dot(q_in_key_space, k)  # (..., L, S); q and k were checked above
 
     def extra_repr(self) -> str:
         return f"query_dim={self.query_dim}, key_dim={self.key_dim}"

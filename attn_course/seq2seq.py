@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import fmt_shape, require_tensor, shape_error
+from attn_course._checks import fmt_shape, require_int, require_optional_int, require_tensor, shape_error
 from attn_course.attention import context_vector
 from attn_course.combine import GRUInputCombine, LuongCombine
 from attn_course.masking import masked_softmax
@@ -100,8 +100,7 @@ class Seq2SeqConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embed_dim", "hidden_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(value, name)
         if self.vocab_size <= EOS:
             raise ValueError(f"vocab_size must exceed the special tokens (> {EOS}), got {self.vocab_size}")
 
@@ -242,12 +241,6 @@ class FixedContextDecoder(Decoder):
         return logits, None
 
 
-def _check_attn_dim(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class BahdanauDecoder(Decoder):
     """Additive attention in the decoder, as in Bahdanau et al. (2015).
 
@@ -276,7 +269,7 @@ class BahdanauDecoder(Decoder):
         if not isinstance(config, Seq2SeqConfig):
             raise TypeError(f"config must be a Seq2SeqConfig, got {type(config).__name__}")
         D, E = config.hidden_dim, config.embed_dim
-        attn_hidden = D if attn_hidden is None else _check_attn_dim(attn_hidden, "attn_hidden")
+        attn_hidden = D if attn_hidden is None else require_int(attn_hidden, "attn_hidden")
         self.embedding = nn.Embedding(config.vocab_size, E, padding_idx=PAD)
         self.score = AdditiveScore(query_dim=D, key_dim=D, hidden_dim=attn_hidden)
         self.combine = GRUInputCombine(context_dim=D, input_dim=E, state_dim=D)
@@ -448,8 +441,7 @@ class Seq2Seq(nn.Module):
         src, src_lengths = check_source(src, src_lengths)
         if max_len is None:
             max_len = src.shape[1] + 1
-        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
-            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+        require_optional_int(max_len, "max_len")
         encoder_outputs, src_mask, state = self.encode(src, src_lengths)
         B = src.shape[0]
         prev = torch.full((B,), BOS, dtype=torch.long, device=src.device)  # (B,)

@@ -38,10 +38,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from attn_course._checks import require_tensor, shape_error
+from attn_course._checks import require_int, require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.flash import check_qkv
 from attn_course.masking import masked_softmax
+from attn_course.scoring import default_scale
 from attn_course.utils import best_seconds, num_threads
 
 __all__ = [
@@ -59,12 +60,6 @@ __all__ = [
 ]
 
 
-def _positive(x: object, name: str, minimum: int = 1) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {x!r}")
-    return x
-
-
 def _positions(N: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     i = torch.arange(N, device=device).unsqueeze(1)  # (N, 1) query positions
     j = torch.arange(N, device=device).unsqueeze(0)  # (1, N) key positions
@@ -76,8 +71,8 @@ def _positions(N: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sliding_window_mask(N: int, window: int, causal: bool = False, device=None) -> torch.Tensor:
     """``(N, N)``: query ``i`` sees keys ``j`` with ``|i - j| <= window`` (``i - window <= j <= i`` if causal)."""
-    _positive(N, "N")
-    _positive(window, "window", 0)
+    require_int(N, "N")
+    require_int(window, "window", 0)
     i, j = _positions(N, device)
     mask = (i - j).abs() <= window  # (N, N) a band around the diagonal
     return mask & (j <= i) if causal else mask
@@ -89,8 +84,8 @@ def strided_mask(N: int, stride: int, causal: bool = False, device=None) -> torc
     Paired with a sliding window of width ``stride`` (two heads, or OR-ed), every position
     reaches every earlier one in two steps (Child et al. 2019).
     """
-    _positive(N, "N")
-    _positive(stride, "stride")
+    require_int(N, "N")
+    require_int(stride, "stride")
     i, j = _positions(N, device)
     mask = (i - j) % stride == 0  # (N, N)
     return mask & (j <= i) if causal else mask
@@ -98,7 +93,7 @@ def strided_mask(N: int, stride: int, causal: bool = False, device=None) -> torc
 
 def global_mask(N: int, global_tokens: Sequence[int], device=None) -> torch.Tensor:
     """``(N, N)``: the ``global_tokens`` attend to every key and every query attends to them."""
-    _positive(N, "N")
+    require_int(N, "N")
     idx = torch.as_tensor(list(global_tokens), dtype=torch.long, device=device)
     if idx.numel() and (idx.min() < 0 or idx.max() >= N):
         raise ValueError(f"global_tokens must be positions in [0, {N}), got {list(global_tokens)}")
@@ -120,7 +115,7 @@ def mask_to_layout(mask: torch.Tensor, block_size: int) -> torch.Tensor:
     require_tensor(mask, "mask")
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise TypeError(f"mask must be a 2-D boolean (L, S) tensor, got dtype {mask.dtype} and shape {tuple(mask.shape)}")
-    b = _positive(block_size, "block_size")
+    b = require_int(block_size, "block_size")
     L, S = mask.shape
     Lb, Sb = math.ceil(L / b), math.ceil(S / b)
     padded = torch.zeros(Lb * b, Sb * b, dtype=torch.bool, device=mask.device)
@@ -133,7 +128,7 @@ def layout_to_mask(layout: torch.Tensor, block_size: int, L: int | None = None, 
     require_tensor(layout, "layout")
     if layout.dtype != torch.bool or layout.dim() != 2:
         raise TypeError(f"layout must be a 2-D boolean (Lb, Sb) tensor, got {layout.dtype} {tuple(layout.shape)}")
-    b = _positive(block_size, "block_size")
+    b = require_int(block_size, "block_size")
     mask = layout.repeat_interleave(b, dim=0).repeat_interleave(b, dim=1)  # (Lb * b, Sb * b)
     return mask[: L or mask.shape[0], : S or mask.shape[1]]
 
@@ -152,10 +147,10 @@ def bigbird_layout(
     ``global_blocks`` blocks (which also see everything) and ``random_blocks`` random blocks
     (fixed by ``seed``). With ``causal`` everything above the block diagonal is dropped.
     """
-    _positive(n_blocks, "n_blocks")
-    _positive(window_blocks, "window_blocks", 0)
-    _positive(global_blocks, "global_blocks", 0)
-    _positive(random_blocks, "random_blocks", 0)
+    require_int(n_blocks, "n_blocks")
+    require_int(window_blocks, "window_blocks", 0)
+    require_int(global_blocks, "global_blocks", 0)
+    require_int(random_blocks, "random_blocks", 0)
     i, j = _positions(n_blocks, None)
     layout = (i - j).abs() <= window_blocks // 2  # (n, n) band of blocks
     layout[:global_blocks, :] = True
@@ -211,7 +206,7 @@ def block_sparse_attention(
         ``(B, H, L, d_v)``; a query with no allowed key gets 0 (as in ``masked_softmax``).
     """
     check_qkv(q, k, v)
-    b = _positive(block_size, "block_size")
+    b = require_int(block_size, "block_size")
     B, H, L, d = q.shape
     S, d_v = k.shape[2], v.shape[3]
     Lb, Sb = math.ceil(L / b), math.ceil(S / b)
@@ -222,7 +217,7 @@ def block_sparse_attention(
         require_tensor(mask, "mask")
         if mask.dtype != torch.bool or tuple(mask.shape) != (L, S):
             raise shape_error("mask", mask, f"boolean ({L}, {S}) (True = may attend)")
-    c = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    c = default_scale(d, scale)
     out = torch.zeros(B, H, L, d_v, dtype=q.dtype, device=q.device)
     key_pos = torch.arange(S, device=q.device)
     for i in range(Lb):

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_floating, require_tensor, shape_error
+from attn_course._checks import require_floating, require_int, require_tensor, shape_error
 from attn_course.multihead import MultiHeadAttention
 from attn_course.positional import LearnedPositionalEmbedding
 
@@ -78,8 +78,7 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "num_heads", "num_layers", "d_ff"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+            require_int(value, f"TransformerConfig.{name}")
         if self.d_model % self.num_heads:
             divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0]
             raise ValueError(
@@ -324,8 +323,7 @@ class TransformerDecoder(TransformerLM):
             ``(B, T0 + max_new_tokens)``: the prompt followed by the new tokens.
         """
         self._check_tokens(prompt, None)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        require_int(max_new_tokens, "max_new_tokens", 0)
         total = prompt.shape[1] + max_new_tokens
         if total > self.config.max_len:
             raise ValueError(

@@ -29,12 +29,13 @@ environment **before** this module (or triton) is imported. Importing this modul
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
 from attn_course.flash import check_qkv
+from attn_course.masking import causal_mask
+from attn_course.scoring import default_scale
 
 try:  # triton is optional: the kernel below only exists when it is installed
     import triton
@@ -259,7 +260,7 @@ def flash_attention(
     _check_runnable(q)
     if L == 0 or S == 0 or B * H == 0:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must have at least one query and one key")
-    sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    sm_scale = default_scale(d, scale)
     out = torch.empty(B, H, L, d, dtype=q.dtype, device=q.device)  # (B, H, L, d)
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # (query blocks, batch x heads)
     _attn_fwd[grid](
@@ -280,10 +281,10 @@ def reference_attention(
     """The naive reference in float32: ``softmax(q k^T * scale) v`` with the full score matrix."""
     check_qkv(q, k, v)
     L, S = q.shape[2], k.shape[2]
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    sm_scale = default_scale(q.shape[-1], scale)
     scores = (q.float() @ k.float().transpose(-2, -1)) * sm_scale  # (B, H, L, S)
     if causal:
-        scores = scores.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        scores = scores.masked_fill(~causal_mask(L, S, device=q.device), float("-inf"))  # (B, H, L, S)
     return (torch.softmax(scores, -1) @ v.float()).to(q.dtype)  # (B, H, L, d)
 
 

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from attn_course._checks import require_int, require_optional_int
+
 
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator seeded the same way.
@@ -52,8 +54,7 @@ def num_threads(n: int | None, name: str = "threads") -> Iterator[None]:
     their tensors are tiny, so one thread is fastest, and on a busy machine by far.
     ``name`` is the caller's parameter name, for the error message.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {n!r}")
+    require_optional_int(n, name)
     before = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)
@@ -69,8 +70,7 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: bool = True
     The best, not the mean: it is the run that the other programs on a shared machine disturbed
     least. Callers that warm up differently (once for many timings) pass ``warmup=False``.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    require_int(repeats, "repeats")
     if warmup:
         fn()
     best = float("inf")

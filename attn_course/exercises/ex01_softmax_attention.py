@@ -19,9 +19,11 @@ from ..scoring import dot_score, scaled_dot_score
 
 # The library versions of what the tasks ask for: calling them instead scores nothing.
 _SOFTMAXES = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax", "torch.special.softmax",
-              "torch._softmax", "attn_course.masking.masked_softmax")
+              "torch._softmax", "attn_course.masking.masked_softmax",
+              "attn_course.masking.masked_softmax_unchecked")
 _ATTENTIONS = ("torch.nn.functional.scaled_dot_product_attention",
-               "attn_course.attention.scaled_dot_product_attention")
+               "attn_course.attention.scaled_dot_product_attention",
+               "attn_course.attention.attention_weights_unchecked")
 
 
 def _softmax_cases(g: torch.Generator) -> list[Case]:
@@ -83,10 +85,11 @@ EXERCISE = Exercise(
              hint="Softmax over the last dimension: exp(x - max) / sum(exp(x - max)). "
                   "Subtracting each row's max changes nothing mathematically and keeps exp() finite."),
         Task("dot_scores", dot_score, _score_cases, arg_names=("query", "keys"),
-             forbidden=("attn_course.scoring.dot_score", "attn_course.scoring.scaled_dot_score"),
+             forbidden=("attn_course.scoring.dot_score", "attn_course.scoring.scaled_dot_score",
+                        "attn_course.scoring.scaled_dot_score_unchecked"),
              hint="scores[..., i, j] = query[..., i, :] . keys[..., j, :], which is query @ keys.transpose(-2, -1)."),
         Task("scaled_dot_scores", scaled_dot_score, _score_cases, arg_names=("query", "keys"),
-             forbidden=("attn_course.scoring.scaled_dot_score",),
+             forbidden=("attn_course.scoring.scaled_dot_score", "attn_course.scoring.scaled_dot_score_unchecked"),
              hint="Divide the dot products by sqrt(d), where d = query.shape[-1]."),
         Task("context_vector", context_vector, _context_cases, arg_names=("weights", "values"),
              forbidden=("attn_course.attention.context_vector",),

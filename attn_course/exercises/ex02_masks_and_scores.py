@@ -17,9 +17,11 @@ from ..masking import causal_mask, masked_softmax, padding_mask
 from ..scoring import AdditiveScore, GeneralScore
 
 _SOFTMAXES = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax", "torch.special.softmax",
-              "torch._softmax", "attn_course.masking.masked_softmax")
+              "torch._softmax", "attn_course.masking.masked_softmax",
+              "attn_course.masking.masked_softmax_unchecked")
 _ATTENTIONS = ("torch.nn.functional.scaled_dot_product_attention",
-               "attn_course.attention.scaled_dot_product_attention", "attn_course.attention.attention_weights")
+               "attn_course.attention.scaled_dot_product_attention",
+               "attn_course.attention.attention_weights_unchecked", "attn_course.attention.attention_weights")
 
 
 def _bool(g: torch.Generator, *shape: int, p: float = 0.7) -> torch.Tensor:

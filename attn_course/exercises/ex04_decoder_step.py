@@ -31,7 +31,9 @@ from ..masking import masked_softmax, padding_mask
 from ..scoring import AdditiveScore
 
 _SHORTCUTS = ("attn_course.scoring.AdditiveScore.forward", "attn_course.masking.masked_softmax",
-              "attn_course.attention.scaled_dot_product_attention", "attn_course.seq2seq.BahdanauDecoder.step")
+              "attn_course.masking.masked_softmax_unchecked",
+              "attn_course.attention.scaled_dot_product_attention",
+               "attn_course.attention.attention_weights_unchecked", "attn_course.seq2seq.BahdanauDecoder.step")
 _GRU = ("torch.gru_cell", "torch.nn.GRUCell.forward", "torch.nn.GRU.forward",
         "attn_course.combine.GRUInputCombine.forward")
 

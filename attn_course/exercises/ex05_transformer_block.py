@@ -28,7 +28,7 @@ from ..grading.tasks import Case, Exercise, Task, randn
 from ..transformer import IGNORE_INDEX, TransformerBlock, TransformerConfig
 
 _ATTENTIONS = ("attn_course.transformer.TransformerBlock.forward", "attn_course.multihead.MultiHeadAttention.forward",
-               "attn_course.attention.scaled_dot_product_attention",
+               "attn_course.attention.scaled_dot_product_attention", "attn_course.attention.attention_weights_unchecked",
                "torch.nn.functional.scaled_dot_product_attention",
                "torch.nn.functional.multi_head_attention_forward", "torch.nn.MultiheadAttention.forward",
                "torch.nn.TransformerEncoderLayer.forward")

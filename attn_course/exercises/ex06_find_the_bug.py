@@ -35,6 +35,7 @@ import torch
 
 from ..grading.fixtures import fixture
 from ..grading.tasks import Case, Exercise, Task
+from ..masking import causal_mask
 
 
 def reference_leakage_test(attention: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> bool:
@@ -45,7 +46,7 @@ def reference_leakage_test(attention: Callable[..., tuple[torch.Tensor, torch.Te
     out, weights = attention(q, k, v, is_causal=True)
     # 1. It computes what it should: softmax(q k^T / sqrt(d)) with the future masked, times v.
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (B, H, T, T)
-    future = ~torch.ones(T, T, dtype=torch.bool).tril()  # (T, T): True above the diagonal
+    future = ~causal_mask(T)  # (T, T): True above the diagonal
     expected = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)  # (B, H, T, T)
     if not (torch.allclose(weights, expected, atol=1e-5) and torch.allclose(out, expected @ v, atol=1e-5)):
         return False

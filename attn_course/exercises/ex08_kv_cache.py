@@ -27,7 +27,7 @@ from ..gqa import repeat_kv
 from ..grading.tasks import Case, Exercise, Task, randn
 from ..kv_cache import kv_cache_bytes
 
-_ATTENTIONS = ("attn_course.attention.scaled_dot_product_attention",
+_ATTENTIONS = ("attn_course.attention.scaled_dot_product_attention", "attn_course.attention.attention_weights_unchecked",
                "attn_course.gqa.grouped_query_attention",
                "torch.nn.functional.scaled_dot_product_attention",
                "torch.nn.functional.multi_head_attention_forward")

@@ -14,6 +14,7 @@ import torch
 
 from .. import linear, sparse
 from ..grading.tasks import Case, Exercise, Task, randn
+from ..masking import causal_mask
 from ..triton_attention import attention_flops
 
 
@@ -40,7 +41,7 @@ def _window_cases(g: torch.Generator) -> list[Case]:
 
 
 def _layout_cases(g: torch.Generator) -> list[Case]:
-    causal = torch.ones(12, 12, dtype=torch.bool).tril()
+    causal = causal_mask(12)  # (12, 12)
     return [
         Case("sliding window, 16 tokens, blocks of 4", (sparse.sliding_window_mask(16, 2), 4)),
         Case("causal, blocks of 4", (causal, 4)),

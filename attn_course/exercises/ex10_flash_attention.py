@@ -20,15 +20,18 @@ import torch
 
 from .. import flash
 from ..grading.tasks import Case, Exercise, Task, randn
+from ..masking import causal_mask
 
 # The library (and torch) versions of what the tasks ask for: calling them scores nothing.
 _FLASH = tuple(f"attn_course.flash.{n}" for n in (
     "online_softmax_update", "online_softmax_stats_update", "online_softmax", "block_partial", "merge_partials",
     "naive_attention", "blockwise_attention", "tiled_attention", "tiled_attention_numpy", "memory_traffic"))
 _ATTENTIONS = ("torch.nn.functional.scaled_dot_product_attention", "attn_course.attention.scaled_dot_product_attention",
+               "attn_course.attention.attention_weights_unchecked",
                "attn_course.triton_attention.reference_attention")
 _SOFTMAXES = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax", "torch.special.softmax",
-              "torch._softmax", "attn_course.masking.masked_softmax")
+              "torch._softmax", "attn_course.masking.masked_softmax",
+              "attn_course.masking.masked_softmax_unchecked")
 
 
 def _start(*lead: int, d_v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,7 +52,7 @@ def _update_cases(g: torch.Generator) -> list[Case]:
     m2, l2, acc2 = _partial(g, 1, 2, 4, 6, 3, 5, scale=3.0)
     low_scores = randn(g, 1, 2, 4, 3) - 20.0  # every score below the running max: m stays
     masked = randn(g, 2, 3, 7)  # (H, L, Bk) with a causal-style triangle of -inf
-    masked = masked.masked_fill(torch.ones(3, 7, dtype=torch.bool).triu(1), float("-inf"))
+    masked = masked.masked_fill(~causal_mask(3, 7), float("-inf"))  # -inf above the diagonal
     m_dead, l_dead, acc_dead = _start(2, 4, d_v=3)
     dead_scores = randn(g, 2, 4, 5)
     dead_scores[0, 1] = float("-inf")  # row (0, 1): every key so far masked, and in this block too

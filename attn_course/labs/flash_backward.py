@@ -17,6 +17,7 @@ import math
 import torch
 
 from attn_course.flash import block_partial, check_qkv
+from attn_course.masking import causal_mask
 
 __all__ = ["forward_with_lse", "flash_backward"]
 
@@ -27,7 +28,7 @@ def forward_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     check_qkv(q, k, v)
     mask = None
     if causal:
-        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()  # (L, S)
+        mask = causal_mask(q.shape[2], k.shape[2], device=q.device)  # (L, S)
     m, row_sum, acc = block_partial(q, k, v, mask=mask)  # the whole row as one block: m and the sum exact
     return acc / row_sum.unsqueeze(-1), m + torch.log(row_sum)
 

@@ -278,8 +278,10 @@ def offset_attention_mass(weights: torch.Tensor, offsets: Sequence[int]) -> torc
         raise shape_error("weights", weights, "(B, H, T, T) (self-attention weights)")
     T = weights.shape[-1]
     offsets = list(offsets)
-    if not offsets or not all(isinstance(o, int) and not isinstance(o, bool) and 1 <= o < T for o in offsets):
-        raise ValueError(f"offsets must be ints in 1 .. {T - 1} (T = {T}), got {offsets!r}")
+    if not offsets:
+        raise ValueError(f"offsets must be ints in [1, {T - 1}] (T = {T}), got {offsets!r}")
+    for i, o in enumerate(offsets):
+        require_int(o, f"offsets[{i}]", 1, T - 1)
     t = torch.arange(max(offsets), T, device=weights.device)  # query positions with a target
     return torch.stack(
         [weights[:, :, t, t - o].mean(dim=(0, 2)) for o in offsets],  # (B, H, len(t)) -> (H,)

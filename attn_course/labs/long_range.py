@@ -24,6 +24,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import nn
 
+from attn_course._checks import require_int
 from attn_course.labs.training import TrainHistory, run_steps
 from attn_course.multihead import MultiHeadAttention
 from attn_course.plotting import UNIT_YLIM, finish_axes, new_axes
@@ -50,8 +51,9 @@ class SignalTask:
     n_filler: int = 16  # kinds of filler token
 
     def __post_init__(self) -> None:
-        if self.seq_len < 2 or self.n_signals < 2 or self.n_filler < 1:
-            raise ValueError(f"SignalTask needs seq_len >= 2, n_signals >= 2, n_filler >= 1, got {self}")
+        require_int(self.seq_len, "SignalTask.seq_len", 2)  # [CLS] and at least one more token
+        require_int(self.n_signals, "SignalTask.n_signals", 2)  # one class is no classification
+        require_int(self.n_filler, "SignalTask.n_filler")
 
     @property
     def vocab_size(self) -> int:

@@ -26,7 +26,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import nn
 
-from attn_course._checks import fmt_shape, require_tensor, shape_error
+from attn_course._checks import fmt_shape, require_int, require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.masking import causal_mask, combine_masks, finite_masked_softmax, neg_inf_softmax
 from attn_course.plotting import check_curves, finish_axes, new_axes
@@ -72,8 +72,7 @@ class MaskedAttentionModel(nn.Module):
     ) -> None:
         super().__init__()
         for value, name in ((vocab_size, "vocab_size"), (d_model, "d_model"), (num_layers, "num_layers")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(value, name)
         if softmax not in ("masked", "neg_inf", "finite"):
             raise ValueError(f"softmax must be 'masked', 'neg_inf' or 'finite', got {softmax!r}")
         self.vocab_size, self.causal, self.softmax = vocab_size, causal, softmax
@@ -207,8 +206,7 @@ def causal_leakage(
     """
     _check_x(x)
     T = x.shape[1]
-    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < T:
-        raise ValueError(f"t must be an int in [0, T={T}), got {t!r}")
+    require_int(t, "t", 0, T - 1)
     future = torch.arange(T) > t  # (T,)
     x_other = perturb(x, future, vocab_size=vocab_size, generator=generator)
     return float(position_changes(fn, x, x_other)[: t + 1].max())

@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from attn_course._checks import require_int
 from attn_course.kv_cache import ModelShape
 from attn_course.plotting import finish_axes, new_axes
 from attn_course.utils import best_seconds, num_threads
@@ -211,8 +212,7 @@ def long_context_budget(model: ModelShape, N: int, hw: Hardware = H200, achieved
     * ``naive_traffic_seconds``  naive attention's reads and writes of the scores (``4 N^2`` per
       head and layer, as in ``flash.memory_traffic``) at the HBM bandwidth.
     """
-    if N < 1:
-        raise ValueError(f"N must be a positive int, got {N!r}")
+    require_int(N, "N")
     L, H, d = model.num_layers, model.num_heads, model.head_dim
     head = N * N * dtype_bytes
     attn = L * 4.0 * N * N * d * H / 2  # causal: half the score matrix

@@ -40,7 +40,14 @@ from dataclasses import dataclass
 
 import torch
 
-from attn_course._checks import fmt_shape, require_floating, require_tensor, shape_error
+from attn_course._checks import (
+    fmt_shape,
+    require_floating,
+    require_int,
+    require_optional_int,
+    require_tensor,
+    shape_error,
+)
 from attn_course.labs.training import TrainHistory, run_steps
 from attn_course.seq2seq import (
     BOS,
@@ -95,12 +102,9 @@ class SequenceTask:
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"kind must be one of {TASK_KINDS}, got {self.kind!r}")
-        if not isinstance(self.n_symbols, int) or self.n_symbols < 2:
-            raise ValueError(f"n_symbols must be an int >= 2, got {self.n_symbols!r}")
-        if not isinstance(self.min_len, int) or self.min_len < 1:
-            raise ValueError(f"min_len must be an int >= 1, got {self.min_len!r}")
-        if not isinstance(self.max_len, int) or self.max_len < self.min_len:
-            raise ValueError(f"max_len must be an int >= min_len ({self.min_len}), got {self.max_len!r}")
+        require_int(self.n_symbols, "n_symbols", 2)
+        require_int(self.min_len, "min_len")
+        require_int(self.max_len, "max_len (at least min_len)", self.min_len)
 
     @property
     def vocab_size(self) -> int:
@@ -140,8 +144,7 @@ class SequenceTask:
             a :class:`Batch` with ``src`` ``(B, S)``, ``src_lengths`` ``(B,)``,
             ``tgt_in`` and ``tgt_out`` ``(B, S + 1)``, where ``S`` is the longest length drawn.
         """
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        require_int(batch_size, "batch_size")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if length is None:
@@ -149,8 +152,7 @@ class SequenceTask:
                 self.min_len, self.max_len + 1, (batch_size,), generator=generator
             )  # (B,)
         else:
-            if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-                raise ValueError(f"length must be a positive int or None, got {length!r}")
+            require_optional_int(length, "length")
             lengths = torch.full((batch_size,), length, dtype=torch.long)  # (B,)
         S = int(lengths.max())
         symbols = torch.randint(
@@ -236,8 +238,7 @@ def train_seq2seq(
         raise ValueError(
             f"task needs vocab_size {task.vocab_size} but the model has {model.config.vocab_size}"
         )
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    require_int(steps, "steps")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     device = next(model.parameters()).device
@@ -291,10 +292,11 @@ def evaluate_by_length(
     if not isinstance(task, SequenceTask):
         raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
     lengths = list(lengths)
-    if not lengths or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lengths):
+    if not lengths:
         raise ValueError(f"lengths must be a non-empty sequence of positive ints, got {lengths!r}")
-    if not isinstance(n_per_length, int) or isinstance(n_per_length, bool) or n_per_length < 1:
-        raise ValueError(f"n_per_length must be a positive int, got {n_per_length!r}")
+    for i, n in enumerate(lengths):
+        require_int(n, f"lengths[{i}]")
+    require_int(n_per_length, "n_per_length")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -338,8 +340,7 @@ def true_alignment(src_lengths: torch.Tensor, tgt_len: int, kind: str = "reverse
         raise shape_error("src_lengths", src_lengths, "(B,)")
     if src_lengths.dtype == torch.bool or src_lengths.is_floating_point() or src_lengths.is_complex():
         raise TypeError(f"src_lengths must be an integer tensor, got dtype {src_lengths.dtype}")
-    if isinstance(tgt_len, bool) or not isinstance(tgt_len, int) or tgt_len < 0:
-        raise ValueError(f"tgt_len must be a non-negative int, got {tgt_len!r}")
+    require_int(tgt_len, "tgt_len", 0)
     if kind not in TASK_KINDS:
         raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")
     t = torch.arange(tgt_len, device=src_lengths.device).unsqueeze(0)  # (1, T)
@@ -411,7 +412,6 @@ def alignment_accuracy(
     Returns:
         a float in ``[0, 1]``.
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance must be a non-negative int, got {tolerance!r}")
+    require_int(tolerance, "tolerance", 0)
     offsets = alignment_offsets(attn, src_lengths, tgt_lengths, kind)  # (N,)
     return float((offsets.abs() <= tolerance).float().mean())

@@ -239,8 +239,7 @@ def reach(
         bool ``(T,)``, ``True`` = output position influenced by input ``source``.
     """
     require_int(T, "T")
-    if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < T:
-        raise ValueError(f"source must be an int in [0, T={T}), got {source!r}")
+    require_int(source, "source", 0, T - 1)
     d_in = _model_width(model, d_in)
     m = _double_copy(model)
     x = torch.randn(1, T, d_in, generator=generator, dtype=torch.float64)  # (1, T, d_in)

@@ -29,6 +29,7 @@ from attn_course._checks import (
     check_value,
     fmt_shape,
     require_floating,
+    require_int,
     require_positive_number,
     shape_error,
 )
@@ -60,8 +61,7 @@ def make_regression_data(
     Returns:
         ``(x, y)``, each ``(n, 1)``: ready to be keys and values.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    require_int(n, "n")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if not (isinstance(x_max, Real) and x_max > 0):

@@ -111,7 +111,7 @@ def test_offset_attention_mass_on_known_weights():
 def test_offset_attention_mass_errors():
     with pytest.raises(ValueError, match=r"weights has shape \(2, 3, 4\); expected \(B, H, T, T\)"):
         offset_attention_mass(torch.zeros(2, 3, 4), (1,))
-    with pytest.raises(ValueError, match=r"offsets must be ints in 1 .. 3"):
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be an int in \[1, 3\], got 4"):
         offset_attention_mass(torch.zeros(1, 1, 4, 4), (4,))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -321,3 +322,82 @@ def test_default_scale_is_inverse_sqrt_dk():
     a = scaled_dot_product_attention(q, k, v)
     b = scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(9))
     torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- validate once (issue 19)
+
+
+@pytest.mark.parametrize("bad", [True, 2.0, 0, -1, "3", None])
+def test_require_int_names_the_argument_and_the_value(bad):
+    from attn_course._checks import require_int
+
+    with pytest.raises(ValueError, match=rf"num_heads must be a positive int, got {re.escape(repr(bad))}"):
+        require_int(bad, "num_heads")
+
+
+def test_require_int_bounds_and_optional():
+    from attn_course._checks import require_int, require_optional_int
+
+    assert require_int(0, "t", 0) == 0 and require_int(4, "t", 0, 4) == 4
+    with pytest.raises(ValueError, match=r"t must be an int in \[0, 4\], got 5"):
+        require_int(5, "t", 0, 4)
+    with pytest.raises(ValueError, match="window must be a non-negative int, got -1"):
+        require_int(-1, "window", 0)
+    with pytest.raises(ValueError, match="n_symbols must be an int >= 2, got 1"):
+        require_int(1, "n_symbols", 2)
+    assert require_optional_int(None, "max_len") is None and require_optional_int(3, "max_len") == 3
+    with pytest.raises(ValueError, match="max_len must be a positive int or None, got False"):
+        require_optional_int(False, "max_len")
+
+
+def test_default_scale():
+    from attn_course.scoring import default_scale
+
+    assert default_scale(16) == 0.25 and default_scale(16, None) == 0.25
+    assert default_scale(16, 2) == 2.0 and isinstance(default_scale(16, 2), float)
+
+
+def test_naive_path_validates_each_input_once(monkeypatch):
+    import attn_course._checks as checks
+    import attn_course.attention as attention
+
+    calls = {"check_query_key": 0, "check_mask": 0, "check_value": 0}
+
+    def counted(name):
+        original = getattr(checks, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(attention, name, counted(name))
+    q, k, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 6)
+    mask = torch.rand(2, 3, 5) > 0.3
+    out, w = attention.scaled_dot_product_attention(q, k, v, mask, is_causal=True)
+    assert calls == {"check_query_key": 1, "check_mask": 1, "check_value": 1}
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask & causal_mask(3, 5))
+    rows = (mask & causal_mask(3, 5)).any(-1)  # rows with at least one allowed key
+    torch.testing.assert_close(out[rows], ref[rows])
+
+
+def test_multihead_dropout_is_applied_once_to_the_weights():
+    """The output is W_O merge(dropout(weights) @ v) with the dropout drawn once; weights are pre-dropout."""
+    from attn_course.attention import attention_weights
+    from attn_course.multihead import MultiHeadAttention, merge_heads, split_heads
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, dropout=0.5).train()
+    x = torch.randn(2, 5, 8)
+    torch.manual_seed(1)
+    out, weights = mha(x, x, x, is_causal=True)
+    q, k, v = (split_heads(p(x), 2) for p in (mha.q_proj, mha.k_proj, mha.v_proj))  # (B, H, T, d)
+    expected_w = attention_weights(q, k, is_causal=True)  # (B, H, T, T)
+    torch.testing.assert_close(weights, expected_w)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 5))  # pre-dropout rows sum to 1
+    torch.manual_seed(1)  # the forward's only random draw is the dropout mask: redraw it
+    dropped = torch.nn.functional.dropout(expected_w, 0.5)
+    torch.testing.assert_close(out, mha.out_proj(merge_heads(dropped @ v)))
+    assert not torch.allclose(out, mha.out_proj(merge_heads(expected_w @ v)))  # dropout did act

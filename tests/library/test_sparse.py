@@ -103,7 +103,7 @@ def test_errors():
         block_sparse_attention(q, k, v, torch.ones(2, 2, dtype=torch.bool), 8)
     with pytest.raises(ValueError, match="mask has shape"):
         block_sparse_attention(q, k, v, torch.ones(3, 3, dtype=torch.bool), 8, mask=torch.ones(5, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="window must be an int >= 0"):
+    with pytest.raises(ValueError, match="window must be a non-negative int"):
         sliding_window_mask(10, -1)
     with pytest.raises(ValueError, match="global_tokens"):
         global_mask(4, [7])
