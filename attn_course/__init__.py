@@ -14,7 +14,7 @@ The package has two layers, plus the exercise system:
   (grouped-query attention), ``prepack`` (oneDNN-prepacked linear layers: decoding at the
   memory's speed on a CPU). Part V: ``flash`` (online softmax, tiled attention, memory
   traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``sparse``,
-  ``linear``, ``distributed`` (ring attention). ``apps/`` holds Part III's application models,
+  ``linear``, ``ring_attention``. ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_checks`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``
   (the conceptual diagrams of Parts I-II), ``interactive`` (kernel-free slider figures),

@@ -27,7 +27,7 @@ Stages, each tested against the one before and against ``F.scaled_dot_product_at
 * ``naive_attention``        materialises the (B, H, L, S) scores: memory grows as N^2.
 * ``online_softmax``         the softmax of a vector computed in blocks (the recurrence alone).
 * ``online_softmax_update``  one step of the recurrence with values: the heart of FlashAttention.
-* ``merge_partials``         combine two partial results (used by ring attention, ``distributed``).
+* ``merge_partials``         combine two partial results (used by ring attention, ``ring_attention``).
 * ``blockwise_attention``    the readable loop: query blocks x key blocks x ``online_softmax_update``.
 * ``tiled_attention``        the same loop made fast on a CPU (see its docstring for the tricks).
 * ``tiled_attention_numpy``  the step-by-step NumPy version, every line one equation.
@@ -69,7 +69,7 @@ def check_qkv(q: object, k: object, v: object, names: tuple[str, str, str] = ("q
     """``q (B, H, L, d)``, ``k (B, H, S, d)``, ``v (B, H, S, d_v)``: same dtype, device, B and H.
 
     Shared by the efficient-attention modules (``flash``, ``sparse``, ``linear``,
-    ``triton_attention``, ``distributed``), which all take exactly four-dimensional inputs.
+    ``triton_attention``, ``ring_attention``), which all take exactly four-dimensional inputs.
     """
     qn, kn, vn = names
     for x, name, pattern in ((q, qn, "(B, H, L, d)"), (k, kn, "(B, H, S, d)"), (v, vn, "(B, H, S, d_v)")):

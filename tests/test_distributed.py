@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from attn_course.distributed import (
+from attn_course.ring_attention import (
     launch,
     ring_attention,
     ring_attention_multiprocess,

@@ -140,7 +140,7 @@ def test_ring_schedule_and_step_times():
 
 
 def test_rank_environment_in_launched_processes():
-    from attn_course.distributed import launch
+    from attn_course.ring_attention import launch
     from attn_course.labs.ring import rank_environment
 
     envs = launch(rank_environment, 2)
