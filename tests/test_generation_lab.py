@@ -5,7 +5,7 @@ import random
 import pytest
 
 from attn_course.gpt import GPT
-from attn_course.labs.generation import (
+from attn_course.labs.bracket_language import (
     BracketTask,
     check_brackets,
     default_model_config,

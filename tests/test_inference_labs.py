@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from attn_course.gpt import GPT, GPTConfig, generate, generation_macs  # noqa: E402
 from attn_course.kv_cache import published_shapes  # noqa: E402
 from attn_course.labs import gpt2_weights  # noqa: E402
-from attn_course.labs.generation import left_pad, linear_flops, plot_sampling_distributions  # noqa: E402
+from attn_course.labs.bracket_language import left_pad, linear_flops, plot_sampling_distributions  # noqa: E402
 from attn_course.labs.kv_cache_costs import (  # noqa: E402
     cache_table,
     decode_intensity,

@@ -17,7 +17,7 @@ lab                         chapter what it holds
 ``position_ablation``       08      "is it sorted?"; the same model with each position scheme
 ``mask_leakage``            09      a masked token model; which outputs move when inputs change
 ``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
-``generation``              IV      a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
+``bracket_language``        14-17   a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
 ``quadratic_wall``          18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
 ``long_range``              19      one far-away signal to find; a small encoder with a local, Longformer or full mask
 ``linear_recall``           20      decoding cost per token (KV cache vs linear state); associative recall without training
