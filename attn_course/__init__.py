@@ -13,7 +13,8 @@ The package has two layers, plus the exercise system:
   the GPT-2 loader), ``kv_cache`` (dynamic, static, sliding-window and paged caches), ``gqa``
   (grouped-query attention), ``prepack`` (oneDNN-prepacked linear layers: decoding at the
   memory's speed on a CPU). Part V: ``flash`` (online softmax, tiled attention, memory
-  traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``sparse``,
+  traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``flash_backward``
+  (the backward by recomputation), ``sparse``,
   ``linear``, ``ring_attention``. ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_checks`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``

@@ -89,7 +89,7 @@ def test_source_of_unwraps_kernel_objects():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_recomputed_backward_equals_autograd(causal):
-    from attn_course.labs.flash_backward import flash_backward, forward_with_lse
+    from attn_course.flash_backward import flash_backward, forward_with_lse
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 21, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))

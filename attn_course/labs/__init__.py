@@ -24,7 +24,6 @@ lab                         chapter what it holds
 ``efficiency_diagrams``     V       Part V's conceptual diagrams (sparse patterns, block skipping, linear attention)
 ``flash_io``                21      peak memory of naive vs tiled NumPy attention; HBM traffic tables and plots
 ``flash_benchmark``         22      the Triton kernel under the interpreter; SDPA backends on a GPU; the recorded H200 run
-``flash_backward``          22      FlashAttention's backward by recomputation from the log-sum-exp
 ``ring``                    23      ring schedule, torchrun-style process environment, communication vs compute
 ``flash_diagrams``          21, 23  diagrams: the tiles and running statistics; the ring of processes
 ``training``                all     the optimisation loop the training runs share
