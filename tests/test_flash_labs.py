@@ -140,8 +140,8 @@ def test_ring_schedule_and_step_times():
 
 
 def test_rank_environment_in_launched_processes():
-    from attn_course.ring_attention import launch
     from attn_course.labs.ring import rank_environment
+    from attn_course.ring_attention import launch
 
     envs = launch(rank_environment, 2)
     assert [e["rank"] for e in envs] == [0, 1] and all(e["backend"] == "gloo" for e in envs)

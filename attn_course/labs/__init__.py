@@ -19,7 +19,7 @@ lab                         chapter what it holds
 ``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
 ``bracket_language``        14-17   a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
 ``quadratic_wall``          18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
-``long_range``              19      one far-away signal to find; a small encoder with a local, Longformer or full mask
+``long_range``              19      one far-away signal; a small encoder with a local, Longformer or full mask; time by N
 ``linear_recall``           20      decoding cost per token (KV cache vs linear state); associative recall without training
 ``efficiency_diagrams``     V       Part V's conceptual diagrams (sparse patterns, block skipping, linear attention)
 ``flash_io``                21      peak memory of naive vs tiled NumPy attention; HBM traffic tables and plots

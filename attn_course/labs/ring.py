@@ -22,8 +22,8 @@ import torch.distributed as dist
 from matplotlib.axes import Axes
 
 from attn_course._checks import require_int
-from attn_course.ring_attention import ring_communication_volume
 from attn_course.plotting import finish_axes
+from attn_course.ring_attention import ring_communication_volume
 
 __all__ = ["rank_environment", "ring_schedule", "step_times", "plot_comm_vs_compute"]
 
