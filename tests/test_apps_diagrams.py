@@ -60,7 +60,7 @@ def test_optional_packages_load_lazily_and_name_the_pip_package():
             "print(sorted(m for m in ('sklearn', 'scipy', 'timm', 'torch_geometric', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    from attn_course.apps.vision import require_package
+    from attn_course.utils import require_package
 
     with pytest.raises(ImportError, match="pip install no-such-package-xyz"):
         require_package("no_such_module_xyz", "no-such-package-xyz", "this test")
