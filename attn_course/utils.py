@@ -7,7 +7,6 @@ import importlib
 import inspect
 import os
 import random
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -26,15 +25,6 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU. Notebooks that need a GPU check this and explain a skip."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def limit_threads(n: int | None = None) -> int:
