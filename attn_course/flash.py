@@ -32,6 +32,7 @@ Stages, each tested against the one before and against ``F.scaled_dot_product_at
 * ``tiled_attention``        the same loop made fast on a CPU (see its docstring for the tricks).
 * ``tiled_attention_numpy``  the step-by-step NumPy version, every line one equation.
 * ``memory_traffic``         slow-memory reads + writes of naive vs tiled (Dao et al. 2022, Thm 2).
+* ``attention_flops``        FLOPs of one forward pass (the count behind every TFLOP/s figure).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ __all__ = [
     "tiled_attention_numpy",
     "MemoryTraffic",
     "memory_traffic",
+    "attention_flops",
 ]
 
 
@@ -561,3 +563,13 @@ def memory_traffic(
     naive = 4 * N * head_dim + 4 * N * N
     flash = 2 * N * head_dim + t_c * (3 * N * head_dim + 4 * N)
     return MemoryTraffic(naive * batch_heads, flash * batch_heads, block_rows, block_cols, dtype_bytes)
+
+
+def attention_flops(B: int, H: int, L: int, S: int, d: int, causal: bool = False) -> float:
+    """FLOPs of one forward pass: two matmuls of ``2 * L * S * d`` each per head, halved when causal.
+
+    ``4 * B * H * L * S * d`` (a multiply-add counts as 2); with ``causal`` only about half the
+    score matrix is computed, and the convention (FlashAttention, Triton's tutorial) halves it.
+    """
+    flops = 4.0 * B * H * L * S * d
+    return flops / 2 if causal else flops

@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from attn_course.flash import check_qkv
+from attn_course.flash import attention_flops, check_qkv
 
 try:  # triton is optional: the kernel below only exists when it is installed
     import triton
@@ -49,7 +49,6 @@ __all__ = [
     "SUPPORTED_HEAD_DIMS",
     "flash_attention",
     "reference_attention",
-    "attention_flops",
     "benchmark_flash_attention",
 ]
 
@@ -288,16 +287,6 @@ def reference_attention(
 
 
 # --------------------------------------------------------------------------- benchmark
-
-
-def attention_flops(B: int, H: int, L: int, S: int, d: int, causal: bool = False) -> float:
-    """FLOPs of one forward pass: two matmuls of ``2 * L * S * d`` each per head, halved when causal.
-
-    ``4 * B * H * L * S * d`` (a multiply-add counts as 2); with ``causal`` only about half the
-    score matrix is computed, and the convention (FlashAttention, Triton's tutorial) halves it.
-    """
-    flops = 4.0 * B * H * L * S * d
-    return flops / 2 if causal else flops
 
 
 def benchmark_flash_attention(
