@@ -50,6 +50,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from .catalog import load_exercises
 from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, evaluate
 from .places import (
@@ -66,7 +67,7 @@ from .places import (
 )
 from .sandbox import Sandbox, hide_from_others, kernel_env, runtime_roots, stripped_package
 from .source_check import forbidden_in_source
-from .tasks import Case, Exercise, Task, load_exercises
+from .tasks import Case, Exercise, Task
 
 GRACE_SECONDS = 5  # what a cell still gets once the notebook's time is used up
 STARTUP_SECONDS = 60
