@@ -73,13 +73,6 @@ ALT = {
 }
 
 
-def _bars(ax, x0, y0, values, width=0.5, height=0.9, color=COLORS["weights"]):
-    """Weight bars over positions starting at ``x0`` (bar bottoms at ``y0``)."""
-    for k, v in enumerate(values):
-        ax.add_patch(Rectangle((x0 + k * width - 0.13, y0), 0.26, height * v, facecolor=_light(color, 0.35),
-                               edgecolor=color, lw=1.0, zorder=3))
-
-
 def _pooling_row(ax, words, weights, *, y=0.55, x0=0.7, step=0.85, color=COLORS["state"]):
     """Word boxes on a row, weight bars above them; returns the x centres."""
     xs = [x0 + step * k for k in range(len(words))]
