@@ -211,7 +211,8 @@ def main() -> None:
             if method != "uncached":
                 run(n=min(n, 8))  # warm-up
             outs = []
-            t = best_seconds(lambda: outs.append(run()), 1 if method == "uncached" else args.repeat, warmup=False)
+            t = best_seconds(lambda outs=outs, run=run: outs.append(run()), 1 if method == "uncached" else args.repeat,
+                             warmup=False)
             out = outs[-1]
             tps = results[P, n, method] = n / t
             first.setdefault(n, out.cpu())
