@@ -18,7 +18,7 @@ The package has two layers, plus the exercise system:
   ``linear``, ``ring_attention``. ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_checks`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``
-  (the conceptual diagrams of Parts I-II), ``interactive`` (kernel-free slider figures),
+  (the drawing kit every part's diagrams use; the diagrams themselves are labs), ``interactive`` (kernel-free slider figures),
   ``utils`` (seeding, threads, ``show_source``).
 * **The chapters' experiments**, in ``attn_course.labs``: one module per experiment, named for
   its topic (task, data, training run, measurements, the chapter's own figures). A library
