@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from attn_course.flash import attention_flops, check_qkv
+from attn_course.flash import attention_flops, check_qkv, naive_attention
 
 try:  # triton is optional: the kernel below only exists when it is installed
     import triton
@@ -276,14 +276,9 @@ def flash_attention(
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, scale: float | None = None
 ) -> torch.Tensor:
-    """The naive reference in float32: ``softmax(q k^T * scale) v`` with the full score matrix."""
-    check_qkv(q, k, v)
-    L, S = q.shape[2], k.shape[2]
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    scores = (q.float() @ k.float().transpose(-2, -1)) * sm_scale  # (B, H, L, S)
-    if causal:
-        scores = scores.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    return (torch.softmax(scores, -1) @ v.float()).to(q.dtype)  # (B, H, L, d)
+    """The naive reference in float32 (``flash.naive_attention`` on float32 copies), in ``q``'s dtype."""
+    check_qkv(q, k, v)  # on the inputs as given, before the float32 copies
+    return naive_attention(q.float(), k.float(), v.float(), causal=causal, scale=scale).to(q.dtype)  # (B, H, L, d)
 
 
 # --------------------------------------------------------------------------- benchmark
