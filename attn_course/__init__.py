@@ -13,11 +13,12 @@ The package has two layers, plus the exercise system:
   the GPT-2 loader), ``kv_cache`` (dynamic, static, sliding-window and paged caches), ``gqa``
   (grouped-query attention), ``prepack`` (oneDNN-prepacked linear layers: decoding at the
   memory's speed on a CPU). Part V: ``flash`` (online softmax, tiled attention, memory
-  traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``sparse``,
-  ``linear``, ``distributed`` (ring attention). ``apps/`` holds Part III's application models,
+  traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``flash_backward``
+  (the backward by recomputation), ``sparse``,
+  ``linear``, ``ring_attention``. ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_checks`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``
-  (the conceptual diagrams of Parts I-II), ``interactive`` (kernel-free slider figures),
+  (the drawing kit every part's diagrams use; the diagrams themselves are labs), ``interactive`` (kernel-free slider figures),
   ``utils`` (seeding, threads, ``show_source``).
 * **The chapters' experiments**, in ``attn_course.labs``: one module per experiment, named for
   its topic (task, data, training run, measurements, the chapter's own figures). A library

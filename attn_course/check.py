@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .grading.catalog import load_exercises
 from .grading.compare import TaskResult, evaluate
 from .grading.harness import call_local
-from .grading.tasks import load_exercises
 
 CHECK_SEED = 0
 _ICONS = {"passed": "✅", "not_implemented": "⏳", "missing": "❓"}

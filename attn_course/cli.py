@@ -154,7 +154,7 @@ def isolate_grader() -> None:
     import zmq.asyncio  # noqa: F401
 
     from .grading import report, runner, sandbox  # noqa: F401
-    from .grading.tasks import load_exercises
+    from .grading.catalog import load_exercises
 
     load_exercises()
 
@@ -271,8 +271,8 @@ def _format_command(args: argparse.Namespace) -> int | None:
     from pathlib import Path
 
     from .grading import formats, platforms
+    from .grading.catalog import load_exercises
     from .grading.report import clean, write_atomic
-    from .grading.tasks import load_exercises
 
     name = f"attn-course {args.command}"
     try:

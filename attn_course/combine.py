@@ -8,7 +8,7 @@ states). The decoder must then merge it with its own state ``h``. Three designs:
 * ``GRUInputCombine``  ``s_t = GRU([y_{t-1}; c_t], s_{t-1})``           (Bahdanau et al., 2015)
   The context enters the recurrence as extra input; the result is the new decoder state.
   (Bahdanau's GRU has separate matrices for ``y`` and ``c``; one matrix on the concatenation
-  ``[y; c]`` is the same function.) ``BahdanauGRUCombine`` is another name for it.
+  ``[y; c]`` is the same function.)
 * ``GatedCombine``     ``g = sigmoid(W_g [c; h] + b_g)``, ``out = g * c + (1 - g) * h``
   A learned, per-feature choice between the context and the state (as in gated fusion layers).
 
@@ -41,7 +41,6 @@ from attn_course._checks import require_floating, require_int, require_ndim, sha
 __all__ = [
     "LuongCombine",
     "GRUInputCombine",
-    "BahdanauGRUCombine",
     "GatedCombine",
 ]
 
@@ -164,9 +163,6 @@ class GRUInputCombine(nn.Module):
 
     def extra_repr(self) -> str:
         return f"context_dim={self.context_dim}, input_dim={self.input_dim}, state_dim={self.state_dim}"
-
-
-BahdanauGRUCombine = GRUInputCombine
 
 
 class GatedCombine(nn.Module):

@@ -27,11 +27,12 @@ Stages, each tested against the one before and against ``F.scaled_dot_product_at
 * ``naive_attention``        materialises the (B, H, L, S) scores: memory grows as N^2.
 * ``online_softmax``         the softmax of a vector computed in blocks (the recurrence alone).
 * ``online_softmax_update``  one step of the recurrence with values: the heart of FlashAttention.
-* ``merge_partials``         combine two partial results (used by ring attention, ``distributed``).
+* ``merge_partials``         combine two partial results (used by ring attention, ``ring_attention``).
 * ``blockwise_attention``    the readable loop: query blocks x key blocks x ``online_softmax_update``.
 * ``tiled_attention``        the same loop made fast on a CPU (see its docstring for the tricks).
 * ``tiled_attention_numpy``  the step-by-step NumPy version, every line one equation.
 * ``memory_traffic``         slow-memory reads + writes of naive vs tiled (Dao et al. 2022, Thm 2).
+* ``attention_flops``        FLOPs of one forward pass (the count behind every TFLOP/s figure).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ __all__ = [
     "tiled_attention_numpy",
     "MemoryTraffic",
     "memory_traffic",
+    "attention_flops",
 ]
 
 
@@ -71,7 +73,7 @@ def check_qkv(q: object, k: object, v: object, names: tuple[str, str, str] = ("q
     """``q (B, H, L, d)``, ``k (B, H, S, d)``, ``v (B, H, S, d_v)``: same dtype, device, B and H.
 
     Shared by the efficient-attention modules (``flash``, ``sparse``, ``linear``,
-    ``triton_attention``, ``distributed``), which all take exactly four-dimensional inputs.
+    ``triton_attention``, ``ring_attention``), which all take exactly four-dimensional inputs.
     """
     qn, kn, vn = names
     for x, name, pattern in ((q, qn, "(B, H, L, d)"), (k, kn, "(B, H, S, d)"), (v, vn, "(B, H, S, d_v)")):
@@ -553,3 +555,13 @@ def memory_traffic(
     naive = 4 * N * head_dim + 4 * N * N
     flash = 2 * N * head_dim + t_c * (3 * N * head_dim + 4 * N)
     return MemoryTraffic(naive * batch_heads, flash * batch_heads, block_rows, block_cols, dtype_bytes)
+
+
+def attention_flops(B: int, H: int, L: int, S: int, d: int, causal: bool = False) -> float:
+    """FLOPs of one forward pass: two matmuls of ``2 * L * S * d`` each per head, halved when causal.
+
+    ``4 * B * H * L * S * d`` (a multiply-add counts as 2); with ``causal`` only about half the
+    score matrix is computed, and the convention (FlashAttention, Triton's tutorial) halves it.
+    """
+    flops = 4.0 * B * H * L * S * d
+    return flops / 2 if causal else flops

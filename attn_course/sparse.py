@@ -28,13 +28,12 @@ Computation:
 
 * ``dense_masked_attention``   full ``(L, S)`` scores, then the mask: cost O(L S) whatever the mask.
 * ``block_sparse_attention``   for each query block, only its allowed key blocks: cost O(nnz b^2 d).
-* ``time_vs_length``           times both by N for a pattern (for the chapter's plot).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -43,7 +42,6 @@ from attn_course.attention import scaled_dot_product_attention
 from attn_course.flash import check_qkv
 from attn_course.masking import masked_softmax
 from attn_course.scoring import default_scale
-from attn_course.utils import best_seconds, num_threads
 
 __all__ = [
     "sliding_window_mask",
@@ -56,7 +54,6 @@ __all__ = [
     "layout_density",
     "dense_masked_attention",
     "block_sparse_attention",
-    "time_vs_length",
 ]
 
 
@@ -232,43 +229,3 @@ def block_sparse_attention(
         out[:, :, i0:i1] = masked_softmax(scores, rows_mask) @ vb  # (B, H, rows, d_v)
     return out
 
-
-def time_vs_length(
-    lengths: Sequence[int],
-    mask_fn: Callable[[int], torch.Tensor],
-    block_size: int = 64,
-    B: int = 1,
-    H: int = 4,
-    d: int = 32,
-    repeats: int = 3,
-    seed: int = 0,
-    threads: int | None = 1,
-) -> list[dict[str, float]]:
-    """Time dense-with-mask vs block-skipping attention for each ``N`` in ``lengths``.
-
-    ``mask_fn(N)`` gives the ``(N, N)`` mask (e.g. ``lambda N: sliding_window_mask(N, 64)``); the
-    block-sparse version computes only the tiles of ``mask_to_layout(mask, block_size)``.
-    Returns one dict per N: ``N``, ``dense_ms``, ``sparse_ms``, ``speedup``, ``density`` (fraction
-    of tiles computed), ``max_abs_diff`` (the two outputs agree). Both run with ``threads`` torch
-    threads (default 1: the small per-block ops of the sparse loop lose most from threading, and
-    timings on a shared machine are steadier); ``None`` keeps the current setting.
-    """
-    with num_threads(threads, "threads"):
-        return _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed)
-
-
-def _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed) -> list[dict[str, float]]:
-    rows = []
-    g = torch.Generator().manual_seed(seed)
-    for N in lengths:
-        q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
-        mask = mask_fn(N)
-        layout = mask_to_layout(mask, block_size)
-        dense = best_seconds(lambda q=q, k=k, v=v, m=mask: dense_masked_attention(q, k, v, m), repeats)
-        sparse = best_seconds(
-            lambda q=q, k=k, v=v, m=mask, lay=layout: block_sparse_attention(q, k, v, lay, block_size, m), repeats
-        )
-        diff = (dense_masked_attention(q, k, v, mask) - block_sparse_attention(q, k, v, layout, block_size, mask))
-        rows.append(dict(N=N, dense_ms=dense * 1e3, sparse_ms=sparse * 1e3, speedup=dense / sparse,
-                         density=layout_density(layout), max_abs_diff=diff.abs().max().item()))
-    return rows

@@ -33,8 +33,7 @@ import os
 
 import torch
 
-from attn_course.flash import check_qkv
-from attn_course.masking import causal_mask
+from attn_course.flash import attention_flops, check_qkv, naive_attention
 from attn_course.scoring import default_scale
 
 try:  # triton is optional: the kernel below only exists when it is installed
@@ -50,7 +49,6 @@ __all__ = [
     "SUPPORTED_HEAD_DIMS",
     "flash_attention",
     "reference_attention",
-    "attention_flops",
     "benchmark_flash_attention",
 ]
 
@@ -278,27 +276,12 @@ def flash_attention(
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, scale: float | None = None
 ) -> torch.Tensor:
-    """The naive reference in float32: ``softmax(q k^T * scale) v`` with the full score matrix."""
-    check_qkv(q, k, v)
-    L, S = q.shape[2], k.shape[2]
-    sm_scale = default_scale(q.shape[-1], scale)
-    scores = (q.float() @ k.float().transpose(-2, -1)) * sm_scale  # (B, H, L, S)
-    if causal:
-        scores = scores.masked_fill(~causal_mask(L, S, device=q.device), float("-inf"))  # (B, H, L, S)
-    return (torch.softmax(scores, -1) @ v.float()).to(q.dtype)  # (B, H, L, d)
+    """The naive reference in float32 (``flash.naive_attention`` on float32 copies), in ``q``'s dtype."""
+    check_qkv(q, k, v)  # on the inputs as given, before the float32 copies
+    return naive_attention(q.float(), k.float(), v.float(), causal=causal, scale=scale).to(q.dtype)  # (B, H, L, d)
 
 
 # --------------------------------------------------------------------------- benchmark
-
-
-def attention_flops(B: int, H: int, L: int, S: int, d: int, causal: bool = False) -> float:
-    """FLOPs of one forward pass: two matmuls of ``2 * L * S * d`` each per head, halved when causal.
-
-    ``4 * B * H * L * S * d`` (a multiply-add counts as 2); with ``causal`` only about half the
-    score matrix is computed, and the convention (FlashAttention, Triton's tutorial) halves it.
-    """
-    flops = 4.0 * B * H * L * S * d
-    return flops / 2 if causal else flops
 
 
 def benchmark_flash_attention(

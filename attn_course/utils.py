@@ -1,12 +1,12 @@
-"""Small helpers the notebooks share: seeding, device choice, thread pinning, timing, environment
-detection, and showing the source of a mechanism in its page."""
+"""Small helpers the notebooks share: seeding, thread pinning, timing, importing an optional
+dependency, and showing the source of a mechanism in its page."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import random
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -27,15 +27,6 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU. Notebooks that need a GPU check this and explain a skip."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def limit_threads(n: int | None = None) -> int:
@@ -79,6 +70,15 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: bool = True
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def require_package(module: str, pip_name: str, purpose: str):
+    """Import an optional dependency or raise an ImportError that names the pip package."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{purpose} needs the optional package {pip_name!r}: pip install {pip_name} "
+                          "(it is in the course's dev extra: pip install -e '.[dev]')") from err
 
 
 def source_of(*objects: object) -> str:

@@ -12,7 +12,7 @@ MATH, EFFICIENT_ATTENTION, FLASH_ATTENTION, CUDNN_ATTENTION) and, on a GPU with 
 (``attn_course.triton_attention.flash_attention``).
 
 FLOPs per call: ``4 * B * H * N^2 * d`` (two matmuls, a multiply-add counted as 2), halved when
-causal (``attn_course.triton_attention.attention_flops``).
+causal (``attn_course.flash.attention_flops``).
 
 Peak EXTRA memory = memory beyond the inputs and the output, at the peak of one call:
 * CUDA: ``torch.cuda.max_memory_allocated()`` minus what was allocated before the call, minus
@@ -284,7 +284,8 @@ def run_tflops(args: argparse.Namespace) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
 
-    from attn_course.triton_attention import attention_flops, flash_attention
+    from attn_course.flash import attention_flops
+    from attn_course.triton_attention import flash_attention
 
     dtype = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
     B, H = args.tflops_batch, args.tflops_heads

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from attn_course.triton_attention import attention_flops, flash_attention
+from attn_course.flash import attention_flops
+from attn_course.triton_attention import flash_attention
 
 t0 = time.time()
 dev = "cuda"

@@ -68,7 +68,6 @@ import argparse
 import copy
 import os
 import platform
-import time
 
 import torch
 from tqdm.auto import tqdm
@@ -80,15 +79,6 @@ from attn_course.utils import best_seconds
 
 TARGETS = (("static / uncached", "static", "uncached", 15.0), ("static / hf", "static", "hf", 1.1),
            ("static / dynamic", "static", "dynamic", 1.0))
-
-
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    result, times = None, []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def bandwidths(device: torch.device, mbytes: int = 512, repeat: int = 5) -> tuple[float, float]:
@@ -219,7 +209,10 @@ def main() -> None:
                 return out
             if method != "uncached":
                 run(n=min(n, 8))  # warm-up
-            t, out = best_of(run, 1 if method == "uncached" else args.repeat)
+            outs = []
+            t = best_seconds(lambda outs=outs, run=run: outs.append(run()), 1 if method == "uncached" else args.repeat,
+                             warmup=False)
+            out = outs[-1]
             tps = results[P, n, method] = n / t
             first.setdefault(n, out.cpu())
             decode = (t - prefill[method]) / max(1, n - 1)

@@ -10,7 +10,6 @@ train and measure them live in ``attn_course.labs``.
 * ``speech``: a Listen-Attend-Spell listener for the library's seq2seq decoders.
 * ``recsys``: SASRec next-item model and its popularity / last-item baselines.
 * ``graphs``: the graph attention layer (matches torch_geometric's GATConv) and mean aggregation.
-* ``diagrams``: one diagram per model, with alt text.
 
 Optional packages (scikit-learn for the digits, scipy for the matching) are imported only inside
 the functions that need them, with an error that names the pip package.

@@ -26,6 +26,7 @@ from torch import nn
 from .._checks import require_floating, require_int, shape_error
 from ..multihead import MultiHeadAttention
 from ..transformer import TransformerBlock, TransformerConfig
+from ..utils import require_package
 from .text import AttentionPooling
 
 __all__ = [
@@ -45,19 +46,7 @@ __all__ = [
     "SpatialCaptioner",
     "hungarian_match",
     "box_iou",
-    "require_package",
 ]
-
-
-def require_package(module: str, pip_name: str, purpose: str):
-    """Import an optional dependency or raise an ImportError that names the pip package."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{purpose} needs the optional package {pip_name!r}: pip install {pip_name} "
-                          "(it is in the course's dev extra: pip install -e '.[dev]')") from err
 
 
 # ----------------------------------------------------------------------------- the Vision Transformer

@@ -1,4 +1,4 @@
 """Exercise definitions: one module per exercise notebook, each defining ``EXERCISE``.
 
-Register a new module in ``attn_course.grading.tasks.EXERCISE_MODULES``.
+``attn_course.grading.catalog`` finds them by listing this package: a new module needs no registration.
 """

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from .. import linear, sparse
+from ..flash import attention_flops
 from ..grading.tasks import Case, Exercise, Task, randn
 from ..masking import causal_mask
-from ..triton_attention import attention_flops
 
 
 def _flops_reference(batch: int, heads: int, N: int, head_dim: int, causal: bool) -> float:
@@ -98,7 +98,7 @@ EXERCISE = Exercise(
     tasks=(
         Task("attention_flops", _flops_reference, _flops_cases, rtol=1e-9, atol=0.0,
              arg_names=("batch", "heads", "N", "head_dim", "causal"),
-             forbidden=("attn_course.triton_attention.attention_flops",),
+             forbidden=("attn_course.flash.attention_flops",),
              hint="Two matrix products per head, each N * N * head_dim multiply-adds (2 FLOPs each); "
                   "halve the total when causal."),
         Task("sliding_window_mask", sparse.sliding_window_mask, _window_cases, arg_names=("N", "window", "causal"),

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .catalog import load_exercises
 from .places import reachable_by_others
 from .runner import GradingRun, Row, grading_run, read_upload
 from .sandbox import SANDBOXED_KINDS, Sandbox, hide_from_others
-from .tasks import load_exercises
 from .worker import grade_notebook_isolated
 
 FIELDS = ["notebook", "exercise", "task", "points", "max_points", "status", "message"]

@@ -50,6 +50,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from .catalog import load_exercises
 from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, evaluate
 from .places import (
@@ -66,7 +67,7 @@ from .places import (
 )
 from .sandbox import Sandbox, hide_from_others, kernel_env, runtime_roots, stripped_package
 from .source_check import forbidden_in_source
-from .tasks import Case, Exercise, Task, load_exercises
+from .tasks import Case, Exercise, Task
 
 GRACE_SECONDS = 5  # what a cell still gets once the notebook's time is used up
 STARTUP_SECONDS = 60
@@ -231,53 +232,50 @@ def end_run(root: str, cgroups: list[str]) -> None:
         pass
 
 
-def read_upload(path: Path) -> bytes:
-    """The bytes of a submitted file: a regular file, opened without following a link or blocking."""
+def read_regular_file(path: str | Path, cap: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``cap`` bytes, else ``ValueError``.
+
+    The one check every file the grader reads from a learner or a kernel passes: opened without
+    following a link (``O_NOFOLLOW``: a planted link raises ``OSError``) or blocking (a FIFO
+    returns at once), then ``fstat`` on what was opened, then a read that stops past the cap
+    (the file may grow after the ``fstat``).
+    """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
-        if st.st_size > MAX_NOTEBOOK_BYTES:
-            raise ValueError(f"larger than {MAX_NOTEBOOK_BYTES >> 20} MiB")
-        return _read_capped(fd, MAX_NOTEBOOK_BYTES)
+        if st.st_size > cap:
+            raise ValueError(f"larger than {cap >> 20} MiB")
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                raise ValueError(f"larger than {cap >> 20} MiB")
     finally:
         os.close(fd)
 
 
-def _read_capped(fd: int, cap: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        chunk = os.read(fd, min(1 << 20, cap + 1 - size))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            raise ValueError(f"larger than {cap >> 20} MiB")
+def read_upload(path: Path) -> bytes:
+    """The bytes of a submitted notebook (``read_regular_file`` with the notebook cap)."""
+    return read_regular_file(path, MAX_NOTEBOOK_BYTES)
 
 
 def read_results(path: str) -> Any:
     """A kernel's results file: refused unless a regular file under the size cap; decoded with bounds."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        data = read_regular_file(path, MAX_RESULT_BYTES)
     except FileNotFoundError:
         raise ResultError("no results file was written") from None
     except OSError as exc:
         raise ResultError(f"the results file could not be opened ({exc.strerror or type(exc).__name__}; "
                           "a link?)") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ResultError("the results file is not a regular file")
-        if st.st_size > MAX_RESULT_BYTES:
-            raise ResultError(f"the results file is larger than {MAX_RESULT_BYTES >> 20} MiB")
-        try:
-            data = _read_capped(fd, MAX_RESULT_BYTES)
-        except ValueError as exc:
-            raise ResultError(f"the results file is {exc}") from None
-    finally:
-        os.close(fd)
+    except ValueError as exc:
+        raise ResultError(f"the results file is {exc}") from None
     return load_bounded(data)
 
 

@@ -2,12 +2,11 @@
 
 A *task* is one function a learner writes. Its definition lives in the package (never in
 the notebook), so a submission can change neither the reference, nor the inputs, nor the
-points it is worth.
+points it is worth. This module defines the types only; ``catalog`` finds the exercises.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,38 +93,6 @@ class Exercise:
             if t.name == name:
                 return t
         raise KeyError(name)
-
-
-# Modules under attn_course.exercises that define ``EXERCISE``; one per exercise notebook.
-EXERCISE_MODULES: tuple[str, ...] = (
-    "ex01_softmax_attention",
-    "ex02_masks_and_scores",
-    "ex03_multihead_positions",
-    "ex04_decoder_step",
-    "ex05_transformer_block",
-    "ex06_find_the_bug",
-    "ex07_attention_across_fields",
-    "ex08_kv_cache",
-    "ex09_efficient_attention",
-    "ex10_flash_attention",
-)
-
-
-def load_exercises() -> dict[str, Exercise]:
-    """Import every exercise definition (the grader does this once, before running anything)."""
-    out: dict[str, Exercise] = {}
-    for mod_name in EXERCISE_MODULES:
-        ex = importlib.import_module(f"attn_course.exercises.{mod_name}").EXERCISE
-        out[ex.id] = ex
-    return out
-
-
-def find_task(name: str) -> tuple[Exercise, Task]:
-    for ex in load_exercises().values():
-        for t in ex.tasks:
-            if t.name == name:
-                return ex, t
-    raise KeyError(name)
 
 
 def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:

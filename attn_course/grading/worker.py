@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .catalog import EXERCISE_PACKAGE, exercise_modules, load_exercises
 from .runner import (
     STARTUP_SECONDS,
     GradingRun,
@@ -27,7 +28,7 @@ from .runner import (
     wall_clock_for,
     zero_rows,
 )
-from .tasks import EXERCISE_MODULES, Exercise, load_exercises
+from .tasks import Exercise
 
 CLIENT_MEMORY_BYTES = 3 << 30  # address space a notebook's grading process may add to what it starts with
 _PRELOAD = ("torch", "nbclient", "nbformat", "jupyter_client.manager", "zmq.asyncio", "attn_course.grading.runner",
@@ -45,7 +46,7 @@ def _worker_context():
     with _worker_lock:
         if _worker_ctx is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload([*_PRELOAD, *(f"attn_course.exercises.{m}" for m in EXERCISE_MODULES)])
+            ctx.set_forkserver_preload([*_PRELOAD, *(f"{EXERCISE_PACKAGE}.{m}" for m in exercise_modules())])
             _worker_ctx = ctx
     return _worker_ctx
 

@@ -3,30 +3,37 @@
 A lab holds what one chapter measures: its synthetic task and data, the small model trained on
 it when that model is not a library mechanism, the training run, the measurements and the
 chapter's own figures. Labs import the library (``attn_course.<mechanism>``); the library never
-imports a lab (``tests/library/test_layering.py`` keeps it so).
+imports a lab (``tests/library/test_layering.py`` keeps it so). ``tests/library/test_module_index.py``
+checks that the table below names every lab, and nothing else.
 
-==========================  ======  ==============================================================
-lab                         chapter what it holds
-==========================  ======  ==============================================================
-``reversal``                01, 05  reverse/copy tasks; Seq2Seq training, accuracy by length, alignment
-``soft_lookup``             02      1-D regression data, bandwidth sweep, the lookup widget and figures
-``score_saturation``        03      softmax saturation and gradients with and without 1/sqrt(d_k)
-``softmax_overflow``        04      where the naive softmax overflows
-``self_attention_vs_rnn``   06      RNN and CNN layers; path length, sequential depth, FLOPs, time
-``head_count``              07      the two-offset copy task; models with 1, 2, 4 heads
-``position_ablation``       08      "is it sorted?"; the same model with each position scheme
-``mask_leakage``            09      a masked token model; which outputs move when inputs change
-``palindrome_lm``           10      palindromes; a BERT-style and a GPT-style model trained on them
-``generation``              IV      a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
-``quadratic_wall``          18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
-``long_range``              19      one far-away signal to find; a small encoder with a local, Longformer or full mask
-``linear_recall``           20      decoding cost per token (KV cache vs linear state); associative recall without training
-``efficiency_diagrams``     V       Part V's conceptual diagrams (sparse patterns, block skipping, linear attention)
-``flash_io``                21      peak memory of naive vs tiled NumPy attention; HBM traffic tables and plots
-``flash_benchmark``         22      the Triton kernel under the interpreter; SDPA backends on a GPU; the recorded H200 run
-``flash_backward``          22      FlashAttention's backward by recomputation from the log-sum-exp
-``ring``                    23      ring schedule, torchrun-style process environment, communication vs compute
-``flash_diagrams``          21, 23  diagrams: the tiles and running statistics; the ring of processes
-``training``                all     the optimisation loop the training runs share
-==========================  ======  ==============================================================
+===========================  ======  ==============================================================
+lab                          chapter what it holds
+===========================  ======  ==============================================================
+``reversal``                 01, 05  reverse/copy tasks; Seq2Seq training, accuracy by length, alignment
+``soft_lookup``              02      1-D regression data, bandwidth sweep, the lookup widget and figures
+``score_saturation``         03      softmax saturation and gradients with and without 1/sqrt(d_k)
+``softmax_overflow``         04      where the naive softmax overflows
+``self_attention_vs_rnn``    06      RNN and CNN layers; path length, sequential depth, FLOPs, time
+``head_count``               07      the two-offset copy task; models with 1, 2, 4 heads
+``position_ablation``        08      "is it sorted?"; the same model with each position scheme
+``mask_leakage``             09      a masked token model; which outputs move when inputs change
+``palindrome_lm``            10      palindromes; a BERT-style and a GPT-style model trained on them
+``foundations_diagrams``     01-10   Parts I-II's conceptual diagrams
+``language_apps``            11      attention pooling, story QA and extractive summaries, each against a baseline
+``vision_apps``              12      ViT on digits, attention-pooled parts, a captioner, object queries
+``speech_recsys_graphs``     13      Listen-Attend-Spell, SASRec and graph attention against their baselines
+``applications_diagrams``    11-13   Part III's diagrams: one per application model
+``bracket_language``         14-16   a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
+``kv_cache_costs``           15, 16  tokens/s with and without a cache; cache sizes and decode-step costs
+``gpt2_weights``             17      GPT-2's weights found on this machine (never downloaded), loaded, compared with transformers
+``inference_diagrams``       14-17   Part IV's diagrams: decoding, prefill, GQA, sliding window, paging
+``quadratic_wall``           18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
+``long_range``               19      one far-away signal; a small encoder with a local, Longformer or full mask; time by N
+``linear_recall``            20      decoding cost per token (KV cache vs linear state); associative recall without training
+``flash_io``                 21      peak memory of naive vs tiled NumPy attention; HBM traffic tables and plots
+``flash_benchmark``          22      the Triton kernel under the interpreter; SDPA backends on a GPU; the recorded H200 run
+``ring``                     23      ring schedule, torchrun-style process environment, communication vs compute
+``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention, tiles, the ring
+``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
+===========================  ======  ==============================================================
 """

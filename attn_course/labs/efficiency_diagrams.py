@@ -1,9 +1,14 @@
-"""Conceptual diagrams for Part V (efficient attention), in the style of ``attn_course.diagrams``.
+"""Part V's conceptual diagrams (chapters 18-23), drawn with the kit of ``attn_course.diagrams``:
+quadratic growth, sparse patterns, block skipping, linear attention, FlashAttention's tiles and
+the ring of ring attention.
 
 Each public ``draw_*`` function returns the ``matplotlib.figure.Figure`` it drew; ``ALT[name]``
 is its alt text (the chapters copy it into the cell metadata), also set as the figure's label.
 Colours mean what they mean in ``attn_course.diagrams.COLORS``: queries blue, keys orange,
-values green, scores and weights purple, other states grey.
+values green, scores and weights purple, outputs magenta, other states grey.
+
+Dimension glossary: N sequence length, Bq queries per block, Bk keys per block, d head width,
+P number of processes, n = N / P tokens per process.
 
 The sparse-pattern pictures are drawn from the library's own masks (``attn_course.sparse``),
 so a picture cannot disagree with the code it illustrates.
@@ -11,14 +16,14 @@ so a picture cannot disagree with the code it illustrates.
 
 from __future__ import annotations
 
-from functools import partial
+import math
 
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 
 from attn_course._checks import require_int
-from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light
+from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light, rect
 from attn_course.sparse import (
     bigbird_layout,
     layout_to_mask,
@@ -35,6 +40,8 @@ __all__ = [
     "draw_block_skipping",
     "draw_associativity",
     "draw_linear_recurrence",
+    "draw_tiling",
+    "draw_ring",
 ]
 
 _SKIP = "#eeeeee"  # tiles a block-sparse kernel never computes
@@ -66,15 +73,28 @@ ALT = {
         "to token; token t adds phi(k_t) transposed times v_t to it and its query reads it. Bottom: softmax "
         "attention's KV cache for the same tokens grows by one key and one value row per token."
     ),
+    "draw_tiling": (
+        "The N by N score matrix cut into tiles: a block of queries Q_i (blue, rows) meets one key "
+        "block K_j (orange, columns) at a time; the tile S_ij, its probabilities P_ij and the value "
+        "block V_j (green) live in fast memory, and the query block keeps only its running max m, "
+        "running sum l and accumulator acc. With the causal mask the tiles above the diagonal are "
+        "skipped and only the diagonal tiles are masked."
+    ),
+    "draw_ring": (
+        "P processes in a ring, each holding one chunk of the sequence's queries and its own key/value "
+        "chunk. At every step each process attends its queries to the key/value chunk it holds, "
+        "merges the partial result into its online softmax, and passes the chunk to the next process; "
+        "a table shows which chunk each rank holds at each step."
+    ),
 }
 
 
 def _matrix(ax, x, y, rows, cols, cell, color, text="", *, size=9):
     """A ``rows x cols`` matrix drawn to scale with its lower-left corner at (x, y); returns (w, h)."""
     w, h = cols * cell, rows * cell
-    ax.add_patch(Rectangle((x, y), w, h, facecolor=_light(color, 0.6), edgecolor=color, linewidth=1.2, zorder=3))
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=light(color, 0.6), edgecolor=color, linewidth=1.2, zorder=3))
     if text:
-        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, color=_INK, zorder=4)
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, color=INK, zorder=4)
     return w, h
 
 
@@ -86,35 +106,26 @@ def _mask_grid(ax, x, y, mask: torch.Tensor, cell: float, color: str, *, shade=N
     """
     N = mask.shape[0]
     top = y + N * cell
-    ax.add_patch(Rectangle((x, y), N * cell, N * cell, facecolor="white", edgecolor=_MUTED, linewidth=0.8, zorder=2))
+    ax.add_patch(Rectangle((x, y), N * cell, N * cell, facecolor="white", edgecolor=MUTED, linewidth=0.8, zorder=2))
     for i in range(N):
         for j in range(N):
             if shade is not None and shade[i, j] and not mask[i, j]:
                 ax.add_patch(Rectangle((x + j * cell, top - (i + 1) * cell), cell, cell,
-                                       facecolor=_light(color, 0.85), edgecolor="none", zorder=2.5))
+                                       facecolor=light(color, 0.85), edgecolor="none", zorder=2.5))
             if mask[i, j]:
                 ax.add_patch(Rectangle((x + j * cell, top - (i + 1) * cell), cell, cell,
-                                       facecolor=_light(color, 0.25), edgecolor="white", linewidth=0.4, zorder=3))
+                                       facecolor=light(color, 0.25), edgecolor="white", linewidth=0.4, zorder=3))
     if block:
         for b in range(0, N + 1, block):
-            ax.plot([x + b * cell] * 2, [y, top], color=_INK, lw=1.0, zorder=4)
-            ax.plot([x, x + N * cell], [top - b * cell] * 2, color=_INK, lw=1.0, zorder=4)
+            ax.plot([x + b * cell] * 2, [y, top], color=INK, lw=1.0, zorder=4)
+            ax.plot([x, x + N * cell], [top - b * cell] * 2, color=INK, lw=1.0, zorder=4)
 
 
 # ---------------------------------------------------------------- chapter 18
-# The drawing primitives are attn_course.diagrams'; these names keep this module's sizes.
-_INK, _MUTED, _light, _arrow, _label = INK, MUTED, light, arrow, label
-_box = partial(box, rounding=0.04)
-
-
-def _canvas(width: float, height: float, name: str):
-    return canvas(width, height, ALT[name])
-
-
 def draw_quadratic_growth(N: int = 4, d: int = 2) -> Figure:
     """Q, K^T and the score matrix for N and for 2N tokens, to scale."""
     N, d = require_int(N, "N"), require_int(d, "d")
-    fig, ax = _canvas(9.0, 3.2, "draw_quadratic_growth")
+    fig, ax = canvas(9.0, 3.2, ALT["draw_quadratic_growth"])
     cell = 2.2 / (2 * N + d)
     for k, (n, ox) in enumerate(((N, 0.3), (2 * N, 4.6))):
         base = 0.6
@@ -122,12 +133,12 @@ def draw_quadratic_growth(N: int = 4, d: int = 2) -> Figure:
         kx = ox + qw + 0.15
         _matrix(ax, kx, base + n * cell + 0.15, d, n, cell, COLORS["key"], "$K^\\top$", size=8)
         sw, sh = _matrix(ax, kx, base, n, n, cell, COLORS["weights"], f"{n * n} scores", size=10)
-        label = "N" if k == 0 else "2N"
-        _label(ax, ox, 0.25, f"{label} = {n} tokens: Q, K, V have {n} rows\n"
-               f"{n} × {n} = {n * n} scores", size=9, color=_INK, ha="left")
-    _arrow(ax, (3.05, 1.3), (4.4, 1.3))
-    _label(ax, 3.7, 1.6, "× 2 tokens", size=9, color=_INK)
-    _label(ax, 3.7, 1.0, "× 4 scores", size=9, color=COLORS["weights"])
+        size_name = "N" if k == 0 else "2N"
+        label(ax, ox, 0.25, f"{size_name} = {n} tokens: Q, K, V have {n} rows\n"
+               f"{n} × {n} = {n * n} scores", size=9, color=INK, ha="left")
+    arrow(ax, (3.05, 1.3), (4.4, 1.3))
+    label(ax, 3.7, 1.6, "× 2 tokens", size=9, color=INK)
+    label(ax, 3.7, 1.0, "× 4 scores", size=9, color=COLORS["weights"])
     return fig
 
 
@@ -144,15 +155,15 @@ def draw_sparse_patterns(N: int = 16, window: int = 2, stride: int = 4, block: i
         f"BigBird\n(blocks of {block}: window, global, random)": layout_to_mask(
             bigbird_layout(nb, window_blocks=3, global_blocks=1, random_blocks=1, seed=1), block, N, N),
     }
-    fig, ax = _canvas(10.0, 3.4, "draw_sparse_patterns")
+    fig, ax = canvas(10.0, 3.4, ALT["draw_sparse_patterns"])
     cell = 2.0 / N
     for k, (name, mask) in enumerate(masks.items()):
         x = 0.3 + k * 2.45
         _mask_grid(ax, x, 0.55, mask, cell, COLORS["weights"])
-        _label(ax, x + 1.0, 2.95, name, size=9, color=_INK)
-        _label(ax, x + 1.0, 0.3, f"{int(mask.sum())} of {N * N} pairs ({mask.float().mean():.0%})", size=8.5)
-    _label(ax, 0.15, 1.55, "queries", size=8, rotation=90)
-    _label(ax, 1.3, 2.7, "keys →", size=8)
+        label(ax, x + 1.0, 2.95, name, size=9, color=INK)
+        label(ax, x + 1.0, 0.3, f"{int(mask.sum())} of {N * N} pairs ({mask.float().mean():.0%})", size=8.5)
+    label(ax, 0.15, 1.55, "queries", size=8, rotation=90)
+    label(ax, 1.3, 2.7, "keys →", size=8)
     return fig
 
 
@@ -162,21 +173,21 @@ def draw_block_skipping(N: int = 16, block: int = 4, window: int = 2) -> Figure:
     mask = sliding_window_mask(N, window)
     layout = mask_to_layout(mask, block)  # (Lb, Sb)
     shade = layout_to_mask(layout, block, N, N)
-    fig, ax = _canvas(8.0, 3.6, "draw_block_skipping")
+    fig, ax = canvas(8.0, 3.6, ALT["draw_block_skipping"])
     cell = 2.8 / N
     _mask_grid(ax, 0.4, 0.35, mask, cell, COLORS["weights"], shade=shade, block=block)
-    _label(ax, 0.2, 0.35 + 1.4, "query blocks", size=8, rotation=90)
-    _label(ax, 0.4 + 1.4, 3.35, "key blocks", size=8)
+    label(ax, 0.2, 0.35 + 1.4, "query blocks", size=8, rotation=90)
+    label(ax, 0.4 + 1.4, 3.35, "key blocks", size=8)
     x0 = 3.7
-    _label(ax, x0, 3.2, f"computed: {int(layout.sum())} of {layout.numel()} tiles "
-           f"({int(mask.sum())} allowed pairs of {N * N})", size=10, color=_INK, ha="left")
+    label(ax, x0, 3.2, f"computed: {int(layout.sum())} of {layout.numel()} tiles "
+           f"({int(mask.sum())} allowed pairs of {N * N})", size=10, color=INK, ha="left")
     for i in range(layout.shape[0]):
         needed = layout[i].nonzero().flatten().tolist()
         y = 2.65 - i * 0.55
-        _box(ax, x0 + 0.55, y, 1.1, 0.4, f"query block {i}", COLORS["query"], size=9)
-        _arrow(ax, (x0 + 1.1, y), (x0 + 1.5, y))
-        _box(ax, x0 + 2.6, y, 2.1, 0.4, "key blocks " + ", ".join(map(str, needed)), COLORS["key"], size=9)
-    _label(ax, x0, 0.2, "shaded tiles are computed (dark: allowed pairs), blank tiles are skipped", size=8.5,
+        box(ax, x0 + 0.55, y, 1.1, 0.4, f"query block {i}", COLORS["query"], size=9, rounding=0.04)
+        arrow(ax, (x0 + 1.1, y), (x0 + 1.5, y))
+        box(ax, x0 + 2.6, y, 2.1, 0.4, "key blocks " + ", ".join(map(str, needed)), COLORS["key"], size=9, rounding=0.04)
+    label(ax, x0, 0.2, "shaded tiles are computed (dark: allowed pairs), blank tiles are skipped", size=8.5,
            ha="left")
     return fig
 
@@ -185,7 +196,7 @@ def draw_block_skipping(N: int = 16, block: int = 4, window: int = 2) -> Figure:
 def draw_associativity(N: int = 8, D: int = 3, d_v: int = 3) -> Figure:
     """``(phi(Q) phi(K)^T) V`` vs ``phi(Q) (phi(K)^T V)``, every matrix to scale."""
     N, D, d_v = require_int(N, "N"), require_int(D, "D"), require_int(d_v, "d_v")
-    fig, ax = _canvas(7.0, 4.7, "draw_associativity")
+    fig, ax = canvas(7.0, 4.7, ALT["draw_associativity"])
     c = 1.6 / N
     wcol = COLORS["weights"]
 
@@ -196,7 +207,7 @@ def draw_associativity(N: int = 8, D: int = 3, d_v: int = 3) -> Figure:
             x += D * c + 0.15
             _matrix(ax, x, y + (N - D) * c, D, N, c, COLORS["key"], "$\\phi(K)^\\top$", size=8)
             x += N * c + 0.25
-            _arrow(ax, (x - 0.2, y + N * c / 2), (x, y + N * c / 2))
+            arrow(ax, (x - 0.2, y + N * c / 2), (x, y + N * c / 2))
             _matrix(ax, x, y, N, N, c, wcol, f"{N} × {N}", size=9)
             x += N * c + 0.15
             _matrix(ax, x, y, N, d_v, c, COLORS["value"], "$V$", size=8)
@@ -209,49 +220,179 @@ def draw_associativity(N: int = 8, D: int = 3, d_v: int = 3) -> Figure:
             x += N * c + 0.15
             _matrix(ax, x, y, N, d_v, c, COLORS["value"], "$V$", size=8)
             x += d_v * c + 0.25
-            _arrow(ax, (x - 0.2, y + N * c / 2), (x, y + N * c / 2))
+            arrow(ax, (x - 0.2, y + N * c / 2), (x, y + N * c / 2))
             _matrix(ax, x, y + (N - D) * c, D, d_v, c, wcol, "", size=8)
-            _label(ax, x + d_v * c / 2, y + (N - D) * c - 0.15, f"{D} × {d_v}", size=8, color=_INK)
+            label(ax, x + d_v * c / 2, y + (N - D) * c - 0.15, f"{D} × {d_v}", size=8, color=INK)
             x += d_v * c + 0.15
             text = "$\\phi(Q)\\,(\\phi(K)^\\top V)$: a D × $d_v$ matrix, cost ~ $N D d_v$"
         ax.add_patch(FancyArrowPatch((x, y + N * c / 2), (x + 0.4, y + N * c / 2), arrowstyle="-|>",
-                                     mutation_scale=11, color=_INK, shrinkA=0, shrinkB=0))
+                                     mutation_scale=11, color=INK, shrinkA=0, shrinkB=0))
         _matrix(ax, x + 0.5, y, N, d_v, c, COLORS["context"], "out", size=8)
-        _label(ax, 0.3, y + N * c + 0.2, text, size=10, color=_INK, ha="left")
+        label(ax, 0.3, y + N * c + 0.2, text, size=10, color=INK, ha="left")
 
     row(2.5, "quadratic")
     row(0.3, "linear")
-    _label(ax, 6.8, 4.5, f"N = {N} tokens, feature width D = {D}, value width $d_v$ = {d_v}", size=9, ha="right")
+    label(ax, 6.8, 4.5, f"N = {N} tokens, feature width D = {D}, value width $d_v$ = {d_v}", size=9, ha="right")
     return fig
 
 
 def draw_linear_recurrence(T: int = 4) -> Figure:
     """A fixed-size state passed from token to token (top) vs a KV cache that grows (bottom)."""
     T = require_int(T, "T")
-    fig, ax = _canvas(9.5, 4.4, "draw_linear_recurrence")
+    fig, ax = canvas(9.5, 4.4, ALT["draw_linear_recurrence"])
     step = 8.0 / (T + 1)
-    _label(ax, 0.2, 4.15, "linear attention: a state of fixed size D × $d_v$ (plus z, size D)", size=10,
-           color=_INK, ha="left")
+    label(ax, 0.2, 4.15, "linear attention: a state of fixed size D × $d_v$ (plus z, size D)", size=10,
+           color=INK, ha="left")
     for t in range(T + 1):
         x = 0.7 + t * step
-        _box(ax, x, 3.1, 0.75, 0.6, f"$S_{t}, z_{t}$", COLORS["state"], size=9.5)
+        box(ax, x, 3.1, 0.75, 0.6, f"$S_{t}, z_{t}$", COLORS["state"], size=9.5, rounding=0.04)
         if t < T:
-            _arrow(ax, (x + 0.375, 3.1), (x + step - 0.375, 3.1))
+            arrow(ax, (x + 0.375, 3.1), (x + step - 0.375, 3.1))
             mid = x + step / 2
-            _box(ax, mid, 3.75, 1.05, 0.34, f"$+\\phi(k_{t + 1})^\\top v_{t + 1}$", COLORS["key"], size=8)
-            _arrow(ax, (mid, 3.58), (mid, 3.12), COLORS["key"])
-            _box(ax, x + step, 2.3, 0.9, 0.36, f"$\\phi(q_{t + 1})\\,\\cdot$", COLORS["query"], size=8.5)
-            _arrow(ax, (x + step, 2.8), (x + step, 2.48), COLORS["query"])
-            _label(ax, x + step, 2.0, f"$y_{t + 1}$", size=9, color=_INK)
-    _label(ax, 0.2, 1.55, "softmax attention: a KV cache that grows by one key and one value per token", size=10,
-           color=_INK, ha="left")
+            box(ax, mid, 3.75, 1.05, 0.34, f"$+\\phi(k_{t + 1})^\\top v_{t + 1}$", COLORS["key"], size=8, rounding=0.04)
+            arrow(ax, (mid, 3.58), (mid, 3.12), COLORS["key"])
+            box(ax, x + step, 2.3, 0.9, 0.36, f"$\\phi(q_{t + 1})\\,\\cdot$", COLORS["query"], size=8.5, rounding=0.04)
+            arrow(ax, (x + step, 2.8), (x + step, 2.48), COLORS["query"])
+            label(ax, x + step, 2.0, f"$y_{t + 1}$", size=9, color=INK)
+    label(ax, 0.2, 1.55, "softmax attention: a KV cache that grows by one key and one value per token", size=10,
+           color=INK, ha="left")
     cell = 0.18
     for t in range(1, T + 1):
         x = 0.7 + t * step - 0.3
         for r in range(t):
-            ax.add_patch(Rectangle((x, 1.2 - (r + 1) * cell), 0.28, cell * 0.9, facecolor=_light(COLORS["key"], 0.5),
+            ax.add_patch(Rectangle((x, 1.2 - (r + 1) * cell), 0.28, cell * 0.9, facecolor=light(COLORS["key"], 0.5),
                                    edgecolor=COLORS["key"], linewidth=0.8))
             ax.add_patch(Rectangle((x + 0.32, 1.2 - (r + 1) * cell), 0.28, cell * 0.9,
-                                   facecolor=_light(COLORS["value"], 0.5), edgecolor=COLORS["value"], linewidth=0.8))
-        _label(ax, x + 0.3, 1.32, f"after token {t}: {t} rows", size=8)
+                                   facecolor=light(COLORS["value"], 0.5), edgecolor=COLORS["value"], linewidth=0.8))
+        label(ax, x + 0.3, 1.32, f"after token {t}: {t} rows", size=8)
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 21
+
+
+def draw_tiling(blocks: int = 4, query_block: int = 2, key_block: int = 1, causal: bool = True) -> Figure:
+    """The score matrix as ``blocks x blocks`` tiles; query block ``query_block`` is being computed
+    and key block ``key_block`` is the current tile. With ``causal``, tiles above the diagonal are
+    skipped (hatched) and diagonal tiles are masked."""
+    T = require_int(blocks, "blocks")
+    i = require_int(query_block, "query_block", minimum=0)
+    j = require_int(key_block, "key_block", minimum=0)
+    if i >= T or j >= T:
+        raise ValueError(f"query_block={i} and key_block={j} must be < blocks={T}")
+    if causal and j > i:
+        raise ValueError(f"key_block={j} > query_block={i}: with causal=True that tile is skipped, "
+                         "pick key_block <= query_block")
+    fig, ax = canvas(10.0, 4.2, ALT["draw_tiling"])
+    cell = min(0.65, 2.6 / T)
+    x0, y0 = 1.2, 0.45  # lower-left corner of the score matrix
+    top = y0 + T * cell
+    # K^T above the matrix: one column block per key block; Q to the left: one row block per query block
+    for c in range(T):
+        rect(ax, x0 + c * cell, top + 0.15, cell, 0.35, COLORS["key"], amount=0.45 if c == j else 0.82,
+              lw=1.6 if c == j else 0.8)
+        label(ax, x0 + (c + 0.5) * cell, top + 0.325, f"$K_{c}$", size=9, color=INK)
+    label(ax, x0 + T * cell / 2, top + 0.72, "key blocks $K_j^\\top$ ($B_k$ keys each)", size=9,
+           color=COLORS["key"])
+    for r in range(T):
+        ry = top - (r + 1) * cell
+        rect(ax, x0 - 0.5, ry, 0.35, cell, COLORS["query"], amount=0.45 if r == i else 0.82,
+              lw=1.6 if r == i else 0.8)
+        label(ax, x0 - 0.325, ry + cell / 2, f"$Q_{r}$", size=9, color=INK)
+    label(ax, x0 - 0.95, top - T * cell / 2, "query\nblocks\n$Q_i$\n($B_q$\nrows)", size=8.5,
+           color=COLORS["query"])
+    for r in range(T):
+        for c in range(T):
+            cx, cy = x0 + c * cell, top - (r + 1) * cell
+            if causal and c > r:
+                rect(ax, cx, cy, cell, cell, "#bbbbbb", amount=0.9, edge="#cccccc", hatch="///")
+            elif r == i and c == j:
+                rect(ax, cx, cy, cell, cell, COLORS["weights"], amount=0.35, lw=2.2)
+            elif r == i and c < j:
+                rect(ax, cx, cy, cell, cell, COLORS["weights"], amount=0.75)  # already folded in
+            else:
+                rect(ax, cx, cy, cell, cell, COLORS["state"], amount=0.93, edge="#bbbbbb")
+            if causal and c == r:  # the diagonal tile: half of it is masked
+                ax.plot([cx, cx + cell], [cy + cell, cy], color=COLORS["weights"], lw=0.9, ls="--", zorder=4)
+    label(ax, x0 + T * cell / 2, y0 - 0.22,
+           "scores $S = QK^\\top$, " + ("causal: hatched tiles skipped, diagonal tiles masked" if causal
+                                       else "every tile visited"), size=8.5)
+    # fast memory (SRAM): the tile being processed
+    sx = x0 + T * cell + 0.4
+    ax.add_patch(FancyBboxPatch((sx, 0.35), 3.0, 3.55, boxstyle="round,pad=0,rounding_size=0.1",
+                                facecolor="#f6f6f6", edgecolor="#bbbbbb", lw=1.0, zorder=1))
+    label(ax, sx + 1.5, 3.68, "fast on-chip memory (SRAM)", size=9.5, color=INK)
+    box(ax, sx + 0.7, 3.1, 1.1, 0.5, f"$Q_{i}$  ($B_q$ × d)", COLORS["query"], size=9)
+    box(ax, sx + 2.3, 3.1, 1.1, 0.5, f"$K_{j}$  ($B_k$ × d)", COLORS["key"], size=9)
+    box(ax, sx + 1.5, 2.2, 2.6, 0.55, f"$S_{{{i}{j}}} = Q_{i}K_{j}^\\top/\\sqrt{{d}}$  ($B_q$ × $B_k$)",
+         COLORS["weights"], size=9)
+    arrow(ax, (sx + 0.7, 2.85), (sx + 0.9, 2.48), COLORS["query"])
+    arrow(ax, (sx + 2.3, 2.85), (sx + 2.1, 2.48), COLORS["key"])
+    box(ax, sx + 0.95, 1.25, 1.6, 0.55, f"$P = e^{{S_{{{i}{j}}} - m}}$", COLORS["weights"], size=9.5,
+         fill=light(COLORS["weights"], 0.6))
+    box(ax, sx + 2.4, 1.25, 0.8, 0.5, f"$V_{j}$", COLORS["value"], size=9.5)
+    arrow(ax, (sx + 0.95, 1.92), (sx + 0.95, 1.53), COLORS["weights"])
+    label(ax, sx + 1.5, 0.62, "only this $B_q \\times B_k$ tile is alive:\nextra memory does not grow as $N^2$",
+           size=8.5)
+    # the running statistics of the query block
+    rx = sx + 3.0 + 0.25
+    label(ax, rx + 1.25, 3.68, f"running statistics of $Q_{i}$", size=9.5, color=INK)
+    rows = [("$m$", "running max\n($B_q$)", COLORS["state"]), ("$l$", "running sum\n($B_q$)", COLORS["state"]),
+            ("acc", "weighted sum of $V$\n($B_q$ × d)", COLORS["context"])]
+    for k, (sym, what, color) in enumerate(rows):
+        y = 3.0 - 0.75 * k
+        box(ax, rx + 0.3, y, 0.5, 0.45, sym, color, size=10)
+        label(ax, rx + 0.65, y, what, size=8, ha="left")
+    label(ax, rx + 1.25, 0.95, "per tile: $m' = \\max(m, \\max_j S)$\n$l' = e^{m-m'}l + \\sum P$\n"
+           "acc$' = e^{m-m'}$acc $+ PV_j$", size=8.5, color=INK)
+    label(ax, rx + 1.25, 0.3, "at the end: $O_i$ = acc / $l$", size=8.5, color=COLORS["context"])
+    arrow(ax, (sx + 2.8, 1.25), (rx + 0.05, 1.6), COLORS["context"], lw=1.1, rad=0.2)
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 23
+
+
+def draw_ring(world_size: int = 4) -> Figure:
+    """``world_size`` processes on a ring; the K/V chunks move one place per step (table of who holds what)."""
+    P = require_int(world_size, "world_size", minimum=2)
+    if P > 8:
+        raise ValueError(f"world_size={P}: draw at most 8 processes")
+    fig, ax = canvas(10.0, 4.6, ALT["draw_ring"])
+    cx, cy, R = 2.6, 2.2, 1.55
+    pos = [(cx + R * math.sin(2 * math.pi * r / P), cy + R * math.cos(2 * math.pi * r / P)) for r in range(P)]
+    for r, (x, y) in enumerate(pos):
+        ax.add_patch(Circle((x, y), 0.48, facecolor="white", edgecolor=COLORS["state"], lw=1.4, zorder=3))
+        label(ax, x, y + 0.22, f"rank {r}", size=8.5, color=INK, zorder=5)
+        rect(ax, x - 0.36, y - 0.2, 0.34, 0.26, COLORS["query"], amount=0.55)
+        label(ax, x - 0.19, y - 0.07, f"$Q_{r}$", size=8, color=INK, zorder=5)
+        rect(ax, x + 0.02, y - 0.2, 0.34, 0.26, COLORS["key"], amount=0.55)
+        label(ax, x + 0.19, y - 0.07, f"$KV_{r}$", size=7, color=INK, zorder=5)
+    for r in range(P):
+        a, b = pos[r], pos[(r + 1) % P]
+        dx, dy = b[0] - a[0], b[1] - a[1]
+        dist = math.hypot(dx, dy)
+        ux, uy = dx / dist, dy / dist
+        arrow(ax, (a[0] + 0.52 * ux, a[1] + 0.52 * uy), (b[0] - 0.52 * ux, b[1] - 0.52 * uy), COLORS["key"],
+               lw=1.6, rad=-0.25)
+    label(ax, cx, cy, "K/V chunks\nmove to\nrank + 1\nevery step", size=8.5, color=COLORS["key"])
+    label(ax, cx, 4.4, f"P = {P} processes, each holds n = N / P tokens", size=10, color=INK)
+    # table: which chunk rank r holds at step s
+    tx, ty, cw, ch = 5.55, 3.6, 0.55, 0.4
+    label(ax, tx + (P + 1) * cw / 2, ty + 0.62, "K/V chunk held by each rank at each step\n"
+           "chunk = (rank - step) mod P", size=9, color=INK)
+    label(ax, tx + cw / 2, ty, "step", size=8.5, color=INK)
+    for r in range(P):
+        label(ax, tx + (r + 1.5) * cw, ty, f"r{r}", size=8.5, color=INK)
+    for s in range(P):
+        y = ty - (s + 1) * ch
+        label(ax, tx + cw / 2, y, str(s), size=8.5, color=INK)
+        for r in range(P):
+            chunk = (r - s) % P
+            rect(ax, tx + (r + 1) * cw + 0.03, y - ch / 2 + 0.03, cw - 0.06, ch - 0.06,
+                  COLORS["key"], amount=0.55 if chunk == r else 0.85)
+            label(ax, tx + (r + 1.5) * cw, y, str(chunk), size=8.5, color=INK, zorder=5)
+    label(ax, tx + (P + 1) * cw / 2, ty - (P + 1) * ch - 0.1,
+           "each step: attend $Q_r$ to the chunk held, merge\n(m, l, acc) with merge_partials, send the chunk on",
+           size=8.5, color=MUTED)
     return fig

@@ -9,7 +9,7 @@
   an NVIDIA H200 (shipped as package data, so a CPU-only page can show and plot it).
 * ``plot_tflops``: TFLOP/s by N, one panel per (head_dim, causal), one line per implementation.
 
-FLOPs are ``attn_course.triton_attention.attention_flops``: 4 B H N^2 d, halved when causal.
+FLOPs are ``attn_course.flash.attention_flops``: 4 B H N^2 d, halved when causal.
 Dimension glossary: B batch, H heads, N sequence length (queries = keys), d head_dim.
 """
 
@@ -143,7 +143,8 @@ def benchmark_backends(lengths: Sequence[int] = (512, 1024, 2048, 4096), head_di
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    from attn_course.triton_attention import attention_flops, flash_attention
+    from attn_course.flash import attention_flops
+    from attn_course.triton_attention import flash_attention
 
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16

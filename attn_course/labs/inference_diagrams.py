@@ -1,14 +1,13 @@
 """Conceptual diagrams for Part IV (inference): decoding, the KV cache and how to shrink it.
 
-Same conventions as ``attn_course.diagrams``: each public ``draw_*`` function returns the
+Same conventions as every part's diagrams: each public ``draw_*`` function returns the
 ``matplotlib.figure.Figure`` it drew (a cell ``draw_prefill_decode();`` shows it), ``ALT[name]``
 is its alt text (the chapters copy it into the cell metadata) and the figure's label, data
 units are inches, the axes are off, and colours mean the same thing as there
 (``attn_course.diagrams.COLORS``: queries blue, keys orange, values green, attention weights
 purple, other states grey).
 
-The drawing primitives below are this module's own (``attn_course.diagrams`` keeps its
-primitives private).
+Drawn with the kit of ``attn_course.diagrams`` (``box``, ``arrow``, ``label``, ``canvas``, ...).
 
 Dimension glossary (as in the library): B batch, T prompt length, t tokens so far, H query
 heads, H_kv key/value heads, W sliding window, P block (page) size.
@@ -17,7 +16,6 @@ heads, H_kv key/value heads, W sliding window, P block (page) size.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -75,45 +73,35 @@ ALT = {
 
 
 # ---------------------------------------------------------------- chapter 14
-# The drawing primitives are attn_course.diagrams'; these names keep this module's sizes.
-_tint, _text = light, label
-_rect = partial(box, size=9.5, lw=1.2, rounding=0.05)
-_line = partial(arrow, lw=1.2, mutation_scale=10)
-
-
-def _figure(width: float, height: float, name: str):
-    return canvas(width, height, ALT[name])
-
-
 def draw_decoding_loop(tokens: tuple[str, ...] = ("<bos>", "(", "[", "]")) -> Figure:
     """Tokens so far -> model -> next-token distribution -> sampler -> appended token -> again."""
     if not tokens or not all(isinstance(t, str) and t for t in tokens):
         raise ValueError(f"tokens must be a non-empty tuple of non-empty strings, got {tokens!r}")
-    fig, ax = _figure(9.5, 3.2, "draw_decoding_loop")
+    fig, ax = canvas(9.5, 3.2, ALT["draw_decoding_loop"])
     y = 2.35
     x = 0.45
     for tok in tokens:
-        _rect(ax, x, y, 0.5, 0.42, tok, size=9)
+        box(ax, x, y, 0.5, 0.42, tok, size=9, lw=1.2, rounding=0.05)
         x += 0.56
-    _rect(ax, x, y, 0.5, 0.42, "?", NEW, size=10, ls="--")
-    _text(ax, (0.2 + x + 0.25) / 2, y + 0.45, "the tokens so far, and the next one", size=9)
+    box(ax, x, y, 0.5, 0.42, "?", NEW, size=10, ls="--", lw=1.2, rounding=0.05)
+    label(ax, (0.2 + x + 0.25) / 2, y + 0.45, "the tokens so far, and the next one", size=9)
     mx = x + 1.35
-    _line(ax, (x + 0.3, y), (mx - 0.55, y))
-    _rect(ax, mx, y, 1.1, 0.7, "GPT\n(causal)", size=10)
+    arrow(ax, (x + 0.3, y), (mx - 0.55, y), lw=1.2, mutation_scale=10)
+    box(ax, mx, y, 1.1, 0.7, "GPT\n(causal)", size=10, lw=1.2, rounding=0.05)
     # the distribution: a small bar chart
     bx, by = mx + 1.2, y - 0.3
     probs = [0.05, 0.1, 0.55, 0.25, 0.05]
     for i, p in enumerate(probs):
-        ax.add_patch(plt.Rectangle((bx + i * 0.2, by), 0.15, p * 1.1, facecolor=_tint(COLORS["weights"], 0.4),
+        ax.add_patch(plt.Rectangle((bx + i * 0.2, by), 0.15, p * 1.1, facecolor=light(COLORS["weights"], 0.4),
                                    edgecolor=COLORS["weights"], lw=0.8, zorder=3))
-    _line(ax, (mx + 0.55, y), (bx - 0.05, y))
-    _text(ax, bx + 0.5, by - 0.2, "p(next | so far)", size=8.5, color=COLORS["weights"])
+    arrow(ax, (mx + 0.55, y), (bx - 0.05, y), lw=1.2, mutation_scale=10)
+    label(ax, bx + 0.5, by - 0.2, "p(next | so far)", size=8.5, color=COLORS["weights"])
     sx = bx + 2.0
-    _line(ax, (bx + 1.05, y), (sx - 0.6, y), COLORS["weights"])
-    _rect(ax, sx, y, 1.2, 0.7, "sampler\ngreedy, T,\ntop-k, top-p", COLORS["weights"], size=8.5)
+    arrow(ax, (bx + 1.05, y), (sx - 0.6, y), COLORS["weights"], lw=1.2, mutation_scale=10)
+    box(ax, sx, y, 1.2, 0.7, "sampler\ngreedy, T,\ntop-k, top-p", COLORS["weights"], size=8.5, lw=1.2, rounding=0.05)
     # back to the sequence
-    _line(ax, (sx, y - 0.35), (x, y - 0.21), NEW, lw=1.6, rad=-0.35)
-    _text(ax, (sx + x) / 2, 0.55, "append the chosen token, run again: one model call per generated token",
+    arrow(ax, (sx, y - 0.35), (x, y - 0.21), NEW, lw=1.6, rad=-0.35, mutation_scale=10)
+    label(ax, (sx + x) / 2, 0.55, "append the chosen token, run again: one model call per generated token",
           size=9.5, color=NEW)
     return fig
 
@@ -124,41 +112,41 @@ def draw_prefill_decode(prompt_len: int = 4) -> Figure:
     T = require_int(prompt_len, "prompt_len")
     if T > 6:
         raise ValueError(f"prompt_len must be at most 6 to fit the figure, got {T}")
-    fig, ax = _figure(10.0, 3.9, "draw_prefill_decode")
+    fig, ax = canvas(10.0, 3.9, ALT["draw_prefill_decode"])
     w = 0.42
     for panel, ox in (("prefill", 0.3), ("decode", 5.3)):
         decode = panel == "decode"
         n = T + 1 if decode else T
-        _text(ax, ox + 2.1, 3.65, "prefill: the whole prompt, one pass" if not decode
+        label(ax, ox + 2.1, 3.65, "prefill: the whole prompt, one pass" if not decode
               else "decode: one new token per step", size=10.5, color=INK, weight="bold")
         for i in range(n):
             x = ox + 0.3 + i * (w + 0.12)
             new = (not decode) or i == n - 1
             c = NEW if new else MUTED
-            _rect(ax, x, 0.45, w, 0.36, f"$x_{{{i + 1}}}$", c if new else COLORS["state"],
-                  fill=_tint(c, 0.75) if new else "white", size=9)
+            box(ax, x, 0.45, w, 0.36, f"$x_{{{i + 1}}}$", c if new else COLORS["state"],
+                  fill=light(c, 0.75) if new else "white", size=9, lw=1.2, rounding=0.05)
             # the key and value column of each position, in the cache
             for row, role in ((2.15, "key"), (1.65, "value")):
                 computed = new
-                _rect(ax, x, row, w, 0.36, ("k" if role == "key" else "v") + f"$_{{{i + 1}}}$", COLORS[role],
-                      fill=_tint(COLORS[role], 0.55 if computed else 0.9), lw=2.0 if computed else 1.0,
-                      ls="-" if computed else ":", size=9)
+                box(ax, x, row, w, 0.36, ("k" if role == "key" else "v") + f"$_{{{i + 1}}}$", COLORS[role],
+                      fill=light(COLORS[role], 0.55 if computed else 0.9), lw=2.0 if computed else 1.0,
+                      ls="-" if computed else ":", size=9, rounding=0.05)
             if new:
-                _line(ax, (x, 0.63), (x, 1.47), NEW, lw=1.0)
-                _rect(ax, x, 2.75, w, 0.36, f"q$_{{{i + 1}}}$", COLORS["query"], size=9)
+                arrow(ax, (x, 0.63), (x, 1.47), NEW, lw=1.0, mutation_scale=10)
+                box(ax, x, 2.75, w, 0.36, f"q$_{{{i + 1}}}$", COLORS["query"], size=9, lw=1.2, rounding=0.05)
         x_last = ox + 0.3 + (n - 1) * (w + 0.12)
-        _text(ax, ox - 0.05, 1.9, "cache", size=8.5, rotation=90)
+        label(ax, ox - 0.05, 1.9, "cache", size=8.5, rotation=90)
         if decode:
             # the new query reads every cached key and value
-            _rect(ax, ox + 0.3 + (T - 1) * (w + 0.12) / 2, 1.9, T * (w + 0.12) + 0.02, 1.05, "", MUTED,
-                  fill="none", ls="--", lw=1.0)
-            _line(ax, (x_last - 0.15, 2.57), (ox + 0.3 + (T - 1) * (w + 0.12), 2.4), COLORS["query"], rad=0.25)
-            _text(ax, ox + 2.35, 3.2, f"q$_{{{n}}}$ reads all {n} keys and values;\n"
+            box(ax, ox + 0.3 + (T - 1) * (w + 0.12) / 2, 1.9, T * (w + 0.12) + 0.02, 1.05, "", MUTED,
+                  fill="none", ls="--", lw=1.0, size=9.5, rounding=0.05)
+            arrow(ax, (x_last - 0.15, 2.57), (ox + 0.3 + (T - 1) * (w + 0.12), 2.4), COLORS["query"], rad=0.25, lw=1.2, mutation_scale=10)
+            label(ax, ox + 2.35, 3.2, f"q$_{{{n}}}$ reads all {n} keys and values;\n"
                   f"only k$_{{{n}}}$, v$_{{{n}}}$ are computed (and appended)", size=8.5, color=INK)
         else:
-            _text(ax, ox + 2.1, 3.2, f"{T} queries, {T} keys and values computed at once\n"
+            label(ax, ox + 2.1, 3.2, f"{T} queries, {T} keys and values computed at once\n"
                   "(causal mask); K and V written to the cache", size=8.5, color=INK)
-    _text(ax, 5.0, 0.08, "solid, strong colour: computed this step;  dotted: read from the cache", size=8.5)
+    label(ax, 5.0, 0.08, "solid, strong colour: computed this step;  dotted: read from the cache", size=8.5)
     return fig
 
 
@@ -171,12 +159,12 @@ def draw_gqa_heads(num_heads: int = 8, kv_heads: tuple[int, ...] = (8, 2, 1)) ->
     H = require_int(num_heads, "num_heads")
     if H > 8 or not kv_heads or any(require_int(k, "kv_heads") > H or H % k for k in kv_heads):
         raise ValueError(f"num_heads <= 8 and each of kv_heads must divide it; got {H}, {kv_heads!r}")
-    fig, ax = _figure(10.0, 3.0, "draw_gqa_heads")
+    fig, ax = canvas(10.0, 3.0, ALT["draw_gqa_heads"])
     pw = 10.0 / len(kv_heads)
     for p, H_kv in enumerate(kv_heads):
         ox = p * pw
         name = "MHA" if H_kv == H else "MQA" if H_kv == 1 else "GQA"
-        _text(ax, ox + pw / 2, 2.75, f"{name}: {H} query heads, {H_kv} KV head{'s' if H_kv > 1 else ''}",
+        label(ax, ox + pw / 2, 2.75, f"{name}: {H} query heads, {H_kv} KV head{'s' if H_kv > 1 else ''}",
               size=10, color=INK, weight="bold")
         step = (pw - 0.4) / H
         qx = [ox + 0.2 + step * (i + 0.5) for i in range(H)]
@@ -184,12 +172,12 @@ def draw_gqa_heads(num_heads: int = 8, kv_heads: tuple[int, ...] = (8, 2, 1)) ->
         kx = [sum(qx[g * group:(g + 1) * group]) / group for g in range(H_kv)]
         for i, x in enumerate(qx):
             c = _GROUP_COLORS[i // group]
-            _rect(ax, x, 2.15, min(0.3, step * 0.8), 0.36, f"q{i}", COLORS["query"], size=7.5)
-            _line(ax, (x, 1.97), (kx[i // group], 1.13), c, lw=1.0, head=False)
+            box(ax, x, 2.15, min(0.3, step * 0.8), 0.36, f"q{i}", COLORS["query"], size=7.5, lw=1.2, rounding=0.05)
+            arrow(ax, (x, 1.97), (kx[i // group], 1.13), c, lw=1.0, head=False, mutation_scale=10)
         kw = min(0.9, max(0.3, step * group * 0.8))
         for g, x in enumerate(kx):
-            _rect(ax, x, 0.95, kw, 0.36, f"k{g}" if kw < 0.5 else f"k{g}, v{g}", COLORS["key"], size=7.5)
-        _text(ax, ox + pw / 2, 0.4, f"cache: {H_kv}/{H} of MHA's", size=9,
+            box(ax, x, 0.95, kw, 0.36, f"k{g}" if kw < 0.5 else f"k{g}, v{g}", COLORS["key"], size=7.5, lw=1.2, rounding=0.05)
+        label(ax, ox + pw / 2, 0.4, f"cache: {H_kv}/{H} of MHA's", size=9,
               color=COLORS["key"] if H_kv < H else MUTED)
     return fig
 
@@ -200,33 +188,33 @@ def draw_sliding_window_ring(window: int = 6, position: int = 9) -> Figure:
     p = require_int(position, "position", minimum=0)
     if not 3 <= W <= 12:
         raise ValueError(f"window must be in [3, 12] to fit the figure, got {W}")
-    fig, ax = _figure(8.0, 3.4, "draw_sliding_window_ring")
+    fig, ax = canvas(8.0, 3.4, ALT["draw_sliding_window_ring"])
     cx, cy, r = 1.8, 1.65, 1.15
     for s in range(W):
         held = max(q for q in range(p + 1 - W, p + 1) if q % W == s) if p + 1 >= W or s <= p else None
         a0 = 90 - 360 * (s + 1) / W
         newest = held == p
         c = NEW if newest else COLORS["key"]
-        ax.add_patch(Wedge((cx, cy), r, a0, a0 + 360 / W, width=0.5, facecolor=_tint(c, 0.5 if newest else 0.85),
+        ax.add_patch(Wedge((cx, cy), r, a0, a0 + 360 / W, width=0.5, facecolor=light(c, 0.5 if newest else 0.85),
                            edgecolor="white" if held is not None else MUTED, lw=2, zorder=3))
         mid = math.radians(a0 + 180 / W)
-        _text(ax, cx + (r - 0.25) * math.cos(mid), cy + (r - 0.25) * math.sin(mid),
+        label(ax, cx + (r - 0.25) * math.cos(mid), cy + (r - 0.25) * math.sin(mid),
               "-" if held is None else f"{held}", size=9, color=INK, zorder=4)
-        _text(ax, cx + (r + 0.2) * math.cos(mid), cy + (r + 0.2) * math.sin(mid), f"slot {s}", size=7.5)
+        label(ax, cx + (r + 0.2) * math.cos(mid), cy + (r + 0.2) * math.sin(mid), f"slot {s}", size=7.5)
     ax.add_patch(Circle((cx, cy), r - 0.5, facecolor="white", edgecolor="none", zorder=3))
-    _text(ax, cx, cy, f"W = {W}\nslots", size=9, color=INK, zorder=4)
+    label(ax, cx, cy, f"W = {W}\nslots", size=9, color=INK, zorder=4)
     # the same thing as a sliding-window mask row
     x0, y0 = 3.7, 2.0
-    _text(ax, x0, 2.95, f"query at position {p} with a sliding-window mask (W = {W}):", ha="left", size=9.5,
+    label(ax, x0, 2.95, f"query at position {p} with a sliding-window mask (W = {W}):", ha="left", size=9.5,
           color=INK)
     n = p + 1
     cell = min(0.3, 4.1 / n)
     for q in range(n):
         seen = p - W < q <= p
-        _rect(ax, x0 + cell * (q + 0.5), y0 + 0.4, cell * 0.9, 0.3, "", COLORS["key"] if seen else MUTED,
-              fill=_tint(NEW if q == p else COLORS["key"], 0.5 if q == p else 0.8) if seen else "white", lw=0.8)
-        _text(ax, x0 + cell * (q + 0.5), y0 + 0.05, f"{q}", size=7)
-    _text(ax, x0, 1.35, f"keys {max(0, p - W + 1)} .. {p} are attended: exactly the ring's contents.\n"
+        box(ax, x0 + cell * (q + 0.5), y0 + 0.4, cell * 0.9, 0.3, "", COLORS["key"] if seen else MUTED,
+              fill=light(NEW if q == p else COLORS["key"], 0.5 if q == p else 0.8) if seen else "white", lw=0.8, size=9.5, rounding=0.05)
+        label(ax, x0 + cell * (q + 0.5), y0 + 0.05, f"{q}", size=7)
+    label(ax, x0, 1.35, f"keys {max(0, p - W + 1)} .. {p} are attended: exactly the ring's contents.\n"
           f"Position p lives in slot p mod {W}, so writing position {p}\n"
           f"overwrote position {p - W}, which the mask hides anyway.\n"
           "Memory: W slots, however long the text.", ha="left", va="top", size=8.5)
@@ -238,33 +226,33 @@ def draw_paged_cache(block_size: int = 4) -> Figure:
     P = require_int(block_size, "block_size")
     if P > 6:
         raise ValueError(f"block_size must be at most 6 to fit the figure, got {P}")
-    fig, ax = _figure(10.0, 3.8, "draw_paged_cache")
+    fig, ax = canvas(10.0, 3.8, ALT["draw_paged_cache"])
     pool_x = [4.6 + 0.72 * i for i in range(7)]
     owner = {0: "shared", 1: "shared", 2: "A", 3: None, 4: "B", 5: None, 6: "B"}
     fill_of = {0: P, 1: P, 2: 2, 4: P, 6: 1}
     colour = {"shared": COLORS["weights"], "A": COLORS["key"], "B": COLORS["value"], None: MUTED}
     top, slot = 2.95, 0.26
-    _text(ax, 4.3, 3.6, f"physical blocks (the pool), {P} token slots each", ha="left", size=10, color=INK,
+    label(ax, 4.3, 3.6, f"physical blocks (the pool), {P} token slots each", ha="left", size=10, color=INK,
           weight="bold")
     for b, x in enumerate(pool_x):
         who = owner[b]
         for s in range(P):
             used = who is not None and s < fill_of[b]
-            _rect(ax, x, top - s * slot, 0.55, slot * 0.85, "", colour[who],
-                  fill=_tint(colour[who], 0.55) if used else "white", lw=0.8)
+            box(ax, x, top - s * slot, 0.55, slot * 0.85, "", colour[who],
+                  fill=light(colour[who], 0.55) if used else "white", lw=0.8, size=9.5, rounding=0.05)
         ref = 2 if who == "shared" else 1 if who else 0
-        _text(ax, x, top + 0.3, f"#{b}  " + (f"ref {ref}" if ref else "free"), size=8, color=INK)
+        label(ax, x, top + 0.3, f"#{b}  " + (f"ref {ref}" if ref else "free"), size=8, color=INK)
     bottom = top - (P - 1) * slot - slot * 0.45
     tables = {"A": (1.3, [0, 1, 2]), "B": (0.45, [0, 1, 4, 6])}
     for name, (y, blocks) in tables.items():
         c = colour[name]
-        _text(ax, 0.25, y + 0.33, f"sequence {name}: block table", ha="left", size=9.5, color=c)
+        label(ax, 0.25, y + 0.33, f"sequence {name}: block table", ha="left", size=9.5, color=c)
         for j, b in enumerate(blocks):
             x = 0.5 + j * 0.55
-            _rect(ax, x, y, 0.45, 0.32, f"{b}", c, size=9)
-            _line(ax, (x + 0.22, y), (pool_x[b] + (-0.1 if name == "A" else 0.1), bottom), c, lw=0.9,
-                  rad=0.2)
-    _text(ax, 0.25, 2.75, "Blocks 0 and 1 hold the common prompt:\nstored once, shared (ref 2).\n"
+            box(ax, x, y, 0.45, 0.32, f"{b}", c, size=9, lw=1.2, rounding=0.05)
+            arrow(ax, (x + 0.22, y), (pool_x[b] + (-0.1 if name == "A" else 0.1), bottom), c, lw=0.9,
+                  rad=0.2, mutation_scale=10)
+    label(ax, 0.25, 2.75, "Blocks 0 and 1 hold the common prompt:\nstored once, shared (ref 2).\n"
           "A write into a shared, partly filled block\ncopies it first (copy on write).\n"
           "Waste per sequence: at most one partly\nfilled block, not a max_len reservation.",
           ha="left", va="center", size=8.5)
@@ -286,17 +274,17 @@ _MAPPING = [
 
 def draw_weight_mapping() -> Figure:
     """Hugging Face GPT-2 names -> the course's GPT names; Conv1D weights are transposed."""
-    fig, ax = _figure(9.5, 3.6, "draw_weight_mapping")
-    _text(ax, 2.1, 3.35, "Hugging Face GPT2LMHeadModel", size=10, color=INK, weight="bold")
-    _text(ax, 7.3, 3.35, "attn_course.gpt.GPT", size=10, color=INK, weight="bold")
+    fig, ax = canvas(9.5, 3.6, ALT["draw_weight_mapping"])
+    label(ax, 2.1, 3.35, "Hugging Face GPT2LMHeadModel", size=10, color=INK, weight="bold")
+    label(ax, 7.3, 3.35, "attn_course.gpt.GPT", size=10, color=INK, weight="bold")
     for i, (theirs, ours, transpose) in enumerate(_MAPPING):
         y = 2.95 - i * 0.37
         c = COLORS["key"] if transpose else COLORS["state"]
-        _rect(ax, 2.1, y, 3.6, 0.3, theirs, c, size=8.5)
-        _rect(ax, 7.3, y, 3.6, 0.3, ours, c, size=8.5)
-        _line(ax, (3.9, y), (5.5, y), c)
+        box(ax, 2.1, y, 3.6, 0.3, theirs, c, size=8.5, lw=1.2, rounding=0.05)
+        box(ax, 7.3, y, 3.6, 0.3, ours, c, size=8.5, lw=1.2, rounding=0.05)
+        arrow(ax, (3.9, y), (5.5, y), c, lw=1.2, mutation_scale=10)
         if transpose:
-            _text(ax, 4.7, y + 0.1, ".t()", size=8, color=COLORS["key"])
-    _text(ax, 4.75, 0.05, "orange: Conv1D stores (in, out), nn.Linear (out, in): transpose", size=8.5,
+            label(ax, 4.7, y + 0.1, ".t()", size=8, color=COLORS["key"])
+    label(ax, 4.75, 0.05, "orange: Conv1D stores (in, out), nn.Linear (out, in): transpose", size=8.5,
           color=COLORS["key"], va="bottom")
     return fig

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from attn_course._checks import require_int
 from attn_course.gpt import GPT, GPTConfig, generate, generation_macs
 from attn_course.kv_cache import ModelShape, kv_cache_bytes, simulate_paging
-from attn_course.labs.generation import (
+from attn_course.labs.bracket_language import (
     BracketTask,
     default_model_config,
     sample_sentences,

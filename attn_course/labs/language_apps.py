@@ -22,10 +22,9 @@ from ..apps.text import (
     make_story_data,
 )
 from ..utils import num_threads, seed_everything
-from .training import run_steps
+from .training import fit
 
 __all__ = [
-    "fit",
     "SentimentResult",
     "run_sentiment",
     "QAResult",
@@ -36,16 +35,6 @@ __all__ = [
     "plot_story_weights",
     "plot_sentence_weights",
 ]
-
-
-def fit(model, loss_for_batch, n: int, steps: int, batch: int = 64, lr: float = 3e-3, seed: int = 0,
-        desc: str = "training", progress: bool = True) -> list[float]:
-    """Adam on random minibatches of ``n`` training examples: ``loss_for_batch(index)`` gives the loss."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
-    return run_steps(model, lambda i: loss_for_batch(torch.randint(0, n, (batch,), generator=g)), opt, sched,
-                     steps, progress=progress, desc=desc, postfix_every=20)
 
 
 # ----------------------------------------------------------------------------- sentiment

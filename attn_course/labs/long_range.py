@@ -10,6 +10,7 @@ sit within ``layers * window`` of ``[CLS]``; everywhere else it guesses.
 ``MultiHeadAttention``) whose every layer uses one fixed boolean mask (``True`` = may attend):
 a sliding window, a window plus global tokens (Longformer), or full attention.
 ``train_pattern`` trains one, ``accuracy_by_position`` evaluates it by where the signal was.
+``time_vs_length`` times dense-with-mask against block-skipping attention by N (``plot_cost``).
 
 Dimension glossary: B batch, T sequence length, D model width, K number of signal kinds.
 """
@@ -17,7 +18,7 @@ Dimension glossary: B batch, T sequence length, D model width, K number of signa
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,8 @@ from attn_course._checks import require_int
 from attn_course.labs.training import TrainHistory, run_steps
 from attn_course.multihead import MultiHeadAttention
 from attn_course.plotting import UNIT_YLIM, finish_axes, new_axes
-from attn_course.utils import num_threads
+from attn_course.sparse import block_sparse_attention, dense_masked_attention, layout_density, mask_to_layout
+from attn_course.utils import best_seconds, num_threads
 
 __all__ = [
     "SignalTask",
@@ -37,6 +39,7 @@ __all__ = [
     "train_pattern",
     "accuracy_by_position",
     "plot_accuracy_by_position_buckets",
+    "time_vs_length",
     "plot_cost",
     "hops_to_connect",
 ]
@@ -181,8 +184,49 @@ def plot_accuracy_by_position_buckets(
     return ax
 
 
+def time_vs_length(
+    lengths: Sequence[int],
+    mask_fn: Callable[[int], torch.Tensor],
+    block_size: int = 64,
+    B: int = 1,
+    H: int = 4,
+    d: int = 32,
+    repeats: int = 3,
+    seed: int = 0,
+    threads: int | None = 1,
+) -> list[dict[str, float]]:
+    """Time dense-with-mask vs block-skipping attention for each ``N`` in ``lengths``.
+
+    ``mask_fn(N)`` gives the ``(N, N)`` mask (e.g. ``lambda N: sliding_window_mask(N, 64)``); the
+    block-sparse version computes only the tiles of ``mask_to_layout(mask, block_size)``.
+    Returns one dict per N: ``N``, ``dense_ms``, ``sparse_ms``, ``speedup``, ``density`` (fraction
+    of tiles computed), ``max_abs_diff`` (the two outputs agree). Both run with ``threads`` torch
+    threads (default 1: the small per-block ops of the sparse loop lose most from threading, and
+    timings on a shared machine are steadier); ``None`` keeps the current setting.
+    """
+    with num_threads(threads, "threads"):
+        return _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed)
+
+
+def _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed) -> list[dict[str, float]]:
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    for N in lengths:
+        q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
+        mask = mask_fn(N)
+        layout = mask_to_layout(mask, block_size)
+        dense = best_seconds(lambda q=q, k=k, v=v, m=mask: dense_masked_attention(q, k, v, m), repeats)
+        sparse = best_seconds(
+            lambda q=q, k=k, v=v, m=mask, lay=layout: block_sparse_attention(q, k, v, lay, block_size, m), repeats
+        )
+        diff = (dense_masked_attention(q, k, v, mask) - block_sparse_attention(q, k, v, layout, block_size, mask))
+        rows.append(dict(N=N, dense_ms=dense * 1e3, sparse_ms=sparse * 1e3, speedup=dense / sparse,
+                         density=layout_density(layout), max_abs_diff=diff.abs().max().item()))
+    return rows
+
+
 def plot_cost(rows: Sequence[dict], ax: Axes | None = None, *, title: str) -> Axes:
-    """``sparse.time_vs_length`` rows: dense-with-mask and block-skipping time against N, log-log."""
+    """``time_vs_length`` rows: dense-with-mask and block-skipping time against N, log-log."""
     ax = new_axes(ax)
     Ns = [r["N"] for r in rows]
     ax.plot(Ns, [r["dense_ms"] for r in rows], marker="o", label="dense scores + mask")

@@ -1,12 +1,12 @@
 """Chapter 23's experiment: ring attention on CPU processes, and its communication budget.
 
-* ``rank_environment``: run inside a process started by ``attn_course.distributed.launch``; returns
+* ``rank_environment``: run inside a process started by ``attn_course.ring_attention.launch``; returns
   what ``torchrun`` would have set (``RANK``, ``WORLD_SIZE``, ...) and what the process group says.
 * ``ring_schedule``: which key/value chunk each rank holds at each step, and whether it computes
   on it (causal: chunks from later ranks are skipped).
 * ``step_times`` / ``plot_comm_vs_compute``: per ring step, the time to send one K/V chunk over a
   link vs the time to compute attention on it, as the chunk length grows
-  (``attn_course.distributed.ring_communication_volume``).
+  (``attn_course.ring_attention.ring_communication_volume``).
 
 Dimension glossary: P processes (world size), N sequence length, n = N / P tokens per process,
 d head width, H heads.
@@ -22,8 +22,8 @@ import torch.distributed as dist
 from matplotlib.axes import Axes
 
 from attn_course._checks import require_int
-from attn_course.distributed import ring_communication_volume
 from attn_course.plotting import finish_axes
+from attn_course.ring_attention import ring_communication_volume
 
 __all__ = ["rank_environment", "ring_schedule", "step_times", "plot_comm_vs_compute"]
 

@@ -19,8 +19,7 @@ from ..apps.recsys import SASRec, hit_rate, last_item_scores, make_histories, po
 from ..apps.speech import ListenAttendSpell, make_speech_data
 from ..seq2seq import PAD
 from ..utils import num_threads, seed_everything
-from .language_apps import fit
-from .training import run_steps
+from .training import fit, run_steps
 
 __all__ = [
     "SpeechResult",

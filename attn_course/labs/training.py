@@ -1,10 +1,13 @@
-"""The optimisation step the package's training functions share.
+"""The optimisation loop the labs' training runs share.
 
 Each training function builds its own optimizer and learning-rate schedule and a closure that
 draws a fresh batch and returns its loss; :func:`run_steps` runs the loop around it::
 
     loss = loss_for_step(i)          # the caller's batch and forward pass
     zero_grad, backward, (clip the gradient norm), optimizer.step(), schedule.step()
+
+:func:`fit` is that loop with Adam at a constant rate on random minibatches of a fixed
+training set (the Part III labs: ``language_apps``, ``vision_apps``, ``speech_recsys_graphs``).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from tqdm.auto import tqdm
 __all__ = [
     "TrainHistory",
     "run_steps",
+    "fit",
 ]
 
 
 @dataclass
 class TrainHistory:
-    """What a timed training function returns (``seq2seq.train_seq2seq``, ``toy_tasks.train_model``)."""
+    """What a timed training function returns (e.g. ``reversal.train_seq2seq``, ``head_count.train_model``)."""
 
     losses: list[float] = field(default_factory=list)  # training loss after each step
     seconds: float = 0.0  # wall-clock training time
@@ -66,3 +70,13 @@ def run_steps(
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     model.eval()
     return losses
+
+
+def fit(model, loss_for_batch, n: int, steps: int, batch: int = 64, lr: float = 3e-3, seed: int = 0,
+        desc: str = "training", progress: bool = True) -> list[float]:
+    """Adam on random minibatches of ``n`` training examples: ``loss_for_batch(index)`` gives the loss."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    return run_steps(model, lambda i: loss_for_batch(torch.randint(0, n, (batch,), generator=g)), opt, sched,
+                     steps, progress=progress, desc=desc, postfix_every=20)

@@ -28,7 +28,7 @@ from ..apps.vision import (
     make_scenes,
 )
 from ..utils import num_threads, seed_everything
-from .language_apps import fit
+from .training import fit
 
 __all__ = [
     "num_params",

@@ -11,7 +11,7 @@ from attn_course.grading.build import (
     solution_notebook_paths,
     stub_code,
 )
-from attn_course.grading.tasks import load_exercises
+from attn_course.grading.catalog import load_exercises
 
 
 def test_learner_notebooks_are_up_to_date(root):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attn_course.check import Checker
-from attn_course.grading.tasks import load_exercises
+from attn_course.grading.catalog import load_exercises
 
 
 @pytest.fixture

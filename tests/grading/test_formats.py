@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from attn_course.grading import formats, platforms
+from attn_course.grading.catalog import load_exercises
 from attn_course.grading.compare import compare_values
 from attn_course.grading.report import to_json
 from attn_course.grading.runner import Row
-from attn_course.grading.tasks import load_exercises
 
 ROOT = Path(__file__).resolve().parents[2]
 EX01 = "ex01_softmax_attention"

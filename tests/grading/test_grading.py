@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from attn_course.grading.build import learner_path, solution_notebook_paths
+from attn_course.grading.catalog import load_exercises
 from attn_course.grading.compare import GRADING_SEED, case_generator
 from attn_course.grading.sandbox import detect
-from attn_course.grading.tasks import load_exercises
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMISSIONS = ROOT / "tests" / "submissions"

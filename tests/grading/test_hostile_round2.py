@@ -50,8 +50,8 @@ from pathlib import Path
 
 import pytest
 
+from attn_course.grading.catalog import load_exercises
 from attn_course.grading.sandbox import detect
-from attn_course.grading.tasks import load_exercises
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUND2 = ROOT / "tests" / "submissions" / "hostile" / "round2"

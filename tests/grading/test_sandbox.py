@@ -19,10 +19,10 @@ import torch
 import attn_course
 from attn_course.grading import places
 from attn_course.grading import sandbox as sb
+from attn_course.grading.catalog import exercise_modules, load_exercises
 from attn_course.grading.codec import ResultError, check_bounds, encode, load_bounded
 from attn_course.grading.report import clean, clean_text, collect_notebooks, csv_cell, shard, to_csv, to_json
 from attn_course.grading.runner import Row, read_results
-from attn_course.grading.tasks import EXERCISE_MODULES, load_exercises
 
 PKG = Path(attn_course.__file__).resolve().parent
 BOX = sb.detect("bwrap")
@@ -63,7 +63,7 @@ def _module_file(mod: str) -> Path | None:
 def reference_modules() -> set[str]:
     """Every attn_course module that defines a task, holds a task's reference, or is imported by
     a task definition (where the references come from)."""
-    mods = {f"attn_course.exercises.{m}" for m in EXERCISE_MODULES} | {"attn_course.exercises"}
+    mods = {f"attn_course.exercises.{m}" for m in exercise_modules()} | {"attn_course.exercises"}
     for ex in load_exercises().values():
         for task in ex.tasks:
             mods.add(task.reference.__module__)
@@ -71,7 +71,7 @@ def reference_modules() -> set[str]:
                 if name.startswith("attn_course."):
                     parts = name.split(".")
                     mods |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
-    for m in EXERCISE_MODULES:
+    for m in exercise_modules():
         mods |= _attn_imports(_module_file(f"attn_course.exercises.{m}"))
     # the grading modules the kernel needs (exercise modules import fixtures from them); a package's
     # __init__.py stands for the package itself

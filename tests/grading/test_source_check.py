@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from attn_course.grading.catalog import load_exercises
 from attn_course.grading.source_check import forbidden_in_source
-from attn_course.grading.tasks import load_exercises
 
 EXERCISES = load_exercises()
 EX01 = EXERCISES["ex01_softmax_attention"]

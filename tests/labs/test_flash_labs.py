@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 
 from attn_course.flash import memory_traffic, naive_attention
-from attn_course.labs import flash_diagrams
+from attn_course.labs import efficiency_diagrams
 from attn_course.labs.flash_io import (
     memory_by_length,
     naive_attention_numpy,
@@ -49,26 +49,26 @@ def test_traffic_table_matches_memory_traffic():
     assert isinstance(fig, Figure) and len(fig.axes) == 2
 
 
-@pytest.mark.parametrize("name", sorted(flash_diagrams.ALT))
+@pytest.mark.parametrize("name", ["draw_tiling", "draw_ring"])
 def test_diagrams_are_figures_with_alt_text(name):
-    fig = getattr(flash_diagrams, name)()
-    assert isinstance(fig, Figure) and fig.get_label() == flash_diagrams.ALT[name]
+    fig = getattr(efficiency_diagrams, name)()
+    assert isinstance(fig, Figure) and fig.get_label() == efficiency_diagrams.ALT[name]
     assert len([p for ax in fig.axes for p in ax.patches]) >= 5
     w, h = fig.get_size_inches()
     assert 6 <= w <= 10.5 and h <= 5.5
-    assert 40 < len(flash_diagrams.ALT[name]) < 500
+    assert 40 < len(efficiency_diagrams.ALT[name]) < 500
 
 
 def test_diagram_labels_and_arguments():
-    text = "\n".join(t.get_text() for t in flash_diagrams.draw_tiling(blocks=5, query_block=3, key_block=2)
+    text = "\n".join(t.get_text() for t in efficiency_diagrams.draw_tiling(blocks=5, query_block=3, key_block=2)
                      .findobj(matplotlib.text.Text))
     assert "$Q_3$" in text and "$K_2$" in text and "$S_{32}" in text and "SRAM" in text
-    text = "\n".join(t.get_text() for t in flash_diagrams.draw_ring(3).findobj(matplotlib.text.Text))
+    text = "\n".join(t.get_text() for t in efficiency_diagrams.draw_ring(3).findobj(matplotlib.text.Text))
     assert "rank 2" in text and "P = 3" in text
     with pytest.raises(ValueError, match="skipped"):
-        flash_diagrams.draw_tiling(query_block=1, key_block=2)
+        efficiency_diagrams.draw_tiling(query_block=1, key_block=2)
     with pytest.raises(ValueError, match="world_size must be an int >= 2"):
-        flash_diagrams.draw_ring(1)
+        efficiency_diagrams.draw_ring(1)
 
 
 def test_source_of_unwraps_kernel_objects():
@@ -89,7 +89,7 @@ def test_source_of_unwraps_kernel_objects():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_recomputed_backward_equals_autograd(causal):
-    from attn_course.labs.flash_backward import flash_backward, forward_with_lse
+    from attn_course.flash_backward import flash_backward, forward_with_lse
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 21, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
@@ -140,8 +140,8 @@ def test_ring_schedule_and_step_times():
 
 
 def test_rank_environment_in_launched_processes():
-    from attn_course.distributed import launch
     from attn_course.labs.ring import rank_environment
+    from attn_course.ring_attention import launch
 
     envs = launch(rank_environment, 2)
     assert [e["rank"] for e in envs] == [0, 1] and all(e["backend"] == "gloo" for e in envs)
@@ -166,9 +166,9 @@ def test_chapters_use_the_alt_text_of_each_diagram(root):
         for cell in nb["cells"]:
             m = re.fullmatch(r"(draw_\w+)\([^)]*\);", "".join(cell["source"]).strip())
             if cell["cell_type"] == "code" and m:
-                assert cell["metadata"]["mystnb"]["image"]["alt"] == flash_diagrams.ALT[m.group(1)], (name, m.group(1))
+                assert cell["metadata"]["mystnb"]["image"]["alt"] == efficiency_diagrams.ALT[m.group(1)], (name, m.group(1))
                 drawn.add(m.group(1))
-    assert drawn == set(flash_diagrams.ALT), "every diagram of these chapters is drawn in one of them"
+    assert drawn == {"draw_tiling", "draw_ring"}, "every diagram of these chapters is drawn in one of them"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
@@ -180,6 +180,6 @@ def test_gpu_benchmark_says_it_needs_a_gpu():
 
 
 def test_tiling_without_causal_mask_visits_every_tile():
-    text = "\n".join(t.get_text() for t in flash_diagrams.draw_tiling(causal=False, key_block=3)
+    text = "\n".join(t.get_text() for t in efficiency_diagrams.draw_tiling(causal=False, key_block=3)
                      .findobj(matplotlib.text.Text))
     assert "every tile visited" in text and "$K_3$" in text

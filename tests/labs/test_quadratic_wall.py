@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn_course.flash import naive_attention, tiled_attention
+from attn_course.flash import attention_flops, naive_attention, tiled_attention
 from attn_course.kv_cache import published_shapes
 from attn_course.labs.quadratic_wall import (
     H200,
@@ -17,7 +17,6 @@ from attn_course.labs.quadratic_wall import (
     peak_tensor_bytes,
     scaling_table,
 )
-from attn_course.triton_attention import attention_flops
 
 ROOT = Path(__file__).resolve().parents[2]
 

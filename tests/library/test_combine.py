@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attn_course.combine import BahdanauGRUCombine, GatedCombine, GRUInputCombine, LuongCombine
+from attn_course.combine import GatedCombine, GRUInputCombine, LuongCombine
 
 
 def randn(*shape, dtype=torch.float32, seed=0):
@@ -82,7 +82,6 @@ def test_gru_one_step_matches_grucell_on_concatenation():
     out = m(c, s, y)
     assert out.shape == (2, HS) and m.out_dim == HS
     torch.testing.assert_close(out, m.cell(torch.cat([y, c], -1), s))
-    assert BahdanauGRUCombine is GRUInputCombine
 
 
 def test_gru_sequence_form_equals_repeated_steps():

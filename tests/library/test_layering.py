@@ -4,7 +4,9 @@
    mechanism modules, ``apps``), the plotting helpers and the grading system never do.
 2. No module imports another module's private (underscore) name. Shared validation is public
    in ``attn_course._checks``; the module ``_checks`` itself may be imported.
-3. No import cycles between the package's modules (imports inside functions count too).
+3. No import cycles between the package's modules (imports inside functions count too, and so
+   do dynamic imports by name: ``importlib.import_module("pkg.mod")``, or an f-string such as
+   ``f"pkg.exercises.{name}"``, which imports every module its constant prefix names).
 
 The checks are functions of a package folder, so the tests below also run them on a small
 package with planted violations and make sure each one is caught.
@@ -79,6 +81,59 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[
             and not node.attr.startswith("__")
         ):
             found.append((aliases[node.value.id], node.attr, node.lineno))
+    found += dynamic_imports(tree, modules)
+    return found
+
+
+def _string_prefix(node: ast.AST, constants: dict[str, str]) -> tuple[str, bool]:
+    """The text of a string expression as far as it is known: ``(prefix, whole string known)``.
+
+    Constants, f-strings (up to their first unknown part) and module-level string constants count.
+    """
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value, True
+    if isinstance(node, ast.Name) and node.id in constants:
+        return constants[node.id], True
+    if isinstance(node, ast.JoinedStr):
+        text = ""
+        for part in node.values:
+            inner = part.value if isinstance(part, ast.FormattedValue) else part
+            piece, whole = _string_prefix(inner, constants)
+            text += piece
+            if not whole:
+                return text, False
+        return text, True
+    return "", False
+
+
+def dynamic_imports(tree: ast.Module, modules: dict[str, Path]) -> list[tuple[str, None, int]]:
+    """``importlib.import_module(...)`` / ``__import__(...)`` calls whose argument names package modules.
+
+    A fully known name imports that module; a known prefix (``f"pkg.exercises.{name}"``) counts as
+    importing every module whose name starts with it: the static graph cannot tell which.
+    """
+    constants = {
+        t.id: n.value.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
+    found: list[tuple[str, None, int]] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name not in ("import_module", "__import__"):
+            continue
+        text, whole = _string_prefix(node.args[0], constants)
+        if not text:
+            continue
+        if whole:
+            found += [(text, None, node.lineno)] if text in modules else []
+        else:
+            found += [(m, None, node.lineno) for m in modules if m.startswith(text) and m != text]
     return found
 
 
@@ -205,6 +260,31 @@ def test_checks_allow_labs_importing_library_and_public_checks(tmp_path):
     )
     assert layering_violations(root) == []
     assert import_cycles(root) == []
+
+
+def test_checks_catch_a_cycle_through_a_dynamic_import(tmp_path):
+    """The grader's old shape: ``tasks`` imported every exercise by name, every exercise imported ``tasks``."""
+    root = _package(tmp_path, {
+        "tasks.py": ("import importlib\nNAMES = ('ex01',)\nPACKAGE = 'pkg.exercises'\n"
+                     "def load():\n    return [importlib.import_module(f'{PACKAGE}.{n}') for n in NAMES]\n"),
+        "exercises/__init__.py": "",
+        "exercises/ex01.py": "from pkg.tasks import load\n",
+    })
+    assert import_cycles(root) == [["pkg.exercises.ex01", "pkg.tasks", "pkg.exercises.ex01"]]
+    (root / "tasks.py").write_text("import importlib\ndef load(n):\n    return importlib.import_module('pkg.exercises.ex01')\n")
+    assert import_cycles(root) == [["pkg.exercises.ex01", "pkg.tasks", "pkg.exercises.ex01"]]
+    # discovery in a module of its own, which the exercises do not import: no cycle
+    (root / "tasks.py").write_text("x = 1\n")
+    (root / "catalog.py").write_text("import importlib\ndef load(n):\n    return importlib.import_module(f'pkg.exercises.{n}')\n")
+    (root / "exercises/ex01.py").write_text("from pkg.tasks import x\n")
+    assert import_cycles(root) == []
+
+
+def test_the_exercise_catalogue_is_seen_importing_the_exercises():
+    modules = module_names(PACKAGE)
+    path = modules["attn_course.grading.catalog"]
+    seen = {m for m, _n, _l in imports_of("attn_course.grading.catalog", path, modules)}
+    assert "attn_course.exercises.ex01_softmax_attention" in seen
 
 
 def test_checks_catch_an_import_cycle(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attn_course.labs.long_range import time_vs_length
 from attn_course.sparse import (
     bigbird_layout,
     block_sparse_attention,
@@ -17,7 +18,6 @@ from attn_course.sparse import (
     mask_to_layout,
     sliding_window_mask,
     strided_mask,
-    time_vs_length,
 )
 
 

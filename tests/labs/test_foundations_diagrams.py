@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from attn_course import diagrams  # noqa: E402
+from attn_course.labs import foundations_diagrams as diagrams  # noqa: E402
 
 DRAW = sorted(n for n, f in inspect.getmembers(diagrams, inspect.isfunction)
               if n.startswith("draw_") and f.__module__ == diagrams.__name__)

@@ -88,7 +88,7 @@ def ring_attention(
     check_qkv(q_local, k_local, v_local, ("q_local", "k_local", "v_local"))
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("ring_attention needs an initialised torch.distributed process group "
-                           "(see attn_course.distributed.launch)")
+                           "(see attn_course.ring_attention.launch)")
     if causal and q_local.shape[2] != k_local.shape[2]:
         raise ValueError(f"k_local has shape {tuple(k_local.shape)}; causal ring attention needs chunks of "
                          f"equal length (q_local has n = {q_local.shape[2]})")
@@ -143,7 +143,7 @@ def _start_method() -> str:
     """``forkserver`` where there is one: a server process imports torch once and forks every later
     process from that clean state (fast, and no threads are forked); elsewhere ``spawn``."""
     if "forkserver" in mp.get_all_start_methods():
-        mp.set_forkserver_preload(["torch", "attn_course.distributed"])
+        mp.set_forkserver_preload(["torch", "attn_course.ring_attention"])
         return "forkserver"
     return "spawn"
 

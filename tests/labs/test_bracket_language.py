@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attn_course.gpt import GPT, GPTConfig, generation_macs
-from attn_course.labs.generation import (
+from attn_course.labs.bracket_language import (
     BracketTask,
     check_brackets,
     default_model_config,

@@ -1,4 +1,4 @@
-"""Chapter 22's backward pass: FlashAttention's gradients by recomputation (Dao et al. 2022, Alg. 4).
+"""FlashAttention's backward pass: gradients by recomputation (Dao et al. 2022, Alg. 4), chapter 22.
 
 The forward keeps only the output ``O`` and one number per query, the log-sum-exp
 ``lse = m + log l`` (``(B, H, L)``). The backward recomputes each tile of probabilities

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from attn_course.apps import diagrams  # noqa: E402
+from attn_course.labs import applications_diagrams as diagrams  # noqa: E402
 
 DRAW = sorted(n for n, f in inspect.getmembers(diagrams, inspect.isfunction)
               if n.startswith("draw_") and f.__module__ == diagrams.__name__)
@@ -56,11 +56,11 @@ def test_optional_packages_load_lazily_and_name_the_pip_package():
     import sys
 
     code = ("import sys, attn_course.apps.vision, attn_course.apps.graphs, attn_course.apps.text, "
-            "attn_course.apps.speech, attn_course.apps.recsys, attn_course.apps.diagrams;"
+            "attn_course.apps.speech, attn_course.apps.recsys, attn_course.labs.applications_diagrams;"
             "print(sorted(m for m in ('sklearn', 'scipy', 'timm', 'torch_geometric', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    from attn_course.apps.vision import require_package
+    from attn_course.utils import require_package
 
     with pytest.raises(ImportError, match="pip install no-such-package-xyz"):
         require_package("no_such_module_xyz", "no-such-package-xyz", "this test")

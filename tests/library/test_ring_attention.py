@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from attn_course.distributed import (
+from attn_course.flash import naive_attention
+from attn_course.ring_attention import (
     launch,
     ring_attention,
     ring_attention_multiprocess,
     ring_communication_volume,
 )
-from attn_course.flash import naive_attention
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
