@@ -9,7 +9,7 @@ notebook: 0) are graded in tests/grading/test_grading.py.
 import pytest
 import torch
 
-from attn_course.grading.tasks import load_exercises
+from attn_course.grading.catalog import load_exercises
 
 POINTS = {
     "ex04_decoder_step": {"additive_context": 2, "bahdanau_step": 3},
