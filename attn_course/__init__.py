@@ -16,7 +16,7 @@ The package has two layers, plus the exercise system:
   traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``flash_backward``
   (the backward by recomputation), ``sparse``,
   ``linear``, ``ring_attention``. ``apps/`` holds Part III's application models,
-  one module per field (text, vision, speech, recsys, graphs). Helpers: ``_checks`` (input
+  one module per field (text, vision, speech, recsys, graphs). Helpers: ``_validation`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``
   (the drawing kit every part's diagrams use; the diagrams themselves are labs), ``interactive`` (kernel-free slider figures),
   ``utils`` (seeding, threads, ``show_source``).

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from attn_course._checks import (
+from attn_course._validation import (
     batch_shape,
     check_mask,
     check_query_key,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attn_course._checks import require_floating, require_int, require_ndim, shape_error
+from attn_course._validation import require_floating, require_int, require_ndim, shape_error
 
 __all__ = [
     "LuongCombine",

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attn_course._checks import require_floating, require_int, shape_error
+from attn_course._validation import require_floating, require_int, shape_error
 from attn_course.masking import causal_mask
 from attn_course.scoring import default_scale
 from attn_course.utils import num_threads

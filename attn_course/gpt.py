@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_int, require_tensor, shape_error
+from attn_course._validation import require_int, require_tensor, shape_error
 from attn_course.gqa import GroupedQueryAttention, check_heads
 from attn_course.kv_cache import DynamicCache, KVCache, PagedCache, SlidingWindowCache, StaticCache
 

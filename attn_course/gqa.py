@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_int, require_ndim, shape_error
+from attn_course._validation import require_int, require_ndim, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.multihead import merge_heads, split_heads
 

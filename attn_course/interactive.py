@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 
 __all__ = ["slider_figure"]
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attn_course._checks import fmt_shape, require_floating, require_int, shape_error
+from attn_course._validation import fmt_shape, require_floating, require_int, shape_error
 
 __all__ = [
     "KVCache",

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from attn_course._checks import require_floating, shape_error
+from attn_course._validation import require_floating, shape_error
 from attn_course.flash import check_qkv
 
 __all__ = [

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attn_course._checks import check_mask, fmt_shape, require_floating, require_int, require_tensor
+from attn_course._validation import check_mask, fmt_shape, require_floating, require_int, require_tensor
 
 __all__ = [
     "masked_softmax",

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_floating, require_int, require_tensor, shape_error
+from attn_course._validation import require_floating, require_int, require_tensor, shape_error
 from attn_course.attention import attention_weights_unchecked
 from attn_course.masking import causal_mask
 

@@ -44,7 +44,7 @@ import math
 import torch
 from torch import nn
 
-from attn_course._checks import (
+from attn_course._validation import (
     fmt_shape,
     require_broadcastable,
     require_floating,

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.flash import block_partial, check_qkv, merge_partials
 from attn_course.masking import causal_mask
 

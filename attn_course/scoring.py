@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from attn_course._checks import check_query_key, require_int
+from attn_course._validation import check_query_key, require_int
 
 __all__ = [
     "dot_score",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attn_course._checks import require_int, require_width
+from attn_course._validation import require_int, require_width
 from attn_course.attention import scaled_dot_product_attention
 
 __all__ = [

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import fmt_shape, require_int, require_optional_int, require_tensor, shape_error
+from attn_course._validation import fmt_shape, require_int, require_optional_int, require_tensor, shape_error
 from attn_course.attention import context_vector
 from attn_course.combine import GRUInputCombine, LuongCombine
 from attn_course.masking import masked_softmax

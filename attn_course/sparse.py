@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attn_course._checks import require_int, require_tensor, shape_error
+from attn_course._validation import require_int, require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.flash import check_qkv
 from attn_course.masking import masked_softmax

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_course._checks import require_floating, require_int, require_tensor, shape_error
+from attn_course._validation import require_floating, require_int, require_tensor, shape_error
 from attn_course.multihead import MultiHeadAttention
 from attn_course.positional import LearnedPositionalEmbedding
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from attn_course._checks import require_int, require_optional_int
+from attn_course._validation import require_int, require_optional_int
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

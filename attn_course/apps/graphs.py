@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import require_floating, require_int, shape_error
+from .._validation import require_floating, require_int, shape_error
 from ..attention import context_vector
 from ..masking import masked_softmax
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import require_int, shape_error
+from .._validation import require_int, shape_error
 from ..transformer import TransformerBlock, TransformerConfig
 
 __all__ = ["Histories", "make_histories", "SASRec", "popularity_scores", "last_item_scores", "hit_rate"]

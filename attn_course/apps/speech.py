@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import require_floating, require_int, shape_error
+from .._validation import require_floating, require_int, shape_error
 from ..seq2seq import (
     BOS,
     EOS,

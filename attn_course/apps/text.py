@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import require_floating, require_int, require_tensor, shape_error
+from .._validation import require_floating, require_int, require_tensor, shape_error
 from ..attention import scaled_dot_product_attention
 
 __all__ = [

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import require_floating, require_int, shape_error
+from .._validation import require_floating, require_int, shape_error
 from ..multihead import MultiHeadAttention
 from ..transformer import TransformerBlock, TransformerConfig
 from ..utils import require_package

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .._checks import fmt_shape
+from .._validation import fmt_shape
 from .codec import Opaque
 from .fixtures import MARKER as FIXTURE
 from .fixtures import is_fixture

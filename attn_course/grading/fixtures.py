@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .._checks import require_tensor, shape_error
+from .._validation import require_tensor, shape_error
 from .planted_bugs import planted_attention
 
 MARKER = "__attn_course_fixture__"

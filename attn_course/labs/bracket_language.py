@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from attn_course import utils
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.gpt import GPT, GPTConfig, generate, generation_macs, sampling_distribution
 from attn_course.labs.training import TrainHistory, run_steps
 

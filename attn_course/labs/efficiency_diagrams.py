@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light, rect
 from attn_course.sparse import (
     bigbird_layout,

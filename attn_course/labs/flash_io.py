@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.flash import memory_traffic, tiled_attention_numpy
 from attn_course.plotting import finish_axes
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 from matplotlib.patches import Arc, Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from attn_course._checks import require_int, require_positive_number
+from attn_course._validation import require_int, require_positive_number
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, circle, label, light, route
 
 __all__ = [

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from torch import nn
 
-from attn_course._checks import require_int, require_tensor, shape_error
+from attn_course._validation import require_int, require_tensor, shape_error
 from attn_course.labs.training import TrainHistory, run_steps
 from attn_course.multihead import MultiHeadAttention
 from attn_course.plotting import plot_heatmap_row

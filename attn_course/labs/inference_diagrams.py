@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Wedge
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light
 
 __all__ = [

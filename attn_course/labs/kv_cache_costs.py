@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.gpt import GPT, GPTConfig, generate, generation_macs
 from attn_course.kv_cache import ModelShape, kv_cache_bytes, simulate_paging
 from attn_course.labs.bracket_language import (

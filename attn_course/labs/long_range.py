@@ -25,7 +25,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import nn
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.labs.training import TrainHistory, run_steps
 from attn_course.multihead import MultiHeadAttention
 from attn_course.plotting import UNIT_YLIM, finish_axes, new_axes

@@ -26,7 +26,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import nn
 
-from attn_course._checks import fmt_shape, require_int, require_tensor, shape_error
+from attn_course._validation import fmt_shape, require_int, require_tensor, shape_error
 from attn_course.attention import scaled_dot_product_attention
 from attn_course.masking import causal_mask, combine_masks, finite_masked_softmax, neg_inf_softmax
 from attn_course.plotting import check_curves, finish_axes, new_axes

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from attn_course import utils
-from attn_course._checks import require_int, require_tensor, shape_error
+from attn_course._validation import require_int, require_tensor, shape_error
 from attn_course.labs.training import run_steps
 from attn_course.plotting import check_curves
 from attn_course.transformer import (

@@ -34,7 +34,7 @@ from matplotlib.axes import Axes
 from torch import nn
 
 from attn_course import utils
-from attn_course._checks import fmt_shape, require_floating, require_int, require_ndim, require_tensor
+from attn_course._validation import fmt_shape, require_floating, require_int, require_ndim, require_tensor
 from attn_course.attention import context_vector, scaled_dot_product_attention
 from attn_course.labs.training import run_steps
 from attn_course.masking import causal_mask, masked_softmax

@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.kv_cache import ModelShape
 from attn_course.plotting import finish_axes, new_axes
 from attn_course.utils import best_seconds, num_threads

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attn_course._checks import (
+from attn_course._validation import (
     fmt_shape,
     require_floating,
     require_int,

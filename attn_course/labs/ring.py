@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import torch.distributed as dist
 from matplotlib.axes import Axes
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.plotting import finish_axes
 from attn_course.ring_attention import ring_communication_volume
 

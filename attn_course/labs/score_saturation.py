@@ -31,7 +31,7 @@ import torch
 from matplotlib.axes import Axes
 from tqdm.auto import tqdm
 
-from attn_course._checks import require_int
+from attn_course._validation import require_int
 from attn_course.masking import masked_softmax
 from attn_course.plotting import check_curves, finish_axes, new_axes
 from attn_course.scoring import AdditiveScore, GeneralScore, dot_score, scaled_dot_score

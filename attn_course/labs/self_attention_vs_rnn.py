@@ -46,7 +46,7 @@ from matplotlib.axes import Axes
 from torch import nn
 from tqdm.auto import tqdm
 
-from attn_course._checks import require_int, require_width
+from attn_course._validation import require_int, require_width
 from attn_course.plotting import check_curves, finish_axes, new_axes
 from attn_course.self_attention import SelfAttention
 from attn_course.utils import num_threads

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 
-from attn_course._checks import (
+from attn_course._validation import (
     check_query_key,
     check_value,
     fmt_shape,

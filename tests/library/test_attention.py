@@ -329,14 +329,14 @@ def test_default_scale_is_inverse_sqrt_dk():
 
 @pytest.mark.parametrize("bad", [True, 2.0, 0, -1, "3", None])
 def test_require_int_names_the_argument_and_the_value(bad):
-    from attn_course._checks import require_int
+    from attn_course._validation import require_int
 
     with pytest.raises(ValueError, match=rf"num_heads must be a positive int, got {re.escape(repr(bad))}"):
         require_int(bad, "num_heads")
 
 
 def test_require_int_bounds_and_optional():
-    from attn_course._checks import require_int, require_optional_int
+    from attn_course._validation import require_int, require_optional_int
 
     assert require_int(0, "t", 0) == 0 and require_int(4, "t", 0, 4) == 4
     with pytest.raises(ValueError, match=r"t must be an int in \[0, 4\], got 5"):
@@ -358,7 +358,7 @@ def test_default_scale():
 
 
 def test_naive_path_validates_each_input_once(monkeypatch):
-    import attn_course._checks as checks
+    import attn_course._validation as checks
     import attn_course.attention as attention
 
     calls = {"check_query_key": 0, "check_mask": 0, "check_value": 0}

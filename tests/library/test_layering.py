@@ -3,7 +3,7 @@
 1. Only ``attn_course.labs`` imports ``attn_course.labs``: the attention library (the top-level
    mechanism modules, ``apps``), the plotting helpers and the grading system never do.
 2. No module imports another module's private (underscore) name. Shared validation is public
-   in ``attn_course._checks``; the module ``_checks`` itself may be imported.
+   in ``attn_course._validation``; the module ``_validation`` itself may be imported.
 3. No import cycles between the package's modules (imports inside functions count too, and so
    do dynamic imports by name: ``importlib.import_module("pkg.mod")``, or an f-string such as
    ``f"pkg.exercises.{name}"``, which imports every module its constant prefix names).
@@ -255,8 +255,8 @@ def test_checks_catch_private_names_in_every_form(tmp_path):
 def test_checks_allow_labs_importing_library_and_public_checks(tmp_path):
     root = _package(
         tmp_path,
-        {"_checks.py": "def require(x):\n    return x\n", "mech.py": "from pkg._checks import require\n",
-         "labs/exp.py": "from pkg.mech import require\nfrom pkg import _checks\n"},
+        {"_validation.py": "def require(x):\n    return x\n", "mech.py": "from pkg._validation import require\n",
+         "labs/exp.py": "from pkg.mech import require\nfrom pkg import _validation\n"},
     )
     assert layering_violations(root) == []
     assert import_cycles(root) == []
