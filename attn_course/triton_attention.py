@@ -1,5 +1,6 @@
 """FlashAttention-2 forward pass in Triton, in the order of Triton's fused-attention tutorial:
-kernel -> Python wrapper -> test against a naive reference -> benchmark with a stated FLOP count.
+kernel -> Python wrapper -> test against a naive reference. (The benchmark, with a stated FLOP
+count, is chapter 22's experiment: ``attn_course.labs.flash_benchmark.benchmark_backends``.)
 
 Dimension glossary (see ``attn_course`` for the full one)::
 
@@ -33,7 +34,7 @@ import os
 
 import torch
 
-from attn_course.flash import attention_flops, check_qkv, naive_attention
+from attn_course.flash import check_qkv, naive_attention
 from attn_course.scoring import default_scale
 
 try:  # triton is optional: the kernel below only exists when it is installed
@@ -49,7 +50,6 @@ __all__ = [
     "SUPPORTED_HEAD_DIMS",
     "flash_attention",
     "reference_attention",
-    "benchmark_flash_attention",
 ]
 
 TRITON_AVAILABLE = triton is not None
@@ -279,40 +279,3 @@ def reference_attention(
     """The naive reference in float32 (``flash.naive_attention`` on float32 copies), in ``q``'s dtype."""
     check_qkv(q, k, v)  # on the inputs as given, before the float32 copies
     return naive_attention(q.float(), k.float(), v.float(), causal=causal, scale=scale).to(q.dtype)  # (B, H, L, d)
-
-
-# --------------------------------------------------------------------------- benchmark
-
-
-def benchmark_flash_attention(
-    N: int, head_dim: int, causal: bool, dtype: torch.dtype = torch.bfloat16, B: int = 4, H: int = 32,
-    device: str = "cuda",
-) -> dict[str, float]:
-    """Time the Triton kernel and torch's SDPA (default and FLASH backends) at one size on a GPU.
-
-    Returns milliseconds and TFLOP/s (``attention_flops``) for each, measured with
-    ``triton.testing.do_bench`` in the same call.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(B, H, N, head_dim, device=device, dtype=dtype, generator=g) for _ in range(3))
-    flops = attention_flops(B, H, N, N, head_dim, causal)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    result = {"triton_ms": triton.testing.do_bench(lambda: flash_attention(q, k, v, causal))}
-    try:
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            result["sdpa_flash_ms"] = triton.testing.do_bench(lambda: sdpa(q, k, v, is_causal=causal))
-    except RuntimeError:  # no flash backend for this GPU / dtype
-        result["sdpa_flash_ms"] = float("nan")
-    for name in list(result):
-        result[name.replace("_ms", "_tflops")] = flops / (result[name] * 1e-3) / 1e12
-    return result
-
-
-if __name__ == "__main__":  # pragma: no cover - GPU only
-    for hd in (64, 128):
-        for causal in (False, True):
-            r = benchmark_flash_attention(4096, hd, causal)
-            print(f"N=4096 d={hd} causal={causal}: triton {r['triton_tflops']:.0f} TFLOP/s, "
-                  f"SDPA flash {r['sdpa_flash_tflops']:.0f} TFLOP/s")

@@ -280,44 +280,24 @@ def run_table(args: argparse.Namespace, device: str, dtype: torch.dtype) -> list
 
 
 def run_tflops(args: argparse.Namespace) -> list[dict]:
-    """GPU only: TFLOP/s of the Triton kernel vs SDPA's FLASH and cuDNN backends."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from triton.testing import do_bench
-
-    from attn_course.flash import attention_flops
-    from attn_course.triton_attention import flash_attention
+    """GPU only: TFLOP/s of the Triton kernel vs SDPA's FLASH and cuDNN backends (the lab's one loop)."""
+    from attn_course.labs.flash_benchmark import benchmark_backends
 
     dtype = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
     B, H = args.tflops_batch, args.tflops_heads
     print(f"\nTFLOP/s, {dtype}, B={B} H={H}, FLOPs = 4*B*H*N^2*d (halved when causal)")
     print(f"{'d':>4} {'causal':>6} {'N':>6} {'triton':>8} {'sdpa flash':>11} {'sdpa cudnn':>11} {'triton/flash':>13}")
-    rows = []
-    backends = {"flash": SDPBackend.FLASH_ATTENTION}
-    if hasattr(SDPBackend, "CUDNN_ATTENTION"):
-        backends["cudnn"] = SDPBackend.CUDNN_ATTENTION
-    for d in (64, 128):
-        for causal in (False, True):
-            N = args.min_n
-            while N <= args.max_n:
-                q, k, v = make_inputs(B, H, N, d, dtype, "cuda")
-                flops = attention_flops(B, H, N, N, d, causal)
-                ms = do_bench(lambda q=q, k=k, v=v, causal=causal: flash_attention(q, k, v, causal))
-                tf = {"triton": flops / (ms * 1e-3) / 1e12}
-                for name, backend in backends.items():
-                    def sdpa(backend=backend, q=q, k=k, v=v, causal=causal):
-                        with sdpa_kernel(backend):
-                            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                    try:
-                        tf[name] = flops / (do_bench(sdpa) * 1e-3) / 1e12
-                    except RuntimeError:
-                        tf[name] = float("nan")
-                row = dict(d=d, causal=causal, N=N, **tf)
-                rows.append(row)
-                print(f"{d:>4} {causal!s:>6} {N:>6} {fmt(tf['triton'], '.0f', 8)} {fmt(tf['flash'], '.0f', 11)} "
-                      f"{fmt(tf.get('cudnn', float('nan')), '.0f', 11)} {fmt(tf['triton'] / tf['flash'], '.2f', 13)}")
-                del q, k, v
-                N *= 2
-    by = {(r["d"], r["causal"], r["N"]): r for r in rows}
+    lengths = [args.min_n * 2 ** i for i in range(64) if args.min_n * 2 ** i <= args.max_n]
+
+    def show(key, tf):
+        d, causal, N = key
+        print(f"{d:>4} {causal!s:>6} {N:>6} {fmt(tf['triton'], '.0f', 8)} {fmt(tf['flash'], '.0f', 11)} "
+              f"{fmt(tf['cudnn'], '.0f', 11)} {fmt(tf['triton'] / tf['flash'], '.2f', 13)}")
+
+    rec = benchmark_backends(lengths=lengths, head_dims=(64, 128), dtype=dtype, batch=B, heads=H,
+                             backends=("flash", "cudnn"), progress=show)
+    rows = [dict(d=d, causal=causal, N=N, **tf) for (d, causal, N), tf in rec.rows.items()]
+    by = rec.rows
     if (128, False, 4096) in by and (128, True, 4096) in by:
         nc, c = by[(128, False, 4096)], by[(128, True, 4096)]
         print(f"\ncheck N=4096 d=128 {dtype}: triton / SDPA flash = {nc['triton'] / nc['flash']:.2f} (target >= 0.90); "

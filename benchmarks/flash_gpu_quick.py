@@ -7,15 +7,12 @@ Triton >= 0.9x SDPA's flash backend at N=4096, d=128, bf16; causal >= 0.85x non-
 Usage (GPU only): python benchmarks/flash_gpu_quick.py
 """
 
-import math
 import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from triton.testing import do_bench
 
-from attn_course.flash import attention_flops
+from attn_course.labs.flash_benchmark import benchmark_backends
 from attn_course.triton_attention import flash_attention
 
 t0 = time.time()
@@ -41,29 +38,20 @@ for dtype in (torch.float16, torch.bfloat16):
                 assert err < tol, (dtype, d, L, S, causal, err)
 print(f"correctness: all cases within tolerance (worst err/tol = {worst:.2f}); {time.time() - t0:.0f} s", flush=True)
 
-backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION}
 B, H, dtype = 4, 32, torch.bfloat16
-rows = {}
+backends = ("flash", "cudnn", "efficient")
 print(f"\nTFLOP/s, {dtype}, B={B}, H={H}")
 print(f"{'d':>4} {'causal':>6} {'N':>6} {'triton':>7} " + " ".join(f"{n:>9}" for n in backends) + f" {'tri/flash':>9}")
-for d in (128, 64):
-    for causal in (False, True):
-        for N in (1024, 4096, 16384):
-            q, k, v = (torch.randn(B, H, N, d, device=dev, dtype=dtype, generator=g) for _ in range(3))
-            fl = attention_flops(B, H, N, N, d, causal)
-            tf = {"triton": fl / do_bench(lambda q=q, k=k, v=v, c=causal: flash_attention(q, k, v, c), warmup=10, rep=40) / 1e9}
-            for name, be in backends.items():
-                def run(be=be, q=q, k=k, v=v, c=causal):
-                    with sdpa_kernel(be):
-                        return F.scaled_dot_product_attention(q, k, v, is_causal=c)
-                try:
-                    tf[name] = fl / do_bench(run, warmup=10, rep=40) / 1e9
-                except RuntimeError:
-                    tf[name] = math.nan
-            rows[(d, causal, N)] = tf
-            print(f"{d:>4} {causal!s:>6} {N:>6} {tf['triton']:>7.0f} " + " ".join(f"{tf[n]:>9.0f}" for n in backends)
-                  + f" {tf['triton'] / tf['flash']:>9.2f}", flush=True)
+
+
+def show(key, tf):
+    d, causal, N = key
+    print(f"{d:>4} {causal!s:>6} {N:>6} {tf['triton']:>7.0f} " + " ".join(f"{tf[n]:>9.0f}" for n in backends)
+          + f" {tf['triton'] / tf['flash']:>9.2f}", flush=True)
+
+
+rows = benchmark_backends(lengths=(1024, 4096, 16384), head_dims=(128, 64), dtype=dtype, batch=B, heads=H,
+                          backends=backends, warmup=10, rep=40, progress=show).rows
 nc, c = rows[(128, False, 4096)], rows[(128, True, 4096)]
 print(f"\ntarget 1: triton / SDPA flash at N=4096, d=128, bf16 = {nc['triton'] / nc['flash']:.2f} (>= 0.90)")
 print(f"target 2: causal / non-causal triton TFLOP/s at N=4096, d=128 = {c['triton'] / nc['triton']:.2f} (>= 0.85)")

@@ -2,9 +2,10 @@
 
 * ``interpreter_errors``: the kernel against the float32 reference on tiny ragged cases, under
   ``TRITON_INTERPRET=1`` (set before ``attn_course.triton_attention`` is first imported).
-* ``benchmark_backends`` (GPU only): TFLOP/s of the Triton kernel and of torch's
+* ``benchmark_backends`` (GPU): TFLOP/s of the Triton kernel and of torch's
   ``scaled_dot_product_attention`` with each backend (math, efficient, flash, cuDNN) forced
-  through ``torch.nn.attention.sdpa_kernel``, by N, head_dim and causal, measured in one run.
+  through ``torch.nn.attention.sdpa_kernel``, by N, head_dim and causal, measured in one run:
+  the course's one such loop (the benchmark scripts call it too).
 * ``load_recorded`` / ``parse_recorded``: the table ``benchmarks/flash_gpu_quick.py`` printed on
   an NVIDIA H200 (shipped as package data, so a CPU-only page can show and plot it).
 * ``plot_tflops``: TFLOP/s by N, one panel per (head_dim, causal), one line per implementation.
@@ -16,7 +17,7 @@ Dimension glossary: B batch, H heads, N sequence length (queries = keys), d head
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -128,53 +129,78 @@ def _sdpa_backend(name: str):
                                 "cudnn": "CUDNN_ATTENTION"}[name], None)
 
 
+def _gpu_milliseconds(fn: Callable[[], object], warmup: int, rep: int) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=warmup, rep=rep)
+
+
 def benchmark_backends(lengths: Sequence[int] = (512, 1024, 2048, 4096), head_dims: Sequence[int] = (64, 128),
                        causals: Sequence[bool] = (False, True), dtype: torch.dtype | None = None,
-                       batch: int = 2, heads: int = 8, math_memory_fraction: float = 0.3) -> Recorded:
-    """Measure TFLOP/s of the Triton kernel and every SDPA backend on the current CUDA GPU.
+                       batch: int = 2, heads: int = 8, backends: Sequence[str] = BACKENDS,
+                       math_memory_fraction: float = 0.3, warmup: int = 25, rep: int = 100,
+                       device: str = "cuda", milliseconds: Callable[[Callable[[], object]], float] | None = None,
+                       progress: Callable[[tuple[int, bool, int], dict[str, float]], None] | None = None) -> Recorded:
+    """TFLOP/s of the Triton kernel and of SDPA with each of ``backends`` forced, measured in one run.
+
+    The one Triton-vs-SDPA measurement of the course: chapter 22, ``benchmarks/flash_gpu_quick.py``
+    and ``benchmarks/attention.py`` all call it. On a GPU each call is timed with
+    ``triton.testing.do_bench(warmup, rep)`` (milliseconds); ``milliseconds`` replaces that timer
+    (e.g. on a CPU, where the kernel runs under ``TRITON_INTERPRET=1``, for testing this loop).
 
     ``dtype`` defaults to bfloat16 where supported (compute capability >= 8.0), else float16 (T4).
     A backend that cannot run a case (not built for this GPU or dtype, out of memory) gets NaN;
     the math backend is skipped (NaN) when its N x N scores would take more than
-    ``math_memory_fraction`` of the free GPU memory.
+    ``math_memory_fraction`` of the free GPU memory. ``progress(key, row)`` is called after each row.
     """
-    if not torch.cuda.is_available():
-        raise RuntimeError("benchmark_backends needs a CUDA GPU")
     import torch.nn.functional as F
-    from triton.testing import do_bench
+    from torch.nn.attention import sdpa_kernel
 
     from attn_course.flash import attention_flops
     from attn_course.triton_attention import flash_attention
 
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and not torch.cuda.is_available():
+        raise RuntimeError("benchmark_backends needs a CUDA GPU (or device='cpu' with a milliseconds timer)")
+    if not on_gpu and milliseconds is None:
+        raise ValueError("on a CPU pass milliseconds=: triton's do_bench times GPU kernels only")
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise ValueError(f"backends must be among {BACKENDS}, got {unknown}")
+    if milliseconds is None:
+        def milliseconds(fn):
+            return _gpu_milliseconds(fn, warmup, rep)
     if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
-    rec = Recorded(torch.cuda.get_device_name(), torch.__version__, str(dtype), batch, heads)
-    g = torch.Generator(device="cuda").manual_seed(0)
+        dtype = torch.bfloat16 if not on_gpu or torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    name = torch.cuda.get_device_name() if on_gpu else "CPU (Triton interpreter)"
+    rec = Recorded(name, torch.__version__, str(dtype), batch, heads)
+    g = torch.Generator(device=device).manual_seed(0)
     for d in head_dims:
         for causal in causals:
             for N in lengths:
-                q, k, v = (torch.randn(batch, heads, N, d, device="cuda", dtype=dtype, generator=g) for _ in range(3))
-                flops = attention_flops(batch, heads, N, N, d, causal)
-                row = {"triton": flops / do_bench(lambda q=q, k=k, v=v, c=causal: flash_attention(q, k, v, c)) / 1e9}
-                for name in BACKENDS:
-                    backend = _sdpa_backend(name)
+                q, k, v = (torch.randn(batch, heads, N, d, device=device, dtype=dtype, generator=g) for _ in range(3))
+                tflop = attention_flops(batch, heads, N, N, d, causal) / 1e12
+                row = {"triton": tflop / (milliseconds(lambda q=q, k=k, v=v, c=causal: flash_attention(q, k, v, c)) * 1e-3)}
+                for backend_name in backends:
+                    backend = _sdpa_backend(backend_name)
                     scores_bytes = 3 * batch * heads * N * N * torch.finfo(dtype).bits // 8
-                    if backend is None or (name == "math" and
+                    if backend is None or (on_gpu and backend_name == "math" and
                                            scores_bytes > math_memory_fraction * torch.cuda.mem_get_info()[0]):
-                        row[name] = math.nan
+                        row[backend_name] = math.nan
                         continue
 
                     def run(backend=backend, q=q, k=k, v=v, c=causal):
-                        from torch.nn.attention import sdpa_kernel
-
                         with sdpa_kernel(backend):
                             return F.scaled_dot_product_attention(q, k, v, is_causal=c)
                     try:
-                        row[name] = flops / do_bench(run) / 1e9
-                    except RuntimeError:  # this backend does not support the GPU / dtype / size
-                        row[name] = math.nan
-                    torch.cuda.empty_cache()
+                        row[backend_name] = tflop / (milliseconds(run) * 1e-3)
+                    except RuntimeError:  # this backend does not support the device / dtype / size
+                        row[backend_name] = math.nan
+                    if on_gpu:
+                        torch.cuda.empty_cache()
                 rec.rows[(d, causal, N)] = row
+                if progress is not None:
+                    progress((d, causal, N), row)
     return rec
 
 

@@ -183,3 +183,25 @@ def test_tiling_without_causal_mask_visits_every_tile():
     text = "\n".join(t.get_text() for t in efficiency_diagrams.draw_tiling(causal=False, key_block=3)
                      .findobj(matplotlib.text.Text))
     assert "every tile visited" in text and "$K_3$" in text
+
+
+def test_the_one_benchmark_loop_runs_on_a_cpu_with_a_given_timer():
+    """The Triton-vs-SDPA loop (chapter 22 and both GPU scripts call it), on a CPU: the kernel under
+    the interpreter, every requested backend a column, TFLOP/s from attention_flops and the timer."""
+    import attn_course.triton_attention as ta
+    from attn_course.labs.flash_benchmark import benchmark_backends
+
+    if not ta.INTERPRETED:
+        pytest.skip("needs the Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py without a GPU)")
+    seen = []
+    rec = benchmark_backends(lengths=(32,), head_dims=(16,), causals=(False, True), dtype=torch.float32,
+                             batch=1, heads=1, backends=("math",), device="cpu",
+                             milliseconds=lambda fn: (fn(), 2.0)[1], progress=lambda key, row: seen.append(key))
+    assert seen == [(16, False, 32), (16, True, 32)] and rec.columns == ["triton", "math"]
+    flops = 4 * 32 * 32 * 16  # 4 B H N^2 d
+    assert rec.rows[(16, False, 32)]["math"] == pytest.approx(flops / 2e-3 / 1e12)
+    assert rec.rows[(16, True, 32)]["triton"] == pytest.approx(flops / 2 / 2e-3 / 1e12)
+    with pytest.raises(ValueError, match="milliseconds="):
+        benchmark_backends(device="cpu")
+    with pytest.raises(ValueError, match="backends must be among"):
+        benchmark_backends(device="cpu", milliseconds=lambda fn: 1.0, backends=("fastest",))
