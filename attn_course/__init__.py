@@ -9,8 +9,8 @@ The package has two layers, plus the exercise system:
   decoder state), ``seq2seq`` (GRU encoder-decoder with fixed-context, Bahdanau and Luong
   decoders), ``self_attention``, ``multihead``, ``positional`` (sinusoidal, learned, RoPE,
   ALiBi), ``transformer`` (the block, encoder and decoder language models, the next-token shift,
-  BERT's input masking). Part IV: ``gpt`` (a GPT-2-architecture model, sampling, generation,
-  the GPT-2 loader), ``kv_cache`` (dynamic, static, sliding-window and paged caches), ``gqa``
+  BERT's input masking). Part IV: ``gpt`` (a GPT-2-architecture model and the GPT-2
+  loader), ``decoding`` (the generation loop, sampling filters, prefix sharing), ``kv_cache`` (dynamic, static, sliding-window and paged caches), ``gqa``
   (grouped-query attention), ``prepack`` (oneDNN-prepacked linear layers: decoding at the
   memory's speed on a CPU). Part V: ``flash`` (online softmax, tiled attention, memory
   traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``flash_backward``

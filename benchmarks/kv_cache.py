@@ -72,7 +72,8 @@ import platform
 import torch
 from tqdm.auto import tqdm
 
-from attn_course.gpt import GPT, GPTConfig, generate, load_gpt2_state_dict
+from attn_course.decoding import generate
+from attn_course.gpt import GPT, GPTConfig, load_gpt2_state_dict
 from attn_course.kv_cache import kv_cache_bytes
 from attn_course.prepack import prepack_linears
 from attn_course.utils import best_seconds

@@ -8,7 +8,7 @@ Tasks:
     kv_cache_bytes(num_layers, num_kv_heads, head_dim, tokens, batch, dtype_bytes)   -> int
     repeat_kv(x, n_rep)                           (B, H_kv, S, d) -> (B, H_kv * n_rep, S, d)
 
-References: ``attn_course.gpt.top_p_filter``, ``attn_course.kv_cache.kv_cache_bytes``,
+References: ``attn_course.decoding.top_p_filter``, ``attn_course.kv_cache.kv_cache_bytes``,
 ``attn_course.gqa.repeat_kv``; ``cache_append`` is what ``DynamicCache`` does per layer and
 ``attend_one_query`` the decode step of ``GroupedQueryAttention`` (tests check both against
 the library).
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..attention import scaled_dot_product_attention
-from ..gpt import top_p_filter
+from ..decoding import top_p_filter
 from ..gqa import repeat_kv
 from ..grading.tasks import Case, Exercise, Task, randn
 from ..kv_cache import kv_cache_bytes
@@ -138,7 +138,7 @@ EXERCISE = Exercise(
     title="Decoding with a KV cache",
     tasks=(
         Task("top_p_filter", _top_p_reference, _top_p_cases, points=2, arg_names=("logits", "p"),
-             forbidden=("attn_course.gpt.top_p_filter", "attn_course.gpt.sampling_distribution"),
+             forbidden=("attn_course.decoding.top_p_filter", "attn_course.decoding.sampling_distribution"),
              hint="probs = softmax of the sorted logits; mass_before = cumsum(probs) - probs; drop a token when "
                   "mass_before >= p; scatter the decisions back and set the dropped logits to -inf."),
         Task("cache_append", cache_append_reference, _append_cases, points=1,

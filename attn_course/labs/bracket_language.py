@@ -14,7 +14,7 @@ unclosed opener, however far back it is, and ``.`` may only come when nothing is
 * ``BracketTask``          the grammar: random sentences, encode / decode, batches.
 * ``check_brackets``       the rule-checker: ``None`` for a valid sentence, else the first broken rule.
 * ``train_bracket_model``  a small ``attn_course.gpt.GPT`` trained on next-token prediction.
-* ``sample_sentences``     generate from ``<bos>`` with ``attn_course.gpt.generate`` and check each.
+* ``sample_sentences``     generate from ``<bos>`` with ``attn_course.decoding.generate`` and check each.
 * ``left_pad``             prompts of different lengths -> one left-padded batch and its attention mask.
 * ``plot_sampling_distributions``   what greedy / temperature / top-k / top-p sample from, side by side.
 * ``linear_flops``         FLOPs of one forward pass's matrix products (Linear layers), counted by torch.
@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from attn_course import utils
 from attn_course._validation import require_int
-from attn_course.gpt import GPT, GPTConfig, generate, generation_macs, sampling_distribution
+from attn_course.decoding import generate, generation_macs, sampling_distribution
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.labs.training import TrainHistory, run_steps
 
 __all__ = [
@@ -255,7 +256,7 @@ def sample_sentences(
 def left_pad(prompts: list[list[int]], pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts of different lengths -> ``idx (B, T_max)`` left-padded with ``pad``, ``mask (B, T_max)``.
 
-    ``mask`` is 1 at real tokens and 0 at padding: what ``attn_course.gpt.generate`` takes as
+    ``mask`` is 1 at real tokens and 0 at padding: what ``attn_course.decoding.generate`` takes as
     ``attention_mask``. Left, not right: every row's last column is then its newest token, so
     one new column per step extends every row.
     """

@@ -2,7 +2,7 @@
 
 Measurements the chapters on the KV cache make, measured in the page that prints them:
 
-* ``time_generation``        tokens/s of ``attn_course.gpt.generate`` with and without a cache,
+* ``time_generation``        tokens/s of ``attn_course.decoding.generate`` with and without a cache,
                              against the number of generated tokens (best of ``repeat`` runs).
 * ``time_prefill_decode``    seconds per token of the prompt's one pass vs one decode step.
 * ``copy_bandwidth``, ``matmul_flops``   what this machine can move (GB/s) and compute (FLOP/s).
@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from attn_course._validation import require_int
-from attn_course.gpt import GPT, GPTConfig, generate, generation_macs
+from attn_course.decoding import generate, generation_macs
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.kv_cache import ModelShape, kv_cache_bytes, simulate_paging
 from attn_course.labs.bracket_language import (
     BracketTask,
@@ -58,7 +59,7 @@ def time_generation(model: GPT, prompt: torch.Tensor, lengths: Sequence[int],
     """Tokens/s of greedy ``generate`` for each method and number of new tokens (best of ``repeat``).
 
     ``methods``: ``"no cache"`` (recompute everything each step) or a cache kind of
-    ``attn_course.gpt.generate``. Runs are interleaved length by length, so a change in the
+    ``attn_course.decoding.generate``. Runs are interleaved length by length, so a change in the
     machine's load hits every method alike. The uncached runs (the slow ones) are the best of
     ``uncached_repeat``. Returns ``{method: {new_tokens: tokens per second}}``.
     """

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from attn_course.gpt import GPT, GPTConfig, generation_macs
+from attn_course.decoding import generation_macs
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.labs.bracket_language import (
     BracketTask,
     check_brackets,

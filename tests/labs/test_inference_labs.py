@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from attn_course.gpt import GPT, GPTConfig, generate  # noqa: E402
+from attn_course.decoding import generate  # noqa: E402
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.kv_cache import published_shapes  # noqa: E402
 from attn_course.labs import gpt2_weights  # noqa: E402
 from attn_course.labs.kv_cache_costs import (  # noqa: E402

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attn_course.gpt import GPT, GPTConfig, generate
+from attn_course.decoding import generate
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.gqa import GroupedQueryAttention, grouped_query_attention, repeat_kv
 
 H = 4

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from attn_course.gpt import GPT, GPTConfig, generate_shared_prompt
+from attn_course.decoding import generate_shared_prompt
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.kv_cache import (
     PUBLISHED_SHAPES,
     DynamicCache,

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from attn_course import prepack
-from attn_course.gpt import GPT, GPTConfig, generate
+from attn_course.decoding import generate
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.prepack import PackedLinear, prepack_available, prepack_linears
 
 needs_onednn = pytest.mark.skipif(not prepack_available(), reason="this torch build has no oneDNN prepacking")
