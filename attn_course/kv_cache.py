@@ -39,14 +39,13 @@ buffer returns them in slot order, so the model builds its mask from ``key_posit
                           between sequences with reference counts, copy-on-write on append.
 
 ``kv_cache_bytes`` is the formula ``2 x layers x kv_heads x head_dim x tokens x batch x bytes``
-(2 = one K and one V), ``PUBLISHED_SHAPES`` has the shapes of real models to plug into it, and
-``simulate_paging`` counts the memory contiguous preallocation wastes compared with paging.
+(2 = one K and one V), and ``PUBLISHED_SHAPES`` has the shapes of real models to plug into it.
+(What contiguous preallocation wastes against paging, on simulated requests, is chapter 16's
+experiment: ``attn_course.labs.kv_cache_costs.simulate_paging``.)
 """
 
 from __future__ import annotations
 
-import math
-import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -64,8 +63,6 @@ __all__ = [
     "ModelShape",
     "PUBLISHED_SHAPES",
     "published_shapes",
-    "PagingStats",
-    "simulate_paging",
 ]
 
 
@@ -505,62 +502,3 @@ class PagedCache(KVCache):
     def used_bytes(self) -> int:
         per_block = 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim
         return self.blocks_in_use * per_block * self.key_pool[0].element_size()
-
-
-# --------------------------------------------------------------------------- simulation
-
-
-@dataclass
-class PagingStats:
-    """Token slots reserved by each scheme for the same requests (multiply by bytes per token)."""
-
-    tokens_needed: int  # sum over requests of prompt + generated tokens
-    contiguous_slots: int  # every request reserves max_len
-    paged_slots: int  # blocks of block_size, per request
-    shared_slots: int  # paged, with the common prefix's full blocks stored once
-
-    @property
-    def contiguous_waste(self) -> float:
-        """Fraction of reserved slots that hold nothing."""
-        return 1 - self.tokens_needed / self.contiguous_slots
-
-    @property
-    def paged_waste(self) -> float:
-        return 1 - self.tokens_needed / self.paged_slots
-
-    @property
-    def sharing_saving(self) -> float:
-        """Fraction of paged memory saved by sharing the prefix."""
-        return 1 - self.shared_slots / self.paged_slots
-
-
-def simulate_paging(
-    num_requests: int = 100,
-    max_len: int = 2048,
-    block_size: int = 16,
-    shared_prefix: int = 0,
-    min_len: int = 16,
-    seed: int = 0,
-) -> PagingStats:
-    """Memory for ``num_requests`` requests of random total length, three ways.
-
-    Each request has a common prefix of ``shared_prefix`` tokens (a system prompt) plus a
-    private part; its total length is uniform in ``[max(min_len, shared_prefix + 1), max_len]``.
-    Contiguous preallocation reserves ``max_len`` slots per request (the length is unknown in
-    advance); paging reserves ``ceil(length / block_size)`` blocks; prefix sharing stores the
-    prefix's ``shared_prefix // block_size`` full blocks once (a partly filled last prefix
-    block is copied on write, so each request keeps its own copy of it).
-    """
-    require_int(num_requests, "num_requests")
-    require_int(max_len, "max_len")
-    require_int(block_size, "block_size")
-    if require_int(shared_prefix, "shared_prefix", minimum=0) >= max_len:
-        raise ValueError(f"shared_prefix must be an int in [0, max_len = {max_len}), got {shared_prefix!r}")
-    rng = random.Random(seed)
-    low = max(min_len, shared_prefix + 1)
-    lengths = [rng.randint(min(low, max_len), max_len) for _ in range(num_requests)]
-    blocks = [math.ceil(n / block_size) for n in lengths]
-    shared_full = shared_prefix // block_size
-    paged = sum(blocks) * block_size
-    shared = (shared_full + sum(b - shared_full for b in blocks)) * block_size
-    return PagingStats(sum(lengths), num_requests * max_len, paged, shared)

@@ -11,6 +11,7 @@ Measurements the chapters on the KV cache make, measured in the page that prints
                              of the weights and the cache.
 * ``cache_table``            ``kv_cache_bytes`` for published model shapes.
 * ``train_kv_head_variants`` the bracket GPT trained with several numbers of key/value heads.
+* ``simulate_paging``        slots reserved for simulated requests: contiguous, paged, shared prefix.
 * ``plot_tokens_per_second``, ``plot_paging``   the chapters' figures.
 
 Shapes: token batches ``(B, T)``; sizes in bytes unless a name says otherwise.
@@ -18,7 +19,10 @@ Shapes: token batches ``(B, T)``; sizes in bytes unless a name says otherwise.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 from attn_course._validation import require_int
 from attn_course.decoding import generate, generation_macs
 from attn_course.gpt import GPT, GPTConfig
-from attn_course.kv_cache import ModelShape, kv_cache_bytes, simulate_paging
+from attn_course.kv_cache import ModelShape, kv_cache_bytes
 from attn_course.labs.bracket_language import (
     BracketTask,
     default_model_config,
@@ -36,6 +40,8 @@ from attn_course.labs.bracket_language import (
 from attn_course.utils import best_seconds
 
 __all__ = [
+    "PagingStats",
+    "simulate_paging",
     "time_generation",
     "plot_tokens_per_second",
     "time_prefill_decode",
@@ -216,3 +222,59 @@ def plot_paging(max_len: int = 2048, block_sizes: Sequence[int] = (8, 16, 32, 64
     finish_axes(ax, xlabel="block size (tokens)", ylabel="fraction of reserved slots unused",
                 title=f"{num_requests} requests, lengths uniform up to {max_len}", ylim=(0, 1))
     return ax, stats
+
+
+@dataclass
+class PagingStats:
+    """Token slots reserved by each scheme for the same requests (multiply by bytes per token)."""
+
+    tokens_needed: int  # sum over requests of prompt + generated tokens
+    contiguous_slots: int  # every request reserves max_len
+    paged_slots: int  # blocks of block_size, per request
+    shared_slots: int  # paged, with the common prefix's full blocks stored once
+
+    @property
+    def contiguous_waste(self) -> float:
+        """Fraction of reserved slots that hold nothing."""
+        return 1 - self.tokens_needed / self.contiguous_slots
+
+    @property
+    def paged_waste(self) -> float:
+        return 1 - self.tokens_needed / self.paged_slots
+
+    @property
+    def sharing_saving(self) -> float:
+        """Fraction of paged memory saved by sharing the prefix."""
+        return 1 - self.shared_slots / self.paged_slots
+
+
+def simulate_paging(
+    num_requests: int = 100,
+    max_len: int = 2048,
+    block_size: int = 16,
+    shared_prefix: int = 0,
+    min_len: int = 16,
+    seed: int = 0,
+) -> PagingStats:
+    """Memory for ``num_requests`` requests of random total length, three ways.
+
+    Each request has a common prefix of ``shared_prefix`` tokens (a system prompt) plus a
+    private part; its total length is uniform in ``[max(min_len, shared_prefix + 1), max_len]``.
+    Contiguous preallocation reserves ``max_len`` slots per request (the length is unknown in
+    advance); paging reserves ``ceil(length / block_size)`` blocks; prefix sharing stores the
+    prefix's ``shared_prefix // block_size`` full blocks once (a partly filled last prefix
+    block is copied on write, so each request keeps its own copy of it).
+    """
+    require_int(num_requests, "num_requests")
+    require_int(max_len, "max_len")
+    require_int(block_size, "block_size")
+    if require_int(shared_prefix, "shared_prefix", minimum=0) >= max_len:
+        raise ValueError(f"shared_prefix must be an int in [0, max_len = {max_len}), got {shared_prefix!r}")
+    rng = random.Random(seed)
+    low = max(min_len, shared_prefix + 1)
+    lengths = [rng.randint(min(low, max_len), max_len) for _ in range(num_requests)]
+    blocks = [math.ceil(n / block_size) for n in lengths]
+    shared_full = shared_prefix // block_size
+    paged = sum(blocks) * block_size
+    shared = (shared_full + sum(b - shared_full for b in blocks)) * block_size
+    return PagingStats(sum(lengths), num_requests * max_len, paged, shared)

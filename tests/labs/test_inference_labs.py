@@ -10,8 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from attn_course.decoding import generate  # noqa: E402
-from attn_course.gpt import GPT, GPTConfig
-from attn_course.kv_cache import published_shapes  # noqa: E402
+from attn_course.gpt import GPT, GPTConfig  # noqa: E402
+from attn_course.kv_cache import PagedCache, published_shapes  # noqa: E402
 from attn_course.labs import gpt2_weights  # noqa: E402
 from attn_course.labs.kv_cache_costs import (  # noqa: E402
     cache_table,
@@ -19,6 +19,7 @@ from attn_course.labs.kv_cache_costs import (  # noqa: E402
     plot_paging,
     prefill_intensity,
     read_bandwidth,
+    simulate_paging,
     time_generation,
     weight_bytes,
 )
@@ -85,3 +86,28 @@ def test_read_bandwidth_is_a_rate_and_names_bad_sizes():
     assert 0.1 < read_bandwidth(mbytes=8, repeat=1) < 10_000  # GB/s, on any machine
     with pytest.raises((TypeError, ValueError), match="mbytes"):
         read_bandwidth(mbytes=0)
+
+
+def test_simulate_paging():
+    stats = simulate_paging(num_requests=200, max_len=1024, block_size=16, shared_prefix=100, seed=0)
+    assert stats.contiguous_waste > 0.3  # lengths uniform up to max_len: about half is wasted
+    assert stats.paged_waste < 16 / 100  # under one block per request
+    assert 0 < stats.sharing_saving < 1
+    assert simulate_paging(shared_prefix=0).sharing_saving == 0
+    with pytest.raises(ValueError, match="shared_prefix"):
+        simulate_paging(max_len=10, shared_prefix=10)
+
+
+def test_simulation_counts_what_the_paged_cache_allocates():
+    stats = simulate_paging(num_requests=3, max_len=20, block_size=4, shared_prefix=6, min_len=7, seed=1)
+    import random
+
+    rng = random.Random(1)  # the same draws as the simulation
+    lengths = [rng.randint(7, 20) for _ in range(3)]
+    assert sum(lengths) == stats.tokens_needed
+    for n in lengths:  # a real PagedCache takes ceil(n / block_size) blocks for n tokens
+        one = PagedCache(1, 1, 2, batch_size=1, block_size=4, num_blocks=64)
+        one.update(0, torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))  # n positions of layer 0
+        assert one.blocks_in_use == -(-n // 4)
+    assert stats.paged_slots == sum(-(-n // 4) for n in lengths) * 4
+    assert stats.shared_slots == stats.paged_slots - 2 * (6 // 4) * 4

@@ -12,7 +12,6 @@ from attn_course.kv_cache import (
     SlidingWindowCache,
     StaticCache,
     kv_cache_bytes,
-    simulate_paging,
 )
 
 
@@ -152,31 +151,6 @@ def test_forked_sequences_decode_like_separate_ones():
         full = model(torch.cat([prompt.expand(3, 6), steps], dim=1))
     torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=0)
     assert cache.blocks_in_use < 3 * 3  # the prompt's full block is stored once
-
-
-def test_simulate_paging():
-    stats = simulate_paging(num_requests=200, max_len=1024, block_size=16, shared_prefix=100, seed=0)
-    assert stats.contiguous_waste > 0.3  # lengths uniform up to max_len: about half is wasted
-    assert stats.paged_waste < 16 / 100  # under one block per request
-    assert 0 < stats.sharing_saving < 1
-    assert simulate_paging(shared_prefix=0).sharing_saving == 0
-    with pytest.raises(ValueError, match="shared_prefix"):
-        simulate_paging(max_len=10, shared_prefix=10)
-
-
-def test_simulation_counts_what_the_paged_cache_allocates():
-    stats = simulate_paging(num_requests=3, max_len=20, block_size=4, shared_prefix=6, min_len=7, seed=1)
-    import random
-
-    rng = random.Random(1)  # the same draws as the simulation
-    lengths = [rng.randint(7, 20) for _ in range(3)]
-    assert sum(lengths) == stats.tokens_needed
-    for n in lengths:  # a real PagedCache takes ceil(n / block_size) blocks for n tokens
-        one = PagedCache(1, 1, 2, batch_size=1, block_size=4, num_blocks=64)
-        one.update(0, *kv(B=1, H=1, d=2, T=n))
-        assert one.blocks_in_use == -(-n // 4)
-    assert stats.paged_slots == sum(-(-n // 4) for n in lengths) * 4
-    assert stats.shared_slots == stats.paged_slots - 2 * (6 // 4) * 4
 
 
 def test_generate_shared_prompt():
