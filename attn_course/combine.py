@@ -153,8 +153,7 @@ class GRUInputCombine(nn.Module):
             x = torch.cat([prev_input, context], dim=-1)  # (B, E) ++ (B, C) -> (B, E + C)
             return self.cell(x, state)  # (B, Hs)
         states = []
-        for t in range(context.shape[1]):
-            x = torch.cat([prev_input[:, t], context[:, t]], dim=-1)  # (B, E + C)
+        for x in torch.cat([prev_input, context], dim=-1).unbind(dim=1):  # (B, E + C) per step
             state = self.cell(x, state)  # (B, Hs)
             states.append(state)
         if not states:  # T = 0

@@ -289,17 +289,31 @@ class BahdanauDecoder(Decoder):
         return logits, s, weights.squeeze(1)  # (B, V), (B, D), (B, S)
 
     def forward(self, tgt_in, state, encoder_outputs, src_mask):
-        # The steps of step(), with the work that does not change from step to step done once.
+        # The steps of step(), with the work that does not change from step to step done once:
+        # the keys' projection, the embeddings, the embeddings' share of the GRU's input gates
+        # (GRU([e; c]) multiplies W_ih = [W_e | W_c] by [e; c] = W_e e + W_c c) and the output layer.
+        # The loop keeps only what depends on the previous state. Inputs were checked by Seq2Seq.
+        cell = self.combine.cell
+        D = cell.hidden_size
         emb = self.embedding(tgt_in)  # (B, T, E)
         keys = self.score.W_k(encoder_outputs)  # (B, S, h): W_k h_j, the same at every step
-        mask = src_mask.unsqueeze(1)  # (B, 1, S)
+        w_emb, w_ctx = cell.weight_ih.split([emb.shape[-1], D], dim=1)  # (3D, E), (3D, D)
+        gates_emb = F.linear(emb, w_emb, cell.bias_ih)  # (B, T, 3D): W_e e_t + b_ih for every step
+        blocked = ~src_mask.unsqueeze(1)  # (B, 1, S): padding; every row has a real token, so no row is all -inf
         s = state  # (B, D)
         states, contexts, weights = [], [], []
-        for t in range(tgt_in.shape[1]):
+        # unbind, not gates_emb[:, t]: indexing's backward writes a zero tensor the size of all
+        # T steps at every step (a third of the training time); unbind's backward stacks once.
+        for gates_t in gates_emb.unbind(dim=1):  # (B, 3D) per step
             scores = self.score.score_projected_keys(s.unsqueeze(1), keys)  # (B, 1, S)
-            w = masked_softmax(scores, mask)  # (B, 1, S)
-            c = context_vector(w, encoder_outputs).squeeze(1)  # (B, 1, D) -> (B, D)
-            s = self.combine(c, s, emb[:, t])  # (B, D): GRU([emb_t; c_t], s_{t-1})
+            w = scores.masked_fill(blocked, float("-inf")).softmax(dim=-1)  # (B, 1, S)
+            c = torch.bmm(w, encoder_outputs).squeeze(1)  # (B, 1, D) -> (B, D): the context c_t
+            # GRU([e_t; c_t], s_{t-1}), as nn.GRUCell computes it (gate order r, z, n).
+            i_r, i_z, i_n = (gates_t + F.linear(c, w_ctx)).chunk(3, dim=-1)  # (B, D) each
+            h_r, h_z, h_n = F.linear(s, cell.weight_hh, cell.bias_hh).chunk(3, dim=-1)  # (B, D) each
+            r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            s = n + z * (s - n)  # (1 - z) n + z s_{t-1}
             states.append(s)
             contexts.append(c)
             weights.append(w.squeeze(1))  # (B, S)

@@ -90,8 +90,9 @@ class RNNLayer(nn.Module):
         xw = self.W_x(x.reshape(-1, T, self.d_in))  # (N, T, d_out), N = prod(batch): all positions at once
         h = xw.new_zeros(xw.shape[0], self.d_out)  # (N, d_out)
         states = []
-        for t in range(T):  # the sequential part: T dependent steps
-            h = torch.tanh(xw[:, t] + self.W_h(h))  # (N, d_out)
+        for xw_t in xw.unbind(dim=1):  # the sequential part: T dependent steps. (unbind, not xw[:, t],
+            # whose backward writes a zero tensor the size of all T steps at every step.)
+            h = torch.tanh(xw_t + self.W_h(h))  # (N, d_out)
             states.append(h)
         return torch.stack(states, dim=1).reshape(*batch, T, self.d_out)  # (..., T, d_out)
 
