@@ -33,7 +33,9 @@ buffer returns them in slot order, so the model builds its mask from ``key_posit
 * ``DynamicCache``        grows with ``torch.cat`` (simple; reallocates every step).
 * ``StaticCache``         preallocated ``(B, H_kv, max_len, d)`` buffers written in place.
 * ``SlidingWindowCache``  a ring buffer of the last ``W`` positions; equals a full cache plus a
-                          sliding-window mask (Mistral-style local attention).
+                          sliding-window mask (the rolling buffer cache of Mistral 7B, Jiang et al.
+                          2023; sliding-window attention itself is Longformer's, Beltagy et al. 2020).
+                          ``W`` counts the keys a query sees, itself included.
 * ``PagedCache``          fixed-size blocks from a shared pool and a block table per sequence,
                           as in vLLM (Kwon et al. 2023); ``fork`` shares a prompt's blocks
                           between sequences with reference counts, copy-on-write on append.
@@ -311,7 +313,9 @@ class SlidingWindowCache(_BufferCache):
     """A ring buffer holding the last ``window`` positions: position ``p`` lives in slot ``p % W``.
 
     Memory is ``O(W)`` however long the generation. Attending over it equals attending over a
-    full cache with a sliding-window mask (query ``p`` sees keys ``p - W + 1 .. p``).
+    full cache with a sliding-window mask: ``W`` is the number of keys a query sees, itself
+    included (query ``p`` sees keys ``p - W + 1 .. p``), as ``GPTConfig.sliding_window``. This is
+    Mistral 7B's rolling buffer cache (Jiang et al. 2023).
 
     While decoding (one new token, ring full) ``update`` returns the whole ring in *slot* order;
     ``key_positions`` says which position each slot holds. A prompt longer than the free space
@@ -467,11 +471,17 @@ class PagedCache(KVCache):
                 table.append(self._allocate())
 
     def _slots(self, start: int, end: int) -> torch.Tensor:
-        """Flat pool indices ``(B, end - start)`` of positions ``start .. end - 1`` of every sequence."""
+        """Flat pool indices ``(B, end - start)`` of positions ``start .. end - 1`` of every sequence.
+
+        Address translation, as an operating system's page table does it: position ``p`` of
+        sequence ``b`` is offset ``p % P`` in the ``p // P``-th block of its table, and in the pool
+        seen flat, ``(num_blocks * P, H_kv, d)``, that is row ``block_tables[b][p // P] * P + p % P``.
+        """
         P = self.block_size
-        pos = torch.arange(start, end)
+        pos = torch.arange(start, end)  # (T,) positions, the same for every sequence
         tables = torch.tensor(self.block_tables, dtype=torch.long)  # (B, blocks per sequence)
-        return (tables[:, pos // P] * P + pos % P).to(self.key_pool[0].device)  # (B, end - start)
+        # tables[:, pos // P] is (B, T): the physical block of each position; * P + offset -> flat row
+        return (tables[:, pos // P] * P + pos % P).to(self.key_pool[0].device)  # (B, T)
 
     def _store(self, layer, k, v):
         B, _, T, _ = k.shape

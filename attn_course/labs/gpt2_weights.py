@@ -1,8 +1,9 @@
 """Part IV lab (loading GPT-2): find pretrained GPT-2 weights on this machine, never download them.
 
-The chapter runs the real GPT-2 only when its weights are already here: in the Hugging Face
-cache (after the reader downloaded them, e.g. in Colab), or in a folder the reader names. The
-page itself never downloads anything; ``HOW_TO_GET_GPT2`` says how to.
+The chapter runs the real GPT-2 when its weights are already here: in the Hugging Face cache
+(after the reader downloaded them), or in a folder the reader names. Nothing here downloads;
+the chapter's one download is an opt-in cell for Colab (``LOAD_REAL_GPT2 = True``), and
+``HOW_TO_GET_GPT2`` says how to get the weights otherwise.
 
 * ``find_gpt2_weights``    the path of a local ``model.safetensors`` / ``pytorch_model.bin``, or ``None``.
 * ``load_gpt2_weights``    that file -> ``attn_course.gpt.GPT`` (via ``load_gpt2_state_dict``).
@@ -27,13 +28,15 @@ ENV_VAR = "ATTN_COURSE_GPT2"  # a folder holding GPT-2's weight file (and tokeni
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 HOW_TO_GET_GPT2 = f"""\
-GPT-2's weights (about 550 MB) are not on this machine, so this cell is skipped; the page never
-downloads anything by itself. To run it, download them once, then run the page again:
+GPT-2's weights (about 550 MB) are not on this machine, so the cells that need them are skipped;
+the page never downloads anything unless you ask it to. To run them:
 
-  * in Colab or anywhere with internet access and `transformers` installed, run in a cell:
+  * in Colab: set LOAD_REAL_GPT2 = True in the cell that printed this and run it again: it
+    downloads GPT-2 with transformers' GPT2LMHeadModel.from_pretrained("gpt2");
+  * anywhere with internet access and `transformers` installed, fill the Hugging Face cache
+    once (the page looks there), then run the page again:
         from huggingface_hub import snapshot_download
         snapshot_download("gpt2", allow_patterns=["*.json", "*.txt", "model.safetensors"])
-    (this fills the Hugging Face cache, where the page looks);
   * or put model.safetensors (and vocab.json, merges.txt) in a folder and set the environment
     variable {ENV_VAR} to that folder."""
 

@@ -31,6 +31,8 @@ __all__ = [
     "draw_gqa_heads",
     "draw_sliding_window_ring",
     "draw_paged_cache",
+    "draw_ring_buffer_step",
+    "draw_paging_step",
     "draw_weight_mapping",
 ]
 
@@ -62,6 +64,19 @@ ALT = {
         "start with the same prompt, so their first table entries point to the same full blocks, "
         "each with reference count 2; their later blocks are their own, and a shared block that one "
         "of them writes into is copied first (copy on write)."
+    ),
+    "draw_ring_buffer_step": (
+        "A ring buffer of W = 5 slots while decoding, one frame per step. Position p is written to slot "
+        "p mod 5: the ring fills for five steps, then each new position overwrites the oldest one, which "
+        "has just left the window. Beside the ring, the positions so far (the last five, the window, "
+        "highlighted) and the keys update returns, in slot order rather than time order."
+    ),
+    "draw_paging_step": (
+        "A paged cache during a forked generation, one frame per step: three sequences' block tables and "
+        "a pool of blocks of 2 slots with their reference counts. The prompt's blocks are shared after the "
+        "fork (reference count 3); at the first decode step two sequences copy the half-full shared block "
+        "(copy on write) and the third writes in place; later steps take free blocks as sequences fill "
+        "their last one."
     ),
     "draw_weight_mapping": (
         "Hugging Face GPT-2 parameter names on the left mapped to the course's GPT on the right: "
@@ -256,6 +271,132 @@ def draw_paged_cache(block_size: int = 4) -> Figure:
           "A write into a shared, partly filled block\ncopies it first (copy on write).\n"
           "Waste per sequence: at most one partly\nfilled block, not a max_len reservation.",
           ha="left", va="center", size=8.5)
+    return fig
+
+
+def _canvas_on(fig: Figure | None, width: float, height: float, alt: str):
+    """``canvas``, or the same on a figure that a slider player gives (``interactive.slider_figure``)."""
+    if fig is None:
+        return canvas(width, height, alt)
+    fig.set_label(alt)
+    fig.set_layout_engine("none")  # the axes fill the figure: nothing to lay out
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.set_axis_off()
+    return fig, ax
+
+
+def draw_ring_buffer_step(step=None, fig: Figure | None = None) -> Figure:
+    """One step of a real ``SlidingWindowCache`` (a ``kv_cache_costs.RingStep``): the ring, the window, the keys returned.
+
+    ``step`` defaults to position 7 of ``trace_ring_buffer(window=5)``; ``fig``: draw on this
+    (empty) figure instead of a new one (a slider frame). Figure size 8 x 3.4 inches.
+    """
+    if step is None:
+        from attn_course.labs.kv_cache_costs import trace_ring_buffer
+
+        step = trace_ring_buffer(5, 8)[-1]
+    p, W = step.position, step.window
+    if not 3 <= W <= 12:
+        raise ValueError(f"window must be in [3, 12] to fit the figure, got {W}")
+    fig, ax = _canvas_on(fig, 8.0, 3.4, ALT["draw_ring_buffer_step"])
+    cx, cy, r = 1.55, 1.6, 1.15
+    for s, held in enumerate(step.slots):
+        a0 = 90 - 360 * (s + 1) / W
+        newest = held == p
+        c = NEW if newest else COLORS["key"]
+        ax.add_patch(Wedge((cx, cy), r, a0, a0 + 360 / W, width=0.5,
+                           facecolor=light(c, 0.5 if newest else 0.85) if held is not None else "white",
+                           edgecolor="white" if held is not None else MUTED, lw=2, zorder=3))
+        mid = math.radians(a0 + 180 / W)
+        label(ax, cx + (r - 0.25) * math.cos(mid), cy + (r - 0.25) * math.sin(mid),
+              "-" if held is None else f"{held}", size=10, color=INK, zorder=4)
+        label(ax, cx + (r + 0.22) * math.cos(mid), cy + (r + 0.22) * math.sin(mid), f"slot {s}", size=7.5)
+    ax.add_patch(Circle((cx, cy), r - 0.5, facecolor="white", edgecolor="none", zorder=3))
+    label(ax, cx, cy, f"W = {W}\nslots", size=9, color=INK, zorder=4)
+    label(ax, cx, 0.12, f"position {p} -> slot {p} mod {W} = {p % W}", size=9, color=NEW)
+    # the positions so far: the window (what the newest query sees) and what is gone
+    x0 = 3.3
+    label(ax, x0, 3.15, f"position {p}: its query sees keys {max(0, p - W + 1)} .. {p}", ha="left", size=9.5,
+          color=INK)
+    label(ax, 7.9, 3.15, f"W = {W} keys, itself included", ha="right", size=8.5)
+    cell = min(0.36, 4.5 / (p + 1))
+    for q in range(p + 1):
+        seen = q > p - W
+        c = NEW if q == p else COLORS["key"] if seen else MUTED
+        box(ax, x0 + cell * (q + 0.5), 2.6, cell * 0.88, 0.34, f"{q}" if cell > 0.25 else "", c,
+            fill=light(c, 0.5 if q == p else 0.82) if seen else "white", lw=0.9, size=8, rounding=0.04)
+    label(ax, x0, 2.2, "orange: in the window, so in the ring" + (";  grey: overwritten, gone" if p >= W else ""),
+          ha="left", size=8.5)
+    # what update returns: the ring in slot order
+    label(ax, x0, 1.75, "update returns the ring in slot order (key_positions):", ha="left", size=9.5, color=INK)
+    for s, q in enumerate(step.returned):
+        c = NEW if q == p else COLORS["key"]
+        box(ax, x0 + 0.25 + 0.5 * s, 1.3, 0.42, 0.34, f"{q}", c, fill=light(c, 0.5 if q == p else 0.82),
+            size=9, lw=1.0, rounding=0.04)
+        label(ax, x0 + 0.25 + 0.5 * s, 0.98, f"slot {s}", size=7)
+    if p < W:
+        note = f"the ring is filling: {p + 1} of {W} slots written, nothing overwritten yet"
+    else:
+        note = f"position {p} overwrote position {p - W}, which had just left the window"
+    label(ax, x0, 0.55, note, ha="left", size=9, color=INK)
+    return fig
+
+
+_SEQ_COLORS = [COLORS["key"], COLORS["value"], COLORS["query"], COLORS["norm"]]
+
+
+def draw_paging_step(step=None, fig: Figure | None = None) -> Figure:
+    """One step of a forked generation in a real ``PagedCache`` (a ``kv_cache_costs.PagingStep``).
+
+    Block tables on the left, the pool of blocks (slots, reference counts) on the right, what the
+    step did below. ``step`` defaults to the first decode step of ``trace_forked_paging()``
+    (copy on write); ``fig``: draw on this (empty) figure (a slider frame). 10 x 4.2 inches.
+    """
+    if step is None:
+        from attn_course.labs.kv_cache_costs import trace_forked_paging
+
+        step = trace_forked_paging()[2]
+    P, tables = step.block_size, step.block_tables
+    if P > 4 or len(tables) > len(_SEQ_COLORS) or len(step.ref_counts) > 12:
+        raise ValueError("draw_paging_step fits block_size <= 4, at most 4 sequences and 12 blocks")
+    fig, ax = _canvas_on(fig, 10.0, 4.2, ALT["draw_paging_step"])
+    label(ax, 0.2, 3.95, step.label, ha="left", size=10.5, color=INK, weight="bold")
+
+    def colour(block: int) -> str:
+        if step.ref_counts[block] > 1:
+            return COLORS["weights"]  # shared
+        owners = [b for b, t in enumerate(tables) if block in t]
+        return _SEQ_COLORS[owners[0]] if owners else MUTED
+
+    for b, table in enumerate(tables):
+        y = 3.3 - 0.6 * b
+        label(ax, 0.2, y, f"sequence {b}", ha="left", size=9, color=_SEQ_COLORS[b])
+        for j, block in enumerate(table):
+            c = colour(block)
+            box(ax, 1.35 + 0.42 * j, y, 0.36, 0.32, f"{block}", c, size=9, lw=1.2, rounding=0.04)
+    label(ax, 0.2, 3.3 - 0.6 * len(tables) + 0.15, "block tables: entry j is the block holding\n"
+          f"positions {P}j .. {P}j + {P - 1} of that sequence", ha="left", size=8, va="top")
+    # the pool
+    x0, top, slot = 4.0, 3.3, 0.34
+    label(ax, x0 - 0.2, 3.6, f"the pool: {len(step.ref_counts)} blocks of {P} slots (numbers: positions held)",
+          ha="left", size=9.5, color=INK)
+    for block, ref in enumerate(step.ref_counts):
+        x = x0 + 0.5 * block
+        c = colour(block) if ref else MUTED
+        for s in range(P):
+            held = step.contents[block][s]
+            box(ax, x, top - 0.35 - s * slot, 0.4, slot * 0.88, "" if held is None else f"{held}", c,
+                fill=light(c, 0.6) if held is not None else "white", lw=0.9, size=8.5, rounding=0.03)
+        label(ax, x, top, f"#{block}", size=8, color=INK)
+        label(ax, x, top - 0.35 - P * slot + 0.05, f"ref {ref}" if ref else "free", size=7.5,
+              color=c if ref else MUTED)
+    in_use = sum(1 for r in step.ref_counts if r)
+    label(ax, x0 - 0.2, 1.85, f"purple: shared (reference count > 1).  Blocks in use: {in_use}; "
+          f"copies on write so far: {step.copies_on_write}", ha="left", size=9, color=INK)
+    for i, event in enumerate(step.events[:3]):
+        label(ax, 0.2, 1.0 - 0.3 * i, event, ha="left", size=9, color=NEW)
     return fig
 
 

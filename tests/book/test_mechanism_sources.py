@@ -61,6 +61,7 @@ MECHANISMS = [
     ("16_shrinking_the_cache", "SlidingWindowCache._store", None),
     ("16_shrinking_the_cache", "PagedCache.fork", None),
     ("16_shrinking_the_cache", "PagedCache._prepare_append", None),
+    ("16_shrinking_the_cache", "PagedCache._slots", None),
     ("17_loading_gpt2", "load_gpt2_state_dict", None),
     ("18_quadratic_wall", "attention_flops", "ex09_efficient_attention"),
     ("18_quadratic_wall", "naive_attention", None),

@@ -22,6 +22,11 @@ EXPECTED = {
                        "MQA: 8 query heads, 1 KV head", "cache: 2/8 of MHA's"],
     "draw_sliding_window_ring": ["W = 6\nslots", "slot 3", "keys 4 .. 9 are attended"],
     "draw_paged_cache": ["sequence A: block table", "#0  ref 2", "#3  free", "copy on write"],
+    "draw_ring_buffer_step": ["position 7: its query sees keys 3 .. 7", "W = 5 keys, itself included",
+                              "position 7 -> slot 7 mod 5 = 2", "overwrote position 2"],
+    "draw_paging_step": ["decode step 1: every sequence writes position 5", "ref 3", "free",
+                         "sequence 0 copies shared block #2 to #3 (copy on write)",
+                         "sequence 2 is now the only user of #2: it writes in place"],
     "draw_weight_mapping": ["h.i.attn.c_attn.weight  (D, 3D)", "h.i.attn.qkv.weight  (3D, D)", ".t()"],
 }
 
@@ -71,3 +76,20 @@ def test_arguments_change_the_drawing_and_are_checked(draw):
         diagrams.draw_sliding_window_ring(window=40)
     with pytest.raises(ValueError, match="prompt_len"):
         diagrams.draw_prefill_decode(prompt_len=0)
+
+
+def test_step_figures_draw_any_step_on_a_given_figure(draw):
+    """The slider frames: each step of a real cache's trace, drawn on the figure the player gives."""
+    from attn_course.labs.kv_cache_costs import trace_forked_paging, trace_ring_buffer
+
+    ring = trace_ring_buffer(5, 12)
+    fig = Figure(figsize=(8, 3.4))
+    assert diagrams.draw_ring_buffer_step(ring[2], fig=fig) is fig
+    assert "the ring is filling: 3 of 5 slots written" in texts(fig)
+    assert fig.get_label() == diagrams.ALT["draw_ring_buffer_step"]
+    assert "position 11 overwrote position 6" in texts(draw("draw_ring_buffer_step", ring[11]))
+    paging = trace_forked_paging()
+    fig = Figure(figsize=(10, 4.2))
+    diagrams.draw_paging_step(paging[1], fig=fig)
+    assert "reference counts of #0, #1, #2 go up to 3; nothing is copied" in texts(fig)
+    assert "sequence 2 takes free block #10" in texts(draw("draw_paging_step", paging[-1]))

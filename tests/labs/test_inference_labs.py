@@ -16,11 +16,15 @@ from attn_course.labs import gpt2_weights  # noqa: E402
 from attn_course.labs.kv_cache_costs import (  # noqa: E402
     cache_table,
     decode_intensity,
+    influence_by_distance,
     plot_paging,
     prefill_intensity,
     read_bandwidth,
     simulate_paging,
     time_generation,
+    time_kv_head_decode,
+    trace_forked_paging,
+    trace_ring_buffer,
     weight_bytes,
 )
 
@@ -111,3 +115,42 @@ def test_simulation_counts_what_the_paged_cache_allocates():
         assert one.blocks_in_use == -(-n // 4)
     assert stats.paged_slots == sum(-(-n // 4) for n in lengths) * 4
     assert stats.shared_slots == stats.paged_slots - 2 * (6 // 4) * 4
+
+
+def test_time_kv_head_decode_reports_speed_and_the_bytes_a_step_reads():
+    out = time_kv_head_decode((4, 2, 1), n_head=4, n_embd=32, batch=2, context=16, steps=2, repeat=1)
+    assert set(out) == {4, 2, 1} and all(r["tokens_per_s"] > 0 for r in out.values())
+    assert out[4]["cache_bytes"] == 2 * out[2]["cache_bytes"] == 4 * out[1]["cache_bytes"] == 2 * 4 * 8 * 16 * 2 * 4
+    assert out[4]["weight_bytes"] > out[2]["weight_bytes"] > out[1]["weight_bytes"]  # smaller K/V projections
+
+
+def test_influence_reaches_exactly_layers_times_window_minus_one():
+    for n_layer, window in ((1, 4), (2, 3)):
+        model = tiny(n_layer=n_layer, sliding_window=window)
+        change = influence_by_distance(model, 12)
+        reach = n_layer * (window - 1)
+        assert change.shape == (12,) and bool((change[:reach + 1] > 1e-6).all())
+        assert bool((change[reach + 1:] <= 1e-6).all())
+    assert bool((influence_by_distance(tiny(), 12) > 1e-6).all())  # no window: every token counts
+
+
+def test_ring_buffer_trace_is_the_real_cache_wrapping():
+    steps = trace_ring_buffer(window=4, steps=7)
+    assert [s.position for s in steps] == list(range(7))
+    assert steps[1].slots == [0, 1, None, None] and steps[1].returned == [0, 1]
+    assert steps[6].slots == [4, 5, 6, 3] and steps[6].returned == [4, 5, 6, 3]  # slot order, not time order
+    for s in steps:
+        assert sorted(s.returned) == list(range(max(0, s.position - 3), s.position + 1))  # the window
+
+
+def test_forked_paging_trace_shares_then_copies_on_write():
+    steps = trace_forked_paging(prompt_len=5, num_samples=3, new_tokens=4, block_size=2)
+    prefill, fork, first, *rest = steps
+    assert prefill.block_tables == [[0, 1, 2]] and prefill.contents[2] == [4, None]
+    assert fork.block_tables == [[0, 1, 2]] * 3 and fork.ref_counts[:3] == [3, 3, 3] and fork.copies_on_write == 0
+    assert first.copies_on_write == 2 and first.block_tables == [[0, 1, 3], [0, 1, 4], [0, 1, 2]]
+    assert first.contents[3] == first.contents[4] == first.contents[2] == [4, 5]  # copied, then written
+    assert "sequence 2 is now the only user of #2: it writes in place" in first.events
+    last = steps[-1]
+    assert last.seq_len == 9 and all(len(t) == 5 for t in last.block_tables)
+    assert sum(1 for r in last.ref_counts if r) == 2 + 3 * 3  # the prompt's 2 full blocks stored once
