@@ -69,3 +69,48 @@ def test_run_steps_grad_clip_changes_the_steps():
     _, free, _ = _fit(None)
     _, clipped, _ = _fit(1e-3, postfix_every=2, progress=True)
     assert clipped[0] == free[0] and clipped[1] != free[1]
+
+
+def _regression_job(seed: int, steps: int = 30):
+    """A tiny model and a run that trains it with run_steps (returns the losses)."""
+    from attn_course.labs.training import run_steps
+
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 1)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 4, generator=g)
+    y = x.sum(-1, keepdim=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+
+    def run():
+        return run_steps(model, lambda i: ((model(x) - y) ** 2).mean(), opt, sched, steps, desc=f"job {seed}",
+                         postfix_every=5)
+    return model, run
+
+
+def test_side_by_side_equals_one_after_the_other():
+    from attn_course.labs.training import train_side_by_side
+
+    alone = {s: _regression_job(s) for s in (1, 2, 3)}
+    expected = {s: run() for s, (_, run) in alone.items()}
+    jobs = {s: _regression_job(s) for s in (1, 2, 3)}
+    got = train_side_by_side(jobs, workers=2, progress=False)
+    assert list(got) == [1, 2, 3]
+    for s in (1, 2, 3):
+        assert got[s] == expected[s]  # the same losses, step by step
+        for p, q in zip(jobs[s][0].parameters(), alone[s][0].parameters()):
+            assert torch.equal(p, q)  # the trained weights came back into the caller's model
+
+
+def test_side_by_side_reports_a_failed_run():
+    from attn_course.labs.training import train_side_by_side
+
+    def broken():
+        raise ValueError("no data")
+
+    jobs = {"fine": _regression_job(1), "broken": (torch.nn.Linear(1, 1), broken)}
+    with pytest.raises(RuntimeError, match="(?s)'broken' failed.*no data"):
+        train_side_by_side(jobs, progress=False)
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        train_side_by_side(jobs, workers=0)
