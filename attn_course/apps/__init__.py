@@ -7,9 +7,10 @@ train and measure them live in ``attn_course.labs``.
 * ``text``: attention pooling, a one-hop memory network over stories, attention over sentences.
 * ``vision``: patch embedding and a tiny ViT (loads timm weights), attention-pooled CNN,
   spatial-attention captioner, DETR-style object queries with Hungarian matching.
-* ``speech``: a Listen-Attend-Spell listener for the library's seq2seq decoders.
+* ``speech``: a LAS-style listener for the library's seq2seq decoders (a Bahdanau speller).
 * ``recsys``: SASRec next-item model and its popularity / last-item baselines.
-* ``graphs``: the graph attention layer (matches torch_geometric's GATConv) and mean aggregation.
+* ``graphs``: graph attention, GAT and GATv2 (match torch_geometric's GATConv and GATv2Conv), and
+  mean / GCN aggregation; the DictionaryLookup task that needs GATv2's dynamic attention.
 
 Optional packages (scikit-learn for the digits, scipy for the matching) are imported only inside
 the functions that need them, with an error that names the pip package.

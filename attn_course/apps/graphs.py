@@ -1,17 +1,28 @@
-"""Attention in graphs: the graph attention layer (GAT, Velickovic et al., 2018) and a mean-aggregation baseline.
+"""Attention in graphs: GAT (Velickovic et al., 2018), GATv2 (Brody et al., 2022) and degree-weighted means.
 
-A node attends over its neighbours (and itself): the score of neighbour ``j`` for node ``i`` is
-``e_ij = LeakyReLU(a_dst . W h_i + a_src . W h_j)``, the weights are a softmax over the
-neighbourhood only (the library's ``masked_softmax`` with the adjacency as the mask), and the
-new state is the weighted sum of the neighbours' ``W h_j`` (the library's ``context_vector``).
-The layer is dense (an ``(n, n)`` adjacency mask), which is what a small graph needs; it matches
-``torch_geometric.nn.GATConv`` given the same weights (``GATLayer.from_pyg``).
+A node attends over its neighbours: the score of neighbour ``j`` for node ``i`` is, in GAT,
+``e_ij = LeakyReLU(a_dst . W h_i + a_src . W h_j)`` and, in GATv2,
+``e_ij = a . LeakyReLU(W_dst h_i + W_src h_j)`` (``a^T LeakyReLU(W [h_i || h_j])`` with ``W``
+split in two). The weights are a softmax over the neighbourhood only (the library's
+``masked_softmax`` with the adjacency as the mask), and the new state is the weighted sum of the
+neighbours' projected states (the library's ``context_vector``). The layers are dense (an
+``(n, n)`` adjacency mask), which is what a small graph needs; they match
+``torch_geometric.nn.GATConv`` and ``GATv2Conv`` given the same weights (``from_pyg``).
 
-``MeanAggregation`` is the GCN-style baseline: every neighbour counts the same.
-``make_community_graph`` builds a graph whose communities are only recoverable by weighting
-neighbours: a few informative neighbours among many noisy ones.
+GAT's attention is *static* (Brody et al., Thm. 1): the LeakyReLU is monotone, so the ranking of
+``e_ij`` over the neighbours ``j`` is the ranking of ``a_src . W h_j``, the same for every query
+node ``i``. GATv2 applies ``a`` after the non-linearity, so the ranking can depend on ``i``
+(*dynamic* attention). ``make_dictionary_lookup`` is a task that needs it.
 
-Dimension glossary: n nodes, F input features, H heads, C features per head (output), K classes.
+``MeanAggregation`` is the baseline without attention, fixed weights from the degrees: the mean
+(random-walk normalisation ``D^-1 A``) or GCN's symmetric normalisation ``D^-1/2 A D^-1/2``
+(Kipf and Welling, 2017; matches ``torch_geometric.nn.GCNConv``). ``make_community_graph``
+builds a graph whose communities are only recoverable by weighting neighbours: a few
+informative neighbours among many noisy ones.
+
+Every layer reads ``x (n, F)`` or a batch of graphs with the same edges ``x (B, n, F)``.
+Dimension glossary: B graphs, n nodes, F input features, H heads, C features per head (output),
+K classes.
 """
 
 from __future__ import annotations
@@ -26,8 +37,8 @@ from .._validation import require_floating, require_int, shape_error
 from ..attention import context_vector
 from ..masking import masked_softmax
 
-__all__ = ["GATLayer", "MeanAggregation", "GraphClassifier", "edges_to_adjacency", "CommunityGraph",
-           "make_community_graph"]
+__all__ = ["GATLayer", "GATv2Layer", "MeanAggregation", "GraphClassifier", "edges_to_adjacency",
+           "CommunityGraph", "make_community_graph", "DictionaryLookup", "make_dictionary_lookup"]
 
 
 def edges_to_adjacency(edge_index: torch.Tensor, num_nodes: int, self_loops: bool = True) -> torch.Tensor:
@@ -47,18 +58,29 @@ def edges_to_adjacency(edge_index: torch.Tensor, num_nodes: int, self_loops: boo
 
 def _check_graph(x: object, adj: object, width: int) -> None:
     require_floating(x, "x")
-    if x.dim() != 2 or x.shape[1] != width:
-        raise shape_error("x", x, f"(n, {width}) node features")
-    n = x.shape[0]
+    if x.dim() not in (2, 3) or x.shape[-1] != width:
+        raise shape_error("x", x, f"(n, {width}) node features, or (B, n, {width}) for B graphs")
+    n = x.shape[-2]
     if not isinstance(adj, torch.Tensor) or adj.dtype != torch.bool or tuple(adj.shape) != (n, n):
         got = f"{adj.dtype} {tuple(adj.shape)}" if isinstance(adj, torch.Tensor) else type(adj).__name__
         raise ValueError(f"adj must be a bool tensor of shape (n, n) = ({n}, {n}), adj[i, j] = i reads j; got {got}")
 
 
+def _heads(wh: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(..., n, H*C)`` -> ``(..., H, n, C)``: one slice per head."""
+    return wh.unflatten(-1, (heads, -1)).transpose(-3, -2)  # (..., n, H, C) -> (..., H, n, C)
+
+
+def _merge_heads(out: torch.Tensor, concat: bool) -> torch.Tensor:
+    """``(..., H, n, C)`` -> ``(..., n, H*C)`` (concatenated) or ``(..., n, C)`` (averaged)."""
+    return out.transpose(-3, -2).flatten(-2) if concat else out.mean(-3)
+
+
 class GATLayer(nn.Module):
     """One graph attention layer: ``H`` heads of ``C`` features, concatenated (``H * C`` out) or averaged.
 
-    ``forward(x (n, F), adj (n, n) bool)`` returns ``(out (n, H*C) or (n, C), weights (H, n, n))``.
+    ``forward(x (n, F), adj (n, n) bool)`` returns ``(out (n, H*C) or (n, C), weights (H, n, n))``;
+    with ``x (B, n, F)``, ``(out (B, n, .), weights (B, H, n, n))``.
     """
 
     def __init__(self, in_features: int, out_features: int, heads: int = 1, concat: bool = True,
@@ -76,11 +98,11 @@ class GATLayer(nn.Module):
 
     def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(e (H, n, n), Wh (H, n, C))``: ``e[h, i, j] = LeakyReLU(a_dst . Wh_i + a_src . Wh_j)``."""
-        H, C = self.heads, self.out_features
-        wh = self.lin(x).view(-1, H, C).transpose(0, 1)  # (n, H*C) -> (n, H, C) -> (H, n, C)
+        wh = _heads(self.lin(x), self.heads)  # (n, H*C) -> (H, n, C)
         s_dst = (wh * self.att_dst[:, None, :]).sum(-1)  # (H, n): node i's part of the score
         s_src = (wh * self.att_src[:, None, :]).sum(-1)  # (H, n): neighbour j's part
-        e = F.leaky_relu(s_dst[:, :, None] + s_src[:, None, :], self.negative_slope)  # (H, n, n)
+        # LeakyReLU is monotone: for a fixed i, e[h, i, :] is ordered as s_src is, whatever i (static attention)
+        e = F.leaky_relu(s_dst[..., :, None] + s_src[..., None, :], self.negative_slope)  # (H, n, n)
         return e, wh
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +110,7 @@ class GATLayer(nn.Module):
         e, wh = self.scores(x)  # (H, n, n), (H, n, C)
         weights = masked_softmax(e, adj)  # (H, n, n): each row sums to 1 over i's neighbours only
         out = context_vector(weights, wh)  # (H, n, C)
-        out = out.transpose(0, 1).reshape(x.shape[0], -1) if self.concat else out.mean(0)  # (n, H*C) or (n, C)
-        return out + self.bias, weights
+        return _merge_heads(out, self.concat) + self.bias, weights  # (n, H*C) or (n, C)
 
     @classmethod
     @torch.no_grad()
@@ -105,33 +126,117 @@ class GATLayer(nn.Module):
         return layer
 
 
-class MeanAggregation(nn.Module):
-    """The baseline without attention (GCN-style): the plain mean of the neighbours' ``W h_j``."""
+class GATv2Layer(nn.Module):
+    """GATv2: ``e_ij = a . LeakyReLU(W_dst h_i + W_src h_j)``, the attention vector after the non-linearity.
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    The same interface as ``GATLayer``. The message is ``W_src h_j`` (as in ``GATv2Conv``); both
+    projections have a bias. Dense, the score needs an ``(H, n, n, C)`` intermediate: every pair
+    ``(i, j)`` goes through the LeakyReLU before ``a`` reduces it, which is what makes it dynamic.
+    """
+
+    def __init__(self, in_features: int, out_features: int, heads: int = 1, concat: bool = True,
+                 negative_slope: float = 0.2) -> None:
         super().__init__()
-        self.in_features = require_int(in_features, "in_features")
-        self.lin = nn.Linear(in_features, require_int(out_features, "out_features"))
+        self.in_features, self.out_features = require_int(in_features, "in_features"), require_int(out_features, "out_features")
+        self.heads, self.concat, self.negative_slope = require_int(heads, "heads"), concat, negative_slope
+        self.lin_src = nn.Linear(in_features, heads * out_features)  # W_src: the neighbour j (and its message)
+        self.lin_dst = nn.Linear(in_features, heads * out_features)  # W_dst: the node i itself
+        self.att = nn.Parameter(torch.empty(heads, out_features))  # a, applied after the LeakyReLU
+        self.bias = nn.Parameter(torch.zeros(heads * out_features if concat else out_features))
+        nn.init.xavier_uniform_(self.lin_src.weight)
+        nn.init.xavier_uniform_(self.lin_dst.weight)
+        nn.init.zeros_(self.lin_src.bias)
+        nn.init.zeros_(self.lin_dst.bias)
+        nn.init.xavier_uniform_(self.att)
+
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e (H, n, n), W_src h (H, n, C))``: ``e[h, i, j] = a_h . LeakyReLU(W_dst h_i + W_src h_j)``."""
+        src = _heads(self.lin_src(x), self.heads)  # (H, n, C)
+        dst = _heads(self.lin_dst(x), self.heads)  # (H, n, C)
+        pair = F.leaky_relu(dst[..., :, None, :] + src[..., None, :, :], self.negative_slope)  # (H, n, n, C)
+        e = (pair * self.att[:, None, None, :]).sum(-1)  # (H, n, n): a after the bend, so i and j interact
+        return e, src
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_graph(x, adj, self.in_features)
-        weights = adj.float() / adj.sum(-1, keepdim=True)  # (n, n): 1 / degree on every neighbour
-        return weights @ self.lin(x), weights[None]  # (n, out), (1, n, n)
+        e, src = self.scores(x)  # (H, n, n), (H, n, C)
+        weights = masked_softmax(e, adj)  # (H, n, n)
+        out = context_vector(weights, src)  # (H, n, C)
+        return _merge_heads(out, self.concat) + self.bias, weights
+
+    @classmethod
+    @torch.no_grad()
+    def from_pyg(cls, conv: nn.Module) -> GATv2Layer:
+        """A ``GATv2Layer`` with the weights of a ``torch_geometric.nn.GATv2Conv`` (``share_weights=False``, bias on)."""
+        H, C = conv.heads, conv.out_channels
+        layer = cls(conv.lin_l.weight.shape[1], C, heads=H, concat=conv.concat, negative_slope=conv.negative_slope)
+        for ours, theirs in ((layer.lin_src, conv.lin_l), (layer.lin_dst, conv.lin_r)):  # PyG: l = source, r = target
+            ours.weight.copy_(theirs.weight)  # (H*C, F)
+            ours.bias.copy_(theirs.bias)
+        layer.att.copy_(conv.att.view(H, C))  # PyG stores (1, H, C)
+        layer.bias.copy_(conv.bias)
+        return layer
+
+
+class MeanAggregation(nn.Module):
+    """The baseline without attention: fixed weights from the degrees on the neighbours' ``W h_j``.
+
+    ``normalization="mean"``: ``D^-1 A`` (random-walk normalisation), every neighbour weighs
+    ``1 / d_i``. ``"symmetric"``: GCN's ``D^-1/2 A D^-1/2``, neighbour ``j`` of ``i`` weighs
+    ``1 / sqrt(d_i d_j)``. ``d_i`` counts the nodes ``i`` reads (self-loop included).
+    """
+
+    def __init__(self, in_features: int, out_features: int, normalization: str = "mean") -> None:
+        super().__init__()
+        if normalization not in ("mean", "symmetric"):
+            raise ValueError(f"normalization must be 'mean' or 'symmetric', got {normalization!r}")
+        self.in_features, self.normalization = require_int(in_features, "in_features"), normalization
+        self.lin = nn.Linear(in_features, require_int(out_features, "out_features"), bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.xavier_uniform_(self.lin.weight)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_graph(x, adj, self.in_features)
+        a = adj.to(x.dtype)  # (n, n)
+        deg = a.sum(-1)  # (n,): d_i, the nodes i reads
+        if self.normalization == "mean":
+            weights = a / deg[:, None]  # (n, n): 1 / d_i on every neighbour
+        else:
+            r = deg.clamp(min=1).rsqrt()  # (n,)
+            weights = r[:, None] * a * r[None, :]  # (n, n): 1 / sqrt(d_i d_j)
+        return weights @ self.lin(x) + self.bias, weights[None]  # (n, out), (1, n, n)
+
+    @classmethod
+    @torch.no_grad()
+    def from_pyg(cls, conv: nn.Module) -> MeanAggregation:
+        """A symmetric ``MeanAggregation`` with the weights of a ``torch_geometric.nn.GCNConv`` (self-loops on)."""
+        layer = cls(conv.lin.weight.shape[1], conv.lin.weight.shape[0], normalization="symmetric")
+        layer.lin.weight.copy_(conv.lin.weight)  # (out, F)
+        layer.bias.copy_(conv.bias)
+        return layer
+
+
+_AGGREGATIONS = ("gat", "gatv2", "mean", "gcn")
 
 
 class GraphClassifier(nn.Module):
-    """One aggregation layer (``"attention"``: GAT, ``"mean"``: mean), ELU, a linear classifier per node."""
+    """One aggregation layer, ELU, a linear classifier per node.
+
+    ``aggregation``: ``"gat"``, ``"gatv2"`` (``heads`` heads of ``hidden``, concatenated),
+    ``"mean"`` (``D^-1 A``) or ``"gcn"`` (``D^-1/2 A D^-1/2``), both ``hidden * heads`` wide.
+    """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 8, heads: int = 2,
-                 aggregation: str = "attention") -> None:
+                 aggregation: str = "gat") -> None:
         super().__init__()
-        if aggregation == "attention":
-            self.layer = GATLayer(in_features, hidden, heads=heads)
-            width = hidden * heads
-        elif aggregation == "mean":
-            self.layer, width = MeanAggregation(in_features, hidden * heads), hidden * heads
+        if aggregation not in _AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
+        width = require_int(hidden, "hidden") * require_int(heads, "heads")
+        if aggregation in ("gat", "gatv2"):
+            layer = GATLayer if aggregation == "gat" else GATv2Layer
+            self.layer = layer(in_features, hidden, heads=heads)
         else:
-            raise ValueError(f"aggregation must be 'attention' or 'mean', got {aggregation!r}")
+            self.layer = MeanAggregation(in_features, width, "mean" if aggregation == "mean" else "symmetric")
         self.head = nn.Linear(width, require_int(num_classes, "num_classes"))
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,3 +278,40 @@ def make_community_graph(generator: torch.Generator, communities: int = 3, nodes
         adj[i, noisy[torch.randperm(len(noisy), generator=generator)[:noisy_edges]]] = True
     train = torch.rand(n, generator=generator) < train_share
     return CommunityGraph(x, adj, labels, informative, train)
+
+
+@dataclass
+class DictionaryLookup:
+    x: torch.Tensor  # (N, 2k, 1 + 3k) node features of N graphs: k keys, then k queries
+    adj: torch.Tensor  # (2k, 2k) bool, the same for every graph: each query reads every key
+    values: torch.Tensor  # (N, k) the value each query must output (that of the key with its attribute)
+    match: torch.Tensor  # (N, k) which key (0 .. k-1) has the query's attribute
+    keys: int  # k
+
+
+def make_dictionary_lookup(n: int, generator: torch.Generator, keys: int = 6) -> DictionaryLookup:
+    """``n`` bipartite graphs of Brody et al.'s DictionaryLookup: ``k`` keys, ``k`` queries.
+
+    Key ``j`` holds an attribute (a permutation of ``0 .. k-1`` over the keys) and a value (``k``
+    distinct values drawn from ``0 .. 2k-1``); query ``q`` holds an attribute only. Each query reads
+    all ``k`` keys (no self-loop; a key reads itself only) and must output the value of the key
+    with its attribute. Which key that is depends on the query, so one ranking of the keys shared
+    by every query (static attention) cannot find it: chance is ``1 / k`` among the values present.
+    Distinct values leave no majority value to guess, and drawing ``k`` of ``2k`` means the values
+    the query did *not* look up do not name the one it did. Features:
+    ``[is_key, one-hot attribute (k), one-hot value (2k)]``; classes: the ``2k`` values.
+    """
+    n, k = require_int(n, "n"), require_int(keys, "keys", minimum=2)
+    key_attr = torch.argsort(torch.rand(n, k, generator=generator), -1)  # (N, k): a permutation per graph
+    query_attr = torch.argsort(torch.rand(n, k, generator=generator), -1)  # (N, k)
+    key_value = torch.argsort(torch.rand(n, 2 * k, generator=generator), -1)[:, :k]  # (N, k): distinct values
+    x = torch.zeros(n, 2 * k, 1 + 3 * k)
+    x[:, :k, 0] = 1.0
+    x[:, :k, 1:1 + k] = F.one_hot(key_attr, k).float()
+    x[:, :k, 1 + k:] = F.one_hot(key_value, 2 * k).float()
+    x[:, k:, 1:1 + k] = F.one_hot(query_attr, k).float()
+    match = torch.argsort(key_attr, -1).gather(1, query_attr)  # (N, k): the key whose attribute is the query's
+    adj = torch.zeros(2 * k, 2 * k, dtype=torch.bool)
+    adj[k:, :k] = True  # queries read every key
+    adj[:k, :k] = torch.eye(k, dtype=torch.bool)  # keys read themselves (their output is not used)
+    return DictionaryLookup(x, adj, key_value.gather(1, match), match, k)

@@ -6,8 +6,9 @@ product with the item embeddings (shared with the input embeddings, as in SASRec
 attention weights say which past items the next recommendation is based on.
 
 ``make_histories`` plants a pattern a last-item rule cannot see: a user follows two interleaved
-series (episodes of two shows, say), so the next item continues the series of the item *two*
-steps back. ``popularity_scores`` and ``last_item_scores`` are the baselines without attention.
+series (episodes of two shows, say), so the next item continues the series of the item *before*
+the last one (lag 1 from the last item, two steps before the predicted one): the last item
+belongs to the other series. ``popularity_scores`` and ``last_item_scores`` are the baselines without attention.
 
 Dimension glossary: B users, T history length, D model width, V items (id 0 is padding).
 """

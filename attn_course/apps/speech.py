@@ -1,10 +1,14 @@
-"""Attention in speech: frames of "audio" to a shorter label sequence, Listen-Attend-Spell style.
+"""Attention in speech: frames of "audio" to a shorter label sequence, LAS-style with a Bahdanau speller.
 
-Chan et al. (2016) encode the audio frames with a pyramidal recurrent "listener" that halves the
-time resolution, and a "speller" decodes characters while attending over the listener's states
-(Bahdanau-style). Here the listener is ``FrameEncoder`` (stack pairs of frames, a GRU) and the
-speller is the library's own ``seq2seq.BahdanauDecoder``; the baseline is the library's
-``seq2seq.FixedContextDecoder``, which sees the utterance only through the listener's last state.
+Listen, Attend and Spell (Chan et al., 2016) encodes the audio frames with a pyramidal
+bidirectional LSTM "listener" (three layers that each concatenate neighbouring outputs, eight
+times fewer time steps), and its "speller" decodes characters while attending over the listener's
+states with a dot product of two MLP projections, ``e_tu = phi(s_t) . psi(h_u)``, ``s_t`` the
+speller's *current* state. Ours is LAS-style: the listener is ``FrameEncoder`` (one pyramid step,
+stack pairs of frames, then a GRU) and the speller is the library's own
+``seq2seq.BahdanauDecoder``, whose score is additive, ``v^T tanh(W_q s_{t-1} + W_k h_u)`` on the
+*previous* state; the baseline is the library's ``seq2seq.FixedContextDecoder``, which sees the
+utterance only through the listener's last state.
 
 ``make_speech_data`` renders each label as a few noisy frames of its own spectrum-like prototype,
 so the alignment from labels to frames is monotonic: the attention map shows a diagonal.
@@ -97,7 +101,7 @@ class FrameEncoder(nn.Module):
 
 
 class ListenAttendSpell(nn.Module):
-    """``FrameEncoder`` + a library decoder: ``BahdanauDecoder`` (``attention=True``) or ``FixedContextDecoder``."""
+    """LAS-style: ``FrameEncoder`` + a library decoder, ``BahdanauDecoder`` (``attention=True``) or ``FixedContextDecoder``."""
 
     def __init__(self, vocab_size: int, features: int = 12, hidden: int = 64, embed: int = 16,
                  attention: bool = True) -> None:

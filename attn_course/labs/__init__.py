@@ -21,7 +21,7 @@ lab                          chapter what it holds
 ``foundations_diagrams``     01-10   Parts I-II's conceptual diagrams
 ``language_apps``            11      attention pooling, story QA and extractive summaries, each against a baseline
 ``vision_apps``              12      ViT on digits, attention-pooled parts, a captioner, object queries
-``speech_recsys_graphs``     13      Listen-Attend-Spell, SASRec and graph attention against their baselines
+``speech_recsys_graphs``     13      LAS-style speech, SASRec and graph attention against their baselines; GAT vs GATv2
 ``applications_diagrams``    11-13   Part III's diagrams: one per application model
 ``bracket_language``         14-16   a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
 ``kv_cache_costs``           15, 16  tokens/s with and without a cache; cache sizes and decode-step costs
