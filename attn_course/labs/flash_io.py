@@ -251,14 +251,16 @@ def tiled_work(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
     ``baddbmm_`` (later blocks) per score tile it folds in; every tile's scores come from one
     ``torch.baddbmm``, and a tile redone by the lazy rescaling calls ``torch.baddbmm`` a second
     time; ``amax`` (a block's own row max) is called on the first tile of each query block and on
-    each redone tile only. Returns the output and ``{"tiles", "redone", "block_maxima"}``.
+    each redone tile only; ``masked_fill_`` once per tile that crosses the causal diagonal (twice
+    if it is redone). Returns the output and ``{"tiles", "redone", "block_maxima", "masked"}``.
     """
     counter = _CallCounter()
     with counter:
         out = tiled_attention(q, k, v, causal=causal, block_size=block_size, threads=1)
     c = counter.calls
     tiles = c["bmm"] + c["baddbmm_"]
-    return {"out": out, "tiles": tiles, "redone": c["baddbmm"] - tiles, "block_maxima": c["amax"]}
+    return {"out": out, "tiles": tiles, "redone": c["baddbmm"] - tiles, "block_maxima": c["amax"],
+            "masked": c["masked_fill_"]}
 
 
 # --------------------------------------------------------------------------- the memory of a GPU

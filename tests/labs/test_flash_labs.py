@@ -231,8 +231,8 @@ def test_tiled_work_counts_tiles_and_lazy_rescaling():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 64, 8, generator=g) for _ in range(3))
     plain, causal = tiled_work(q, k, v, block_size=16), tiled_work(q, k, v, causal=True, block_size=16)
-    assert (plain["tiles"], plain["redone"], plain["block_maxima"]) == (16, 0, 4)
-    assert (causal["tiles"], causal["redone"], causal["block_maxima"]) == (10, 0, 4)
+    assert (plain["tiles"], plain["redone"], plain["block_maxima"], plain["masked"]) == (16, 0, 4, 0)
+    assert (causal["tiles"], causal["redone"], causal["block_maxima"], causal["masked"]) == (10, 0, 4, 4)
     torch.testing.assert_close(causal["out"], naive_attention(q, k, v, causal=True))
     # scores that climb by ~23 nats per key block: every later block is redone, still exact
     q = torch.ones(1, 1, 4, 8)
