@@ -20,7 +20,9 @@ row keep three running quantities,
 
 and when a new block of scores arrives, raise ``m`` if needed and rescale ``l`` and ``acc`` by
 ``exp(m_old - m_new)`` (``online_softmax_update``). At the end ``out = acc / l``. Only a
-``(Bq, Bk)`` block of scores is ever alive.
+``(Bq, Bk)`` block of scores is ever alive. (Keeping ``acc`` unnormalised and dividing once at
+the end is FlashAttention-2's arrangement, Dao 2023; the first FlashAttention divided by ``l``
+after every block.)
 
 Stages, each tested against the one before and against ``F.scaled_dot_product_attention``:
 
@@ -291,12 +293,14 @@ def blockwise_attention(
     return out
 
 
-# Lazy rescaling (in the spirit of FlashAttention-4): after the first key block, a block is
-# exponentiated against the running max m without first finding its own max (one pass fewer
-# over the scores). Its row sums bound every exp(s - m) in the row; only when one exceeds this
-# limit (a score more than ~20 - ln(Bk) nats above m, or an overflow to inf) is the block
-# redone with a raised max. Below it, exp(s - m) <= e^20 is harmless in float32 and the result
-# is exact to rounding, since every term of a row is scaled by the same exp(-m); m never
+# Lazy rescaling. FlashAttention-4 (Zadouri et al. 2026) rescales the accumulator only when the
+# running max rises by more than a threshold, and keeps the old (stale) max otherwise. Here we go
+# one step further: after the first key block, a block is exponentiated against the running max
+# m without first finding its own max (one pass fewer over the scores). Its row sums bound every
+# exp(s - m) in the row; only when one exceeds this limit (a score more than ~20 - ln(Bk) nats
+# above m, or an overflow to inf) is the block redone with a raised max. Below it,
+# exp(s - m) <= e^20 is harmless in float32 and the result is exact to rounding, since every term
+# of a row (acc and l alike) carries the same factor exp(-m), which cancels in acc / l; m never
 # exceeds the row's true max, so nothing underflows that would not in the standard algorithm.
 _ROW_SUM_LIMIT = math.exp(20.0)
 
@@ -379,7 +383,14 @@ def _tiled_rows(
     bk: int,
     c: float,
 ) -> None:
-    """``tiled_attention``'s loop for the query blocks beginning at ``starts``; writes ``out (BH, L, d_v)``."""
+    """``tiled_attention``'s loop for the query blocks beginning at ``starts``; writes ``out (BH, L, d_v)``.
+
+    ``q3 (BH, L, d)``, ``kt3 (BH, d, S)`` (keys transposed), ``v3 (BH, S, d_v)``; ``c`` is the score
+    scale. The recurrence of ``online_softmax_update`` with ``-m`` kept instead of ``m`` (it goes
+    straight into ``baddbmm``) and lazy rescaling: a later block is exponentiated against the
+    running max without looking for its own max, and redone with a raised max only when a row
+    sum exceeds ``_ROW_SUM_LIMIT`` (see the comment above it).
+    """
     BH, L, _ = q3.shape
     S, d_v = kt3.shape[2], v3.shape[2]
     dt, dev = q3.dtype, q3.device
@@ -443,8 +454,9 @@ def tiled_attention_numpy(
     block_size: int = 64,
     scale: float | None = None,
 ) -> np.ndarray:
-    """FlashAttention's forward pass in plain NumPy, one line per equation (Dao et al. 2022, Alg. 1,
-    in the query-outer order of FlashAttention-2).
+    """FlashAttention's forward pass in plain NumPy, one line per equation: Dao et al. 2022, Alg. 1,
+    with FlashAttention-2's two changes (Dao 2023): queries in the outer loop, and ``acc`` kept
+    unnormalised and divided by ``l`` once at the end.
 
     Takes and returns arrays ``(B, H, L, d)``, ``(B, H, S, d)``, ``(B, H, S, d_v)`` ->
     ``(B, H, L, d_v)``, computed in the inputs' dtype.

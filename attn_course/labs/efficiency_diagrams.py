@@ -1,6 +1,6 @@
 """Part V's conceptual diagrams (chapters 18-23), drawn with the kit of ``attn_course.diagrams``:
-quadratic growth, sparse patterns, block skipping, linear attention, FlashAttention's tiles and
-the ring of ring attention.
+quadratic growth, sparse patterns, block skipping, linear attention, a GPU's memory hierarchy,
+FlashAttention's tiles and the ring of ring attention.
 
 Each public ``draw_*`` function returns the ``matplotlib.figure.Figure`` it drew; ``ALT[name]``
 is its alt text (the chapters copy it into the cell metadata), also set as the figure's label.
@@ -24,6 +24,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangl
 
 from attn_course._validation import require_int
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light, rect
+from attn_course.labs.flash_io import H100_SXM, GPUMemory
 from attn_course.sparse import (
     bigbird_layout,
     layout_to_mask,
@@ -42,6 +43,7 @@ __all__ = [
     "draw_linear_recurrence",
     "draw_tiling",
     "draw_ring",
+    "draw_memory_hierarchy",
 ]
 
 _SKIP = "#eeeeee"  # tiles a block-sparse kernel never computes
@@ -85,6 +87,13 @@ ALT = {
         "chunk. At every step each process attends its queries to the key/value chunk it holds, "
         "merges the partial result into its online softmax, and passes the chunk to the next process; "
         "a table shows which chunk each rank holds at each step."
+    ),
+    "draw_memory_hierarchy": (
+        "The memory of an NVIDIA H100 SXM5 GPU as nested boxes. On the chip, 132 streaming multiprocessors "
+        "(SMs), each with its own registers (256 KB) and shared memory (up to 228 KB), where FlashAttention "
+        "keeps its tiles; below them a 50 MB L2 cache shared by all SMs. Off the chip, 80 GB of HBM3 at "
+        "3.35 TB/s, where the naive N by N score matrix has to live. A column on the right lists the levels "
+        "from small and fast to large and slow."
     ),
 }
 
@@ -395,4 +404,74 @@ def draw_ring(world_size: int = 4) -> Figure:
     label(ax, tx + (P + 1) * cw / 2, ty - (P + 1) * ch - 0.1,
            "each step: attend $Q_r$ to the chunk held, merge\n(m, l, acc) with merge_partials, send the chunk on",
            size=8.5, color=MUTED)
+    return fig
+
+
+def _size(n: float) -> str:
+    """Bytes as NVIDIA writes them: binary KB and MB for on-chip memory, decimal GB for HBM."""
+    if n >= 10**9:
+        return f"{n / 10**9:.0f} GB"
+    if n >= 2**20:
+        return f"{n / 2**20:.0f} MB"
+    return f"{n / 2**10:.0f} KB"
+
+
+def draw_memory_hierarchy(gpu: GPUMemory = H100_SXM) -> Figure:
+    """A GPU's memory levels as nested boxes (SMs with registers and shared memory, the L2, the HBM),
+    with the sizes and the HBM bandwidth of ``gpu`` and a column listing the levels."""
+    if not isinstance(gpu, GPUMemory):
+        raise TypeError(f"gpu must be a GPUMemory (e.g. attn_course.labs.flash_io.H100_SXM), got {type(gpu).__name__}")
+    fig, ax = canvas(10.0, 5.0, ALT["draw_memory_hierarchy"])
+    grey, purple = COLORS["state"], COLORS["weights"]
+
+    def both_ways(start, end, lw=1.0, color=grey):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="<|-|>", mutation_scale=9, color=color, linewidth=lw,
+                                     shrinkA=0, shrinkB=0, zorder=2))
+
+    # the chip: SMs, each with registers and shared memory, above the L2 they all share
+    ax.add_patch(FancyBboxPatch((0.2, 1.45), 6.1, 3.4, boxstyle="round,pad=0,rounding_size=0.12",
+                                facecolor="#f6f6f6", edgecolor="#999999", lw=1.2, zorder=1))
+    label(ax, 0.35, 4.66, f"{gpu.name}, on the chip: {gpu.sms} SMs (streaming multiprocessors)", size=9.5,
+          color=INK, ha="left")
+    for k, name in enumerate(["SM 1", "SM 2", "SM 3", f"SM {gpu.sms}"]):
+        x = 0.45 + k * 1.5 + (0.3 if k == 3 else 0.0)
+        ax.add_patch(FancyBboxPatch((x, 2.65), 1.2, 1.8, boxstyle="round,pad=0,rounding_size=0.06",
+                                    facecolor="white", edgecolor=grey, lw=1.2, zorder=2))
+        label(ax, x + 0.6, 4.27, name, size=9, color=INK)
+        rect(ax, x + 0.1, 3.5, 1.0, 0.58, grey, amount=0.7)
+        label(ax, x + 0.6, 3.79, f"registers\n{_size(gpu.registers_per_sm)}", size=8, color=INK, zorder=5)
+        rect(ax, x + 0.1, 2.75, 1.0, 0.65, grey, amount=0.88)
+        label(ax, x + 0.5, 3.12, f"shared\nmemory\n≤ {_size(gpu.shared_per_sm)}", size=7.5, color=INK, zorder=5)
+        rect(ax, x + 0.86, 2.8, 0.18, 0.18, purple, amount=0.3)  # a tile of scores
+        both_ways((x + 0.6, 2.65), (x + 0.6, 2.27))
+    label(ax, 4.95, 3.55, "⋯", size=16, color=INK)
+    box(ax, 3.25, 1.95, 5.8, 0.6, f"L2 cache: {_size(gpu.l2_bytes)}, shared by all {gpu.sms} SMs", grey, size=9.5,
+        fill=light(grey, 0.8))
+    # off the chip
+    both_ways((3.25, 1.64), (3.25, 1.16), lw=2.2, color=INK)
+    label(ax, 3.42, 1.4, f"{gpu.hbm_bytes_per_s / 1e12:.2f} TB/s", size=9, color=INK, ha="left")
+    box(ax, 3.25, 0.65, 6.1, 0.9, "", grey, size=10, fill=light(grey, 0.7))
+    label(ax, 0.45, 0.8, f"HBM3: {_size(gpu.hbm_bytes)}, off the chip", size=10, color=INK, ha="left")
+    label(ax, 0.45, 0.48, "everything starts and ends here", size=8.5, color=MUTED, ha="left")
+    rect(ax, 5.5, 0.37, 0.56, 0.56, purple, amount=0.55, hatch="///")
+    label(ax, 5.4, 0.65, "naive attention's\nN × N scores", size=8, color=purple, ha="right")
+    # the ladder: the same levels, fast and small at the top
+    x0 = 6.65
+    label(ax, x0 + 1.6, 4.7, "fast and small", size=9, color=INK)
+    rows = [("registers", f"{_size(gpu.registers_per_sm)} per SM",
+             f"× {gpu.sms} = {_size(gpu.sms * gpu.registers_per_sm)}", ""),
+            ("shared memory", f"≤ {_size(gpu.shared_per_sm)} per SM", f"× {gpu.sms} = {_size(gpu.shared_total)}",
+             "FlashAttention's tiles"),
+            ("L2 cache", _size(gpu.l2_bytes), "one, on the chip", ""),
+            ("HBM3", _size(gpu.hbm_bytes), f"{gpu.hbm_bytes_per_s / 1e12:.2f} TB/s", "naive N × N scores")]
+    for k, (what, size, note, use) in enumerate(rows):
+        y = 4.15 - 0.95 * k
+        rect(ax, x0, y - 0.38, 3.2, 0.76, grey, amount=0.9 - 0.06 * k)
+        label(ax, x0 + 0.1, y + 0.17, what, size=9, color=INK, ha="left", zorder=5)
+        label(ax, x0 + 0.1, y - 0.16, size, size=8.5, color=INK, ha="left", zorder=5)
+        label(ax, x0 + 3.1, y - 0.16, note, size=8, color=MUTED, ha="right", zorder=5)
+        if use:
+            label(ax, x0 + 3.1, y + 0.17, use, size=8, color=purple, ha="right", zorder=5)
+    label(ax, x0 + 1.6, 0.2, "slow and large", size=9, color=INK)
+    arrow(ax, (x0 - 0.15, 4.55), (x0 - 0.15, 0.35), MUTED, lw=1.0)
     return fig

@@ -75,7 +75,7 @@ MECHANISMS = [
     ("21_online_softmax_tiling", "merge_partials", "ex10_flash_attention"),
     ("21_online_softmax_tiling", "tiled_attention_numpy", "ex10_flash_attention"),
     ("21_online_softmax_tiling", "blockwise_attention", "ex10_flash_attention"),
-    ("21_online_softmax_tiling", "tiled_attention", "ex10_flash_attention"),
+    ("21_online_softmax_tiling", "flash._tiled_rows", "ex10_flash_attention"),
     ("22_flash_attention_triton", "flash_attention", None),
     ("22_flash_attention_triton", "ta._attn_fwd", None),
     ("22_flash_attention_triton", "ta._attn_fwd_inner", None),

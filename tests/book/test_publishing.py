@@ -137,3 +137,14 @@ def test_one_bib_file_holds_every_paper_the_course_relies_on():
     assert not set(COURSE_PAPERS) - set(keys), sorted(set(COURSE_PAPERS) - set(keys))
     assert list(ROOT.glob("*.bib")) == [ROOT / "references.bib"], "one .bib file"
     assert ":all:" in (ROOT / "bibliography.md").read_text(), "the references page lists every entry"
+
+
+def test_one_key_per_work_in_the_bibliography():
+    """Two keys for the same paper split its citations (and list it twice): one title, one key."""
+    bib = (ROOT / "references.bib").read_text(encoding="utf-8")
+    titles: dict[str, str] = {}
+    for key, body in re.findall(r"^@\w+\{([^,]+),(.*?)^\}", bib, re.M | re.S):
+        title = re.search(r"^\s*title\s*=\s*\{(.*)\},?\s*$", body, re.M).group(1)
+        norm = re.sub(r"[^a-z0-9]", "", title.lower())
+        assert norm not in titles, f"references.bib: {key} and {titles[norm]} are the same work ({title})"
+        titles[norm] = key

@@ -22,6 +22,7 @@ EXPECTED = {
     "draw_linear_recurrence": ["KV cache", "after token 4: 4 rows"],
     "draw_tiling": [],  # labels checked in tests/labs/test_flash_labs.py
     "draw_ring": [],
+    "draw_memory_hierarchy": ["132 SMs", "50 MB", "≤ 228 KB", "80 GB", "3.35 TB/s", "FlashAttention's tiles"],
 }
 
 

@@ -168,7 +168,7 @@ def test_chapters_use_the_alt_text_of_each_diagram(root):
             if cell["cell_type"] == "code" and m:
                 assert cell["metadata"]["mystnb"]["image"]["alt"] == efficiency_diagrams.ALT[m.group(1)], (name, m.group(1))
                 drawn.add(m.group(1))
-    assert drawn == {"draw_tiling", "draw_ring"}, "every diagram of these chapters is drawn in one of them"
+    assert drawn == {"draw_tiling", "draw_ring", "draw_memory_hierarchy"}, "every diagram of these chapters is drawn"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
@@ -205,3 +205,80 @@ def test_the_one_benchmark_loop_runs_on_a_cpu_with_a_given_timer():
         benchmark_backends(device="cpu")
     with pytest.raises(ValueError, match="backends must be among"):
         benchmark_backends(device="cpu", milliseconds=lambda fn: 1.0, backends=("fastest",))
+
+
+def test_online_softmax_trace_follows_the_recurrence():
+    from attn_course.labs.flash_io import draw_online_softmax_step, online_softmax_trace
+
+    x = torch.tensor([1.0, 3.0, 0.5, 2.0, 6.0, -1.0, 4.0, 5.5, 2.5, 7.0, 0.0, 1.5])
+    trace = online_softmax_trace(x, 3)
+    assert [s.m for s in trace] == [3.0, 6.0, 6.0, 7.0] and [s.stop for s in trace] == [3, 6, 9, 12]
+    assert [s.alpha for s in trace] == pytest.approx([0.0, np.exp(-3.0), 1.0, np.exp(-1.0)])
+    for s in trace:  # l is the sum over the prefix, measured against the running max
+        assert s.ell == pytest.approx(torch.exp(x[: s.stop] - s.m).sum().item())
+    fig = Figure()
+    draw_online_softmax_step(fig, x, trace, 1)
+    assert len(fig.axes) == 2 and "block 2 of 4" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="x has shape"):
+        online_softmax_trace(x.view(3, 4), 3)
+    with pytest.raises(ValueError, match="step"):
+        draw_online_softmax_step(Figure(), x, trace, 4)
+
+
+def test_tiled_work_counts_tiles_and_lazy_rescaling():
+    from attn_course.labs.flash_io import tiled_work
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 64, 8, generator=g) for _ in range(3))
+    plain, causal = tiled_work(q, k, v, block_size=16), tiled_work(q, k, v, causal=True, block_size=16)
+    assert (plain["tiles"], plain["redone"], plain["block_maxima"], plain["masked"]) == (16, 0, 4, 0)
+    assert (causal["tiles"], causal["redone"], causal["block_maxima"], causal["masked"]) == (10, 0, 4, 4)
+    torch.testing.assert_close(causal["out"], naive_attention(q, k, v, causal=True))
+    # scores that climb by ~23 nats per key block: every later block is redone, still exact
+    q = torch.ones(1, 1, 4, 8)
+    k = torch.arange(64.0).view(1, 1, 64, 1).expand(1, 1, 64, 8) / 2
+    steep = tiled_work(q, k, v[:, :1], block_size=16)
+    assert steep["tiles"] == 4 and steep["redone"] == 3 and steep["block_maxima"] == 4
+    torch.testing.assert_close(steep["out"], naive_attention(q, k, v[:, :1]))
+
+
+def test_query_outer_traffic_and_the_h100():
+    from attn_course.labs.flash_io import H100_SXM, query_outer_traffic
+
+    assert query_outer_traffic(4096, 128, 128) == 2 * 4096 * 128 * (1 + 32)
+    assert query_outer_traffic(100, 8, 64, batch_heads=3) == 3 * 2 * 100 * 8 * (1 + 2)
+    assert query_outer_traffic(4096, 128, 128) < memory_traffic(4096, 128, 64 * 1024).naive_elements
+    assert H100_SXM.sms == 132 and H100_SXM.shared_per_sm == 228 * 1024 and H100_SXM.l2_bytes == 50 * 2**20
+    assert H100_SXM.shared_total == 132 * 228 * 1024 and H100_SXM.hbm_bytes_per_s == 3.35e12
+
+
+def test_simulated_ring_ends_at_attention_and_draws():
+    from attn_course.labs.ring import draw_ring_step, ring_schedule, simulate_ring
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 12, 4, generator=g) for _ in range(3))
+    for causal in (False, True):
+        steps = simulate_ring(q, k, v, 3, causal=causal)
+        assert [s.held for s in steps] == [[c for c, _ in row] for row in ring_schedule(3, causal)]
+        assert [s.computed for s in steps] == [[ok for _, ok in row] for row in ring_schedule(3, causal)]
+        assert max(steps[-1].to_final) < 1e-6
+    assert [sorted(m) for m in steps[-1].merged] == [[0], [0, 1], [0, 1, 2]]  # causal: earlier chunks only
+    assert min(simulate_ring(q, k, v, 3)[0].to_final) > 0.01  # after one step, not yet the output
+    fig = Figure()
+    draw_ring_step(fig, steps, 2)
+    text = "\n".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+    assert "rank 2" in text and "KV0" in text and len(fig.axes) == 2
+    with pytest.raises(ValueError, match="divisible"):
+        simulate_ring(q, k, v, 5)
+
+
+def test_causal_pairs_per_rank():
+    from attn_course.labs.ring import causal_pairs_per_rank
+
+    N, P = 64, 4
+    for layout in ("contiguous", "zigzag"):
+        assert sum(causal_pairs_per_rank(N, P, layout)) == N * (N + 1) // 2
+    assert causal_pairs_per_rank(N, P) == [136, 392, 648, 904]
+    assert len(set(causal_pairs_per_rank(N, P, "zigzag"))) == 1
+    with pytest.raises(ValueError, match="layout"):
+        causal_pairs_per_rank(N, P, "striped")
