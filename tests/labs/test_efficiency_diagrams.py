@@ -22,6 +22,8 @@ EXPECTED = {
     "draw_linear_recurrence": ["KV cache", "after token 4: 4 rows"],
     "draw_tiling": [],  # labels checked in tests/labs/test_flash_labs.py
     "draw_ring": [],
+    "draw_gpu_execution": ["HBM (off chip)", "num_stages = 3 K/V buffers", "warp 3", "TMA\n(Hopper)",
+                           "num_warps = 4 warps of 32 threads (4 warps = 1 warpgroup)", "in our Triton kernel"],
 }
 
 
