@@ -62,6 +62,8 @@ __all__ = [
     "TRITON_AVAILABLE",
     "INTERPRETED",
     "SUPPORTED_HEAD_DIMS",
+    "FORWARD_GPU_CONFIGS",
+    "BACKWARD_GPU_CONFIGS",
     "flash_attention",
     "flash_attention_forward",
     "flash_attention_backward",
@@ -78,20 +80,33 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 # --------------------------------------------------------------------------- kernel
 
 
+# The forward's autotuning list on a GPU, (BLOCK_M, BLOCK_N, num_stages, num_warps): a short list
+# (each config is compiled once per (dtype, d, causal)) around what works on A100/H100 (128 x 64
+# or 128 x 128 tiles, 8 warps) plus smaller tiles for GPUs with less shared memory (T4: 64 KiB);
+# configs that do not fit are skipped by the autotuner.
+FORWARD_GPU_CONFIGS = (
+    (128, 64, 3, 8),
+    (128, 128, 3, 8),
+    (128, 64, 3, 4),
+    (64, 64, 3, 4),
+    (64, 32, 2, 4),
+)
+# The backward kernels' list, (owned block, looped block, num_stages, num_warps): the block a
+# program owns (its keys for dK/dV, its queries for dQ) is the large side, the block it loops
+# over the small one, so the five tiles alive per step stay in registers.
+BACKWARD_GPU_CONFIGS = (
+    (128, 32, 3, 4),
+    (128, 64, 3, 8),
+    (64, 32, 3, 4),
+    (64, 64, 2, 4),
+)
+
+
 def _autotune_configs() -> list:
     if INTERPRETED:  # the interpreter runs Python per block: one small config, no tuning
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    # A short list (each config is compiled once per (dtype, d, causal)) around what works on
-    # A100/H100 (128 x 64 or 128 x 128 tiles, 8 warps) plus smaller tiles for GPUs with less
-    # shared memory (T4: 64 KiB); configs that do not fit are skipped by the autotuner.
-    shapes = [  # (BLOCK_M, BLOCK_N, num_stages, num_warps)
-        (128, 64, 3, 8),
-        (128, 128, 3, 8),
-        (128, 64, 3, 4),
-        (64, 64, 3, 4),
-        (64, 32, 2, 4),
-    ]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_stages=s, num_warps=w) for m, n, s, w in shapes]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_stages=s, num_warps=w)
+            for m, n, s, w in FORWARD_GPU_CONFIGS]
 
 
 def _prune_configs(configs: list, named_args: dict, **kwargs) -> list:
@@ -134,7 +149,8 @@ if TRITON_AVAILABLE:
                 # is visible to every row (causal is upper-left aligned) and lies in every row's
                 # first block (every loop starts at key 0): the running max is a real score from
                 # the first block on, so exp2 of a masked score is exactly 0. A row that saw no
-                # key at all would silently average masked values instead of giving NaN.
+                # key at all would silently attend to its masked keys (the shift is the same for
+                # all of them) instead of giving NaN.
                 qk = qk * qk_scale + tl.where(keep, 0.0, -1.0e6)
                 m_ij = tl.maximum(m_i, tl.max(qk, 1))
                 qk = qk - m_ij[:, None]
@@ -225,19 +241,10 @@ if TRITON_AVAILABLE:
 
 
 def _bwd_configs(kind: str) -> list:
-    """Autotuning configs of the two backward kernels (``kind``: ``"dkdv"`` or ``"dq"``).
-
-    The block a program owns (its keys for dK/dV, its queries for dQ) is the large side; the
-    block it loops over is small, so the five tiles alive per step stay in registers.
-    """
+    """Autotuning configs of the two backward kernels (``kind``: ``"dkdv"`` or ``"dq"``)."""
     if INTERPRETED:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    shapes = [  # (owned block, looped block, num_stages, num_warps)
-        (128, 32, 3, 4),
-        (128, 64, 3, 8),
-        (64, 32, 3, 4),
-        (64, 64, 2, 4),
-    ]
+    shapes = BACKWARD_GPU_CONFIGS
     if kind == "dkdv":  # owns BLOCK_N keys, loops over BLOCK_M queries
         return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_stages=s, num_warps=w) for n, m, s, w in shapes]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_stages=s, num_warps=w) for m, n, s, w in shapes]

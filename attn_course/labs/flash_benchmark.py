@@ -11,7 +11,8 @@
   an NVIDIA H200 (shipped as package data, so a CPU-only page can show and plot it).
 * ``plot_tflops``: TFLOP/s by N, one panel per (head_dim, causal), one line per implementation.
 * ``kernel_tiles`` / ``kernel_block_counts`` / ``draw_program_visits``: which key blocks each
-  program of the forward kernel visits, with a mask or without, and a slider frame of it.
+  program of the forward kernel visits, with a mask or without, and a slider frame of it;
+  ``shared_memory_estimate``: what its tiles take in shared memory.
 * ``ptx_instructions``: which tensor-core and copy instructions a compiled kernel uses (GPU).
 * ``TinyAttention`` / ``train_with_kernel``: a one-layer attention model trained for a few steps
   with the kernel's gradients, and those gradients against autograd's through the reference.
@@ -48,6 +49,7 @@ __all__ = [
     "load_recorded",
     "kernel_tiles",
     "kernel_block_counts",
+    "shared_memory_estimate",
     "PROGRAM_VISITS_ALT",
     "draw_program_visits",
     "interpreter_errors",
@@ -147,6 +149,14 @@ def kernel_block_counts(N_q: int, N_kv: int, block_m: int, block_n: int, causal:
     masked = sum(len(m) for _, m in tiles)
     return {"full": full, "masked": masked, "visited": full + masked,
             "all": math.ceil(N_q / block_m) * math.ceil(N_kv / block_n)}
+
+
+def shared_memory_estimate(block_m: int, block_n: int, d: int, stages: int, dtype_bytes: int = 2) -> int:
+    """Bytes of shared memory a forward program's tiles take, roughly: its query block plus
+    ``stages`` buffers of one K and one V block (Triton's allocator decides the exact layout)."""
+    block_m, block_n, d = require_int(block_m, "block_m"), require_int(block_n, "block_n"), require_int(d, "d")
+    stages, dtype_bytes = require_int(stages, "stages"), require_int(dtype_bytes, "dtype_bytes")
+    return (block_m * d + stages * 2 * block_n * d) * dtype_bytes
 
 
 PROGRAM_VISITS_ALT = (
@@ -404,7 +414,7 @@ class KernelTraining:
 
 def train_with_kernel(attention: Callable[..., torch.Tensor], reference: Callable[..., torch.Tensor],
                       steps: int = 8, batch: int = 2, tokens: int = 24, d_model: int = 32, heads: int = 2,
-                      lr: float = 2e-2, seed: int = 0) -> KernelTraining:
+                      lr: float = 2e-2, seed: int = 0, device: str = "cpu") -> KernelTraining:
     """Fit a ``TinyAttention`` using ``attention`` to a fixed random teacher (the same layer using
     ``reference``) on one fixed batch of random inputs, by mean squared error and full-batch Adam.
 
@@ -418,10 +428,10 @@ def train_with_kernel(attention: Callable[..., torch.Tensor], reference: Callabl
 
     steps = require_int(steps, "steps")
     torch.manual_seed(seed)
-    teacher = TinyAttention(d_model, heads, reference).requires_grad_(False)
-    student = TinyAttention(d_model, heads, attention)
+    teacher = TinyAttention(d_model, heads, reference).requires_grad_(False).to(device)
+    student = TinyAttention(d_model, heads, attention).to(device)
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch, tokens, d_model, generator=g)  # (B, T, D): the training batch
+    x = torch.randn(batch, tokens, d_model, generator=g).to(device)  # (B, T, D): the training batch
     y = teacher(x)  # (B, T, D): the targets
     twin = copy.deepcopy(student)
     twin.attention = reference

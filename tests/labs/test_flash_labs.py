@@ -154,6 +154,16 @@ def test_kernel_tiles_and_the_program_slider_frames():
         draw_program_visits(Figure(), 8)
 
 
+def test_shared_memory_estimate():
+    from attn_course.labs.flash_benchmark import shared_memory_estimate
+
+    # Q (128 x 128) + 3 stages of K and V (64 x 128), bfloat16: 32 KiB + 96 KiB
+    assert shared_memory_estimate(128, 64, 128, 3) == 128 * 1024
+    assert shared_memory_estimate(64, 32, 64, 2, dtype_bytes=4) == (64 * 64 + 2 * 2 * 32 * 64) * 4
+    with pytest.raises(ValueError, match="stages"):
+        shared_memory_estimate(64, 32, 64, 0)
+
+
 def test_ptx_instructions_reads_compiled_kernels():
     from attn_course.labs.flash_benchmark import ptx_instructions
 
