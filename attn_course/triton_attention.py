@@ -343,9 +343,10 @@ if TRITON_AVAILABLE:
                 lo, mid, offs_n, N_Q, qk_scale,  #
                 HEAD_DIM, BLOCK_M, True, True,
             )
+            full_hi = tl.maximum(mid, full_q)
         else:
             mid = 0
-        full_hi = tl.maximum(mid, full_q)
+            full_hi = full_q
         dk, dv = _attn_bwd_dkdv_inner(  # complete query blocks that see every key of this block: no mask
             dk, dv, k, v, q_base, do_base, lse_base, delta_base,  #
             stride_qm, stride_qd, stride_dom, stride_dod,  #
