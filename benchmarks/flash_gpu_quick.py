@@ -9,7 +9,8 @@
 5. The targets: forward Triton / SDPA flash >= 0.90 and causal / non-causal >= 0.85 (N=4096, d=128,
    bf16; met in the recorded run), forward Triton >= SDPA cuDNN, backward Triton >= 0.9x SDPA
    flash backward (both not yet measured).
-Usage (GPU only, about 3-5 minutes on an H100/H200): python benchmarks/flash_gpu_quick.py
+Usage (GPU only; not yet run since the backward was added: expect a few minutes on an H100/H200):
+    python benchmarks/flash_gpu_quick.py
 Prints a record that ``attn_course.labs.flash_benchmark.parse_recorded`` reads (both tables);
 exit status 1 if a correctness check failed.
 """
