@@ -7,8 +7,8 @@
 3. Backward TFLOP/s, same cases, FLOPs = 2.5x the forward's (5 matrix products instead of 2).
 4. Which tensor-core and copy instructions the compiled Triton kernels use (wgmma, mma.sync, TMA).
 5. The targets: forward Triton / SDPA flash >= 0.90 and causal / non-causal >= 0.85 (N=4096, d=128,
-   bf16; met in the recorded run), forward Triton >= SDPA cuDNN, backward Triton >= 0.9x SDPA
-   flash backward (both not yet measured).
+   bf16; met in the recorded run), forward Triton >= SDPA cuDNN (not met in the recorded run:
+   cuDNN is 1.04-1.45x faster), backward Triton >= 0.9x SDPA flash backward (not yet measured).
 Usage (GPU only; not yet run since the backward was added: expect a few minutes on an H100/H200):
     python benchmarks/flash_gpu_quick.py
 Prints a record that ``attn_course.labs.flash_benchmark.parse_recorded`` reads (both tables);
