@@ -13,8 +13,9 @@ The package has two layers, plus the exercise system:
   loader), ``decoding`` (the generation loop, sampling filters, prefix sharing), ``kv_cache`` (dynamic, static, sliding-window and paged caches), ``gqa``
   (grouped-query attention), ``prepack`` (oneDNN-prepacked linear layers: decoding at the
   memory's speed on a CPU). Part V: ``flash`` (online softmax, tiled attention, memory
-  traffic), ``triton_attention`` (a FlashAttention-2 forward kernel in Triton), ``flash_backward``
-  (the backward by recomputation), ``sparse``,
+  traffic), ``triton_warmup`` (two first Triton kernels: vector add, fused row softmax),
+  ``triton_attention`` (FlashAttention-2 forward and backward kernels in Triton, differentiable),
+  ``flash_backward`` (the backward by recomputation, in torch), ``sparse``,
   ``linear``, ``ring_attention``. ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_validation`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``

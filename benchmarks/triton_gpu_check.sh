@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU check of the Triton FlashAttention kernel (about 3-5 minutes on an H100/H200; at most 240 s of tests + 200 s of benchmark):
 #   1. tests/library/test_triton_attention.py on CUDA: float16 (every head_dim) and bfloat16 (64, 128),
-#      causal and not, ragged lengths, L != S, against SDPA in float32;
+#      causal and not, ragged lengths, L != S, against SDPA in float32, forward and gradients
+#      (benchmarks/flash_gpu_quick.py is the shorter check with the backward TFLOP/s);
 #   2. benchmarks/attention.py on CUDA: time and peak extra memory by N (to 16384) of naive,
 #      tiled, SDPA (each backend) and Triton, then TFLOP/s of Triton vs SDPA's flash and cuDNN
 #      backends for head_dim 64 and 128, causal and not, with the two target ratios printed;

@@ -31,9 +31,9 @@ lab                          chapter what it holds
 ``long_range``               19      one far-away signal; a small encoder with a local, Longformer or full mask; time by N
 ``linear_recall``            20      decoding cost per token (KV cache vs linear state); associative recall without training
 ``flash_io``                 21      peak memory of naive vs tiled NumPy attention; HBM traffic; online softmax frames; an H100's memory
-``flash_benchmark``          22      the Triton kernel under the interpreter; SDPA backends on a GPU; the recorded H200 run
+``flash_benchmark``          22      the Triton kernels under the interpreter; SDPA backends on a GPU; the recorded H200 run; a tiny model trained with the kernel
 ``ring``                     23      ring schedule and its step-by-step simulation, torchrun-style processes, communication vs compute
-``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention, GPU memory, tiles, the ring
+``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention, GPU memory, tiles, the GPU running a kernel, the ring
 ``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
 ===========================  ======  ==============================================================
 """

@@ -1,6 +1,6 @@
 """Part V's conceptual diagrams (chapters 18-23), drawn with the kit of ``attn_course.diagrams``:
 quadratic growth, sparse patterns, block skipping, linear attention, a GPU's memory hierarchy,
-FlashAttention's tiles and the ring of ring attention.
+FlashAttention's tiles, the GPU that runs them and the ring of ring attention.
 
 Each public ``draw_*`` function returns the ``matplotlib.figure.Figure`` it drew; ``ALT[name]``
 is its alt text (the chapters copy it into the cell metadata), also set as the figure's label.
@@ -44,6 +44,7 @@ __all__ = [
     "draw_tiling",
     "draw_ring",
     "draw_memory_hierarchy",
+    "draw_gpu_execution",
 ]
 
 _SKIP = "#eeeeee"  # tiles a block-sparse kernel never computes
@@ -94,6 +95,13 @@ ALT = {
         "keeps its tiles; below them a 50 MB L2 cache shared by all SMs. Off the chip, 80 GB of HBM3 at "
         "3.35 TB/s, where the naive N by N score matrix has to live. A column on the right lists the levels "
         "from small and fast to large and slow."
+    ),
+    "draw_gpu_execution": (
+        "Left: off-chip HBM holding Q, K, V and O. Middle: one streaming multiprocessor (SM) of many, running "
+        "one program of the kernel: shared memory holds num_stages K/V buffers, filled ahead by asynchronous "
+        "copies (the TMA unit on Hopper); four warps of 32 threads (a warpgroup) multiply tiles on the tensor "
+        "cores (mma, or wgmma on Hopper) and keep m, l and acc in registers. Right: what each part is in the "
+        "Triton kernel; TMA and warp specialisation are not used."
     ),
 }
 
@@ -474,4 +482,75 @@ def draw_memory_hierarchy(gpu: GPUMemory = H100_SXM) -> Figure:
             label(ax, x0 + 3.1, y + 0.17, use, size=8, color=purple, ha="right", zorder=5)
     label(ax, x0 + 1.6, 0.2, "slow and large", size=9, color=INK)
     arrow(ax, (x0 - 0.15, 4.55), (x0 - 0.15, 0.35), MUTED, lw=1.0)
+
+
+# ---------------------------------------------------------------- chapter 22
+
+
+def draw_gpu_execution(stages: int = 3, warps: int = 4) -> Figure:
+    """HBM, one SM (shared memory with ``stages`` K/V buffers, ``warps`` warps, tensor cores, TMA)
+    and what each part is in the Triton FlashAttention kernel."""
+    stages = require_int(stages, "stages", maximum=5)
+    warps = require_int(warps, "warps", maximum=8)
+    fig, ax = canvas(10.0, 5.0, ALT["draw_gpu_execution"])
+    # HBM, off chip
+    ax.add_patch(FancyBboxPatch((0.2, 0.5), 1.6, 3.9, boxstyle="round,pad=0,rounding_size=0.1",
+                                facecolor="#f3f3f3", edgecolor=MUTED, lw=1.2, zorder=1))
+    label(ax, 1.0, 4.15, "HBM (off chip)", size=10, color=INK)
+    label(ax, 1.0, 3.85, "large, ~TB/s", size=8)
+    for k, (name, color) in enumerate((("Q", "query"), ("K", "key"), ("V", "value"), ("O", "context"))):
+        box(ax, 1.0, 3.3 - 0.7 * k, 1.0, 0.45, f"${name}$", COLORS[color], size=10, rounding=0.03)
+    # one SM
+    sx, sw = 2.6, 4.6
+    ax.add_patch(FancyBboxPatch((sx, 0.25), sw, 4.25, boxstyle="round,pad=0,rounding_size=0.12",
+                                facecolor="white", edgecolor=COLORS["state"], lw=1.6, zorder=1))
+    label(ax, sx + sw / 2, 4.72, "one SM (streaming multiprocessor) of many;\neach program (a thread block) "
+           "runs on one SM", size=9, color=INK)
+    for i in range(3):  # the SM's siblings, behind it
+        ax.add_patch(Rectangle((sx + sw + 0.05 + 0.07 * i, 0.45 + 0.1 * i), 0.05, 4.1, facecolor="#e6e6e6",
+                               edgecolor="#bbbbbb", lw=0.6, zorder=0))
+    # TMA unit and shared memory with its pipeline stages
+    box(ax, sx + 0.55, 3.55, 0.8, 0.55, "TMA\n(Hopper)", COLORS["key"], size=8.5, rounding=0.04)
+    ax.add_patch(FancyBboxPatch((sx + 1.15, 3.05), 3.3, 1.05, boxstyle="round,pad=0,rounding_size=0.06",
+                                facecolor=light(COLORS["key"], 0.93), edgecolor=COLORS["key"], lw=1.1, zorder=2))
+    label(ax, sx + 2.8, 3.9, f"shared memory (SRAM): num_stages = {stages} K/V buffers", size=8.5, color=INK)
+    bw = 3.1 / stages
+    for i in range(stages):
+        rect(ax, sx + 1.25 + i * bw, 3.15, bw - 0.1, 0.55, COLORS["key"], amount=0.55 if i == 0 else 0.78)
+        label(ax, sx + 1.25 + i * bw + (bw - 0.1) / 2, 3.425,
+               "$K_j, V_j$\nin use" if i == 0 else f"$K_{{j+{i}}}, V_{{j+{i}}}$\nloading", size=7.5, color=INK)
+    arrow(ax, (1.5, 2.6), (sx + 0.15, 3.45), COLORS["key"], lw=1.4)
+    label(ax, 2.2, 3.25, "tl.load\n(async copy)", size=7.5, color=COLORS["key"])
+    arrow(ax, (sx + 0.95, 3.55), (sx + 1.15, 3.55), COLORS["key"])
+    # warps, tensor cores, registers
+    ww = (sw - 0.4) / warps
+    for w in range(warps):
+        x = sx + 0.2 + w * ww
+        box(ax, x + ww / 2, 2.4, ww - 0.12, 0.5, f"warp {w}", COLORS["query"], size=8, rounding=0.03)
+    slot0 = sx + 1.25 + (bw - 0.1) / 2  # the buffer in use feeds the warps
+    arrow(ax, (slot0, 3.15), (slot0, 2.67), COLORS["key"], lw=1.0)
+    label(ax, sx + sw / 2, 1.95, f"num_warps = {warps} warps of 32 threads (4 warps = 1 warpgroup)", size=8.5,
+           color=INK)
+    box(ax, sx + sw / 2, 1.4, sw - 0.4, 0.5, "tensor cores: tl.dot -> mma (per warp) / wgmma (Hopper, per warpgroup)",
+         COLORS["weights"], size=8, rounding=0.03)
+    arrow(ax, (sx + sw - 0.45, 2.14), (sx + sw - 0.45, 1.66), COLORS["weights"], lw=0.9)
+    box(ax, sx + sw / 2, 0.65, sw - 0.4, 0.5, "registers: $m_i$, $l_i$, acc (float32), the score tile",
+         COLORS["state"], size=8, rounding=0.03)
+    arrow(ax, (sx + 0.2, 0.65), (1.5, 1.2), COLORS["context"], lw=1.2)
+    label(ax, 2.05, 0.68, "tl.store", size=7.5, color=COLORS["context"])
+    # the kernel's side
+    rx = 8.0
+    label(ax, rx + 0.95, 4.6, "in our Triton kernel", size=9.5, color=INK)
+    rows = [
+        ("program", "a (query block,\nbatch x head) pair"),
+        ("num_warps", "4 or 8, autotuned"),
+        ("tl.dot", "mma / wgmma:\nthe compiler picks"),
+        ("num_stages", "2-3 buffers:\nload ahead"),
+        ("TMA", "not used (plain\npointer loads)"),
+        ("warp\nspecialisation", "not used (FA3\nand cuDNN do)"),
+    ]
+    for k, (name, what) in enumerate(rows):
+        y = 3.95 - 0.66 * k
+        label(ax, rx - 0.05, y, name, size=8, color=INK, ha="left")
+        label(ax, rx + 0.95, y, what, size=7.5, ha="left")
     return fig

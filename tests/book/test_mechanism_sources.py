@@ -79,6 +79,12 @@ MECHANISMS = [
     ("22_flash_attention_triton", "flash_attention", None),
     ("22_flash_attention_triton", "ta._attn_fwd", None),
     ("22_flash_attention_triton", "ta._attn_fwd_inner", None),
+    ("22_flash_attention_triton", "tw.vector_add", None),
+    ("22_flash_attention_triton", "tw._softmax_kernel", None),
+    ("22_flash_attention_triton", "ta._attn_bwd_dkdv_inner", None),
+    ("22_flash_attention_triton", "ta._attn_bwd_dq_inner", None),
+    ("22_flash_attention_triton", "ta._attn_bwd_dkdv", None),
+    ("22_flash_attention_triton", "FlashAttentionFunction", None),
     ("23_ring_attention", "ring_attention", "ex10_flash_attention"),
 ]
 

@@ -23,6 +23,8 @@ EXPECTED = {
     "draw_tiling": [],  # labels checked in tests/labs/test_flash_labs.py
     "draw_ring": [],
     "draw_memory_hierarchy": ["132 SMs", "50 MB", "≤ 228 KB", "80 GB", "3.35 TB/s", "FlashAttention's tiles"],
+    "draw_gpu_execution": ["HBM (off chip)", "num_stages = 3 K/V buffers", "warp 3", "TMA\n(Hopper)",
+                           "num_warps = 4 warps of 32 threads (4 warps = 1 warpgroup)", "in our Triton kernel"],
 }
 
 

@@ -115,6 +115,88 @@ def test_recorded_table_parses():
         parse_recorded("GPU torch 2\nnothing here")
 
 
+def test_backward_table_is_parsed_apart_from_the_forward():
+    from attn_course.labs.flash_benchmark import parse_recorded
+
+    text = ("GPU X torch 2.11\ncorrectness: ok\n\nTFLOP/s, torch.bfloat16, B=4, H=32\n"
+            "   d causal      N  triton     flash tri/flash\n 128  False   1024     398       322      1.23\n"
+            "\nbackward TFLOP/s, torch.bfloat16, B=4, H=32\n"
+            "   d causal      N  triton     flash tri/flash\n 128  False   1024     200       250      0.80\n"
+            " 128   True   1024     150       190      0.79\n\ninstructions in the compiled kernels:\n"
+            "  _attn_fwd: {'wgmma': True, 'mma': False}  x y z\ntarget 4: triton / flash 1 2 3 4 5 6 7\n")
+    fw, bw = parse_recorded(text), parse_recorded(text, "backward")
+    assert fw.rows == {(128, False, 1024): {"triton": 398.0, "flash": 322.0}}
+    assert bw.rows == {(128, False, 1024): {"triton": 200.0, "flash": 250.0},
+                       (128, True, 1024): {"triton": 150.0, "flash": 190.0}}
+    assert (bw.device, bw.batch, bw.heads) == ("GPU X", 4, 32)
+    with pytest.raises(ValueError, match=r"no TFLOP/s table \(backward\)"):
+        parse_recorded(text.split("\nbackward")[0], "backward")
+    with pytest.raises(ValueError, match="direction must be"):
+        parse_recorded(text, "sideways")
+
+
+def test_kernel_tiles_and_the_program_slider_frames():
+    from attn_course.labs.flash_benchmark import PROGRAM_VISITS_ALT, draw_program_visits, kernel_tiles
+
+    tiles = kernel_tiles(256, 256, 128, 64, causal=True)
+    assert tiles == [([], [0, 1]), ([0, 1], [2, 3])]  # the diagonal costs 2 masked blocks per query block
+    assert kernel_tiles(100, 100, 64, 32, causal=False) == [([0, 1, 2], [3]), ([0, 1, 2], [3])]
+    assert all((full + masked)[0] == 0 for full, masked in kernel_tiles(1000, 700, 64, 32, True))  # key 0 first
+    for program, expected in ((0, "program 0 -> query block 7: 14 mask-free\n+ 2 masked"),
+                              (7, "program 7 -> query block 0: 0 mask-free\n+ 2 masked")):
+        fig = Figure(figsize=(8.5, 4.2))
+        draw_program_visits(fig, program)
+        assert fig.axes[0].get_title().startswith(expected)
+        heights = [p.get_height() for p in fig.axes[1].patches]
+        assert heights == [16, 14, 12, 10, 8, 6, 4, 2]
+    assert "program 0" in PROGRAM_VISITS_ALT and "hatched" in PROGRAM_VISITS_ALT
+    with pytest.raises(ValueError, match="program"):
+        draw_program_visits(Figure(), 8)
+
+
+def test_shared_memory_estimate():
+    from attn_course.labs.flash_benchmark import shared_memory_estimate
+
+    # Q (128 x 128) + 3 stages of K and V (64 x 128), bfloat16: 32 KiB + 96 KiB
+    assert shared_memory_estimate(128, 64, 128, 3) == 128 * 1024
+    assert shared_memory_estimate(64, 32, 64, 2, dtype_bytes=4) == (64 * 64 + 2 * 2 * 32 * 64) * 4
+    with pytest.raises(ValueError, match="stages"):
+        shared_memory_estimate(64, 32, 64, 0)
+
+
+def test_ptx_instructions_reads_compiled_kernels():
+    from attn_course.labs.flash_benchmark import ptx_instructions
+
+    class Compiled:
+        asm = {"ptx": "wgmma.mma_async.sync.aligned ...\ncp.async.bulk.tensor.2d ..."}
+
+    class Jit:  # like triton.runtime.JITFunction: device -> (kernel cache, ...)
+        device_caches = {0: ({"key": Compiled()}, None, None, None, None)}
+
+    class Tuner:  # like triton.runtime.Autotuner
+        fn = Jit()
+
+    found = ptx_instructions(Tuner())
+    assert found == {"wgmma.mma_async": True, "mma.sync": False, "cp.async.bulk.tensor": True, "cp.async": True}
+
+    class Empty:
+        device_caches = {}
+
+    with pytest.raises(ValueError, match="no compiled PTX"):
+        ptx_instructions(Empty())
+
+
+def test_tiny_model_trains_with_the_kernel_gradients():
+    import attn_course.triton_attention as ta
+    from attn_course.labs.flash_benchmark import train_with_kernel
+
+    if not ta.INTERPRETED:
+        pytest.skip("needs the Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py without a GPU)")
+    run = train_with_kernel(ta.flash_attention, ta.reference_attention, steps=3, batch=1, tokens=18)
+    assert len(run.losses) == 3 and run.losses[-1] < 0.8 * run.losses[0]
+    assert run.grad_difference < 1e-6 * max(1.0, run.grad_scale) and run.grad_scale > 1e-3
+
+
 def test_kernel_block_counts():
     from attn_course.labs.flash_benchmark import kernel_block_counts
 
@@ -168,7 +250,8 @@ def test_chapters_use_the_alt_text_of_each_diagram(root):
             if cell["cell_type"] == "code" and m:
                 assert cell["metadata"]["mystnb"]["image"]["alt"] == efficiency_diagrams.ALT[m.group(1)], (name, m.group(1))
                 drawn.add(m.group(1))
-    assert drawn == {"draw_tiling", "draw_ring", "draw_memory_hierarchy"}, "every diagram of these chapters is drawn"
+    assert drawn == {"draw_tiling", "draw_ring", "draw_memory_hierarchy", "draw_gpu_execution"}, \
+        "every diagram of these chapters is drawn in one of them"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
@@ -201,6 +284,13 @@ def test_the_one_benchmark_loop_runs_on_a_cpu_with_a_given_timer():
     flops = 4 * 32 * 32 * 16  # 4 B H N^2 d
     assert rec.rows[(16, False, 32)]["math"] == pytest.approx(flops / 2e-3 / 1e12)
     assert rec.rows[(16, True, 32)]["triton"] == pytest.approx(flops / 2 / 2e-3 / 1e12)
+    back = benchmark_backends(lengths=(20,), head_dims=(16,), causals=(True,), dtype=torch.float32, batch=1,
+                              heads=1, backends=("math",), device="cpu", milliseconds=lambda fn: (fn(), 4.0)[1],
+                              direction="backward")
+    flops = 2.5 * 4 * 20 * 20 * 16 / 2  # the backward counts 2.5 x the (causal) forward
+    assert back.rows[(16, True, 20)] == pytest.approx({"triton": flops / 4e-3 / 1e12, "math": flops / 4e-3 / 1e12})
+    with pytest.raises(ValueError, match="direction must be"):
+        benchmark_backends(device="cpu", milliseconds=lambda fn: 1.0, direction="up")
     with pytest.raises(ValueError, match="milliseconds="):
         benchmark_backends(device="cpu")
     with pytest.raises(ValueError, match="backends must be among"):

@@ -1,4 +1,4 @@
-"""The Triton FlashAttention kernel against torch's SDPA.
+"""The Triton FlashAttention kernels, forward and backward, against torch's SDPA and autograd.
 
 Without a CUDA GPU the kernel runs under Triton's interpreter on CPU tensors (float32, small
 sizes: the interpreter executes Python per block). Triton reads ``TRITON_INTERPRET`` when a
@@ -7,7 +7,8 @@ it first (and re-imports the module if something imported it earlier). The varia
 the rest of the process: on a machine without a GPU triton cannot do anything else anyway.
 
 With a GPU (and ``TRITON_INTERPRET`` unset), the same checks run on CUDA in float16/bfloat16
-at larger, ragged sizes: ``benchmarks/triton_gpu_check.sh`` runs this file there.
+at larger, ragged sizes (outputs and gradients): ``benchmarks/triton_gpu_check.sh`` runs this
+file there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ if not ON_GPU:
 pytest.importorskip("triton")
 
 import attn_course.triton_attention as ta  # noqa: E402
-from attn_course.flash import attention_flops  # noqa: E402
+from attn_course.flash import attention_flops, naive_attention  # noqa: E402
+from attn_course.flash_backward import flash_backward, forward_with_lse  # noqa: E402
 
 if ta.INTERPRETED == ON_GPU:  # imported earlier, in the other mode: decorate the kernel again
     ta = importlib.reload(ta)
@@ -78,6 +80,82 @@ def test_interpreted_kernel_batch_strides_and_scale():
     torch.testing.assert_close(out, ta.reference_attention(q, k, v, causal=True, scale=0.5), atol=1e-5, rtol=0)
 
 
+# ------------------------------------------------------------------ backward (interpreter, CPU, float32)
+
+BACKWARD_CASES = [  # (L, S, d, causal): ragged ends of both lengths, L < S and L > S, one token
+    (37, 37, 16, True),
+    (23, 50, 32, True),
+    (50, 23, 16, True),
+    (33, 20, 16, False),
+    (1, 1, 16, True),
+]
+
+
+def kernel_grads(q, k, v, do, causal, scale=None):
+    """(out, dq, dk, dv) through flash_attention's autograd function (the backward kernels)."""
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out = ta.flash_attention(q, k, v, causal=causal, scale=scale)
+    return (out, *torch.autograd.grad(out, (q, k, v), do))
+
+
+def autograd_grads(q, k, v, do, causal, dtype, scale=None):
+    """The same through autograd of the naive reference, in ``dtype`` (float32 or float64)."""
+    q, k, v = (x.detach().to(dtype).requires_grad_() for x in (q, k, v))
+    out = naive_attention(q, k, v, causal=causal, scale=scale)
+    return (out, *torch.autograd.grad(out, (q, k, v), do.to(dtype)))
+
+
+@pytest.mark.skipif(ON_GPU, reason="the interpreter runs when there is no GPU")
+@pytest.mark.parametrize("L,S,d,causal", BACKWARD_CASES)
+def test_interpreted_backward_equals_autograd(L, S, d, causal):
+    """Gradients of the Triton kernels = autograd of the reference (float64 and float32) = the torch
+    recomputation of flash_backward, from the kernel's own out and lse."""
+    q, k, v = make_qkv(1, 2, L, S, d)
+    do = torch.randn(1, 2, L, d, generator=torch.Generator().manual_seed(1))
+    out, *grads = kernel_grads(q, k, v, do, causal)
+    _, *exact = autograd_grads(q, k, v, do, causal, torch.float64)
+    _, *single = autograd_grads(q, k, v, do, causal, torch.float32)
+    for name, a, b, c in zip(("dq", "dk", "dv"), grads, exact, single):
+        assert a.dtype == torch.float32 and a.shape == b.shape, name
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    out2, lse = ta.flash_attention_forward(q, k, v, causal=causal)
+    torch.testing.assert_close(out2, out.detach(), atol=0, rtol=0)
+    _, lse_ref = forward_with_lse(q.double(), k.double(), v.double(), causal)
+    assert lse.shape == (1, 2, L) and lse.dtype == torch.float32
+    torch.testing.assert_close(lse.double(), lse_ref, atol=1e-5, rtol=0)
+    readable = flash_backward(q, k, v, out2, lse, do, causal=causal, block_size=16)
+    for a, b in zip(grads, readable):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the interpreter runs when there is no GPU")
+def test_interpreted_backward_strides_scale_and_batch():
+    """Non-contiguous k and dO, two batch elements, a given scale; the wrappers directly."""
+    q, k, v = make_qkv(2, 2, 19, 21, 16)
+    kt = k.transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, S, d) with other strides
+    do = torch.randn(2, 19, 2, 16, generator=torch.Generator().manual_seed(2)).transpose(1, 2)  # (B, H, L, d)
+    out, *grads = kernel_grads(q, kt, v, do, True, scale=0.5)
+    _, *exact = autograd_grads(q, k, v, do, True, torch.float64, scale=0.5)
+    for a, b in zip(grads, exact):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
+    o, lse = ta.flash_attention_forward(q, kt, v, causal=True, scale=0.5)
+    for a, b in zip(ta.flash_attention_backward(q, kt, v, o, lse, do, causal=True, scale=0.5), grads):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_backward_validation_messages():
+    q, k, v = make_qkv(1, 1, 8, 8, 16)
+    lse = torch.zeros(1, 1, 8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"grad_out has shape \(1, 1, 7, 16\)"):
+        ta.flash_attention_backward(q, k, v, q, lse, q[:, :, :7])
+    with pytest.raises(ValueError, match=r"lse has shape \(1, 1, 8\) and dtype torch.float64"):
+        ta.flash_attention_backward(q, k, v, q, lse.double(), q)
+    with pytest.raises(ValueError, match="head_dim d = 24"):
+        qq = torch.zeros(1, 1, 8, 24, device=DEVICE)
+        ta.flash_attention_backward(qq, qq, qq, qq, lse, qq)
+
+
 # ------------------------------------------------------------------ GPU (float16 / bfloat16)
 
 TOLERANCE = {torch.float16: dict(atol=4e-3, rtol=4e-3), torch.bfloat16: dict(atol=3e-2, rtol=2e-2)}
@@ -101,6 +179,28 @@ def test_gpu_kernel_equals_sdpa(L, S, d, causal, dtype):
     out = ta.flash_attention(q, k, v, causal=causal)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), sdpa_fp32(q, k, v, causal), **TOLERANCE[dtype])
+
+
+GRAD_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}  # largest error / largest gradient entry
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("L,S,causal", [(1000, 1000, True), (1000, 1000, False), (300, 1100, False),
+                                        (1100, 77, True)])
+def test_gpu_backward_equals_sdpa(L, S, causal, d, dtype):
+    if dtype == torch.bfloat16 and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("bfloat16 needs compute capability >= 8.0")
+    q, k, v = make_qkv(2, 3, L, S, d, dtype)
+    do = torch.randn(2, 3, L, d, device=DEVICE, dtype=dtype)
+    _, *grads = kernel_grads(q, k, v, do, causal)
+    q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = torch.autograd.grad(sdpa_fp32(q32, k32, v32, causal), (q32, k32, v32), do.float())
+    for name, a, b in zip(("dq", "dk", "dv"), grads, ref):
+        assert a.dtype == dtype
+        rel = (a.float() - b).abs().max().item() / b.abs().max().item()
+        assert rel < GRAD_TOLERANCE[dtype], (name, rel)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
