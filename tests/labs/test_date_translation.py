@@ -26,6 +26,7 @@ from attn_course.labs.date_translation import (  # noqa: E402
     span_hits,
     train_date_model,
     translate,
+    weight_off_words,
 )
 from attn_course.seq2seq import BOS, EOS, LuongDecoder, Seq2Seq, Seq2SeqConfig  # noqa: E402
 
@@ -91,6 +92,9 @@ def test_span_hits_and_alignment_follow_the_argmax():
     scores = alignment_by_field(on_word, d)
     assert scores["all"] == scores["year"] == scores["month"] == scores["day"] == 1.0
     assert 0 < scores["chance"] < 0.5
+    off = weight_off_words(on_word, d)
+    assert off["weight"] == 0.0 and 0 < off["characters"] < 1
+    assert weight_off_words(torch.full((N, T, S), 1.0 / S), d)["weight"] > 0
     after = torch.zeros(N, T, S)
     after[torch.arange(N)[:, None], torch.arange(T), d.span_end.clamp(min=0, max=S - 1)] = 1.0  # one past the word
     inside = d.span_end < d.src_lengths[:, None]  # words not at the end of their source
@@ -112,8 +116,8 @@ def test_a_tiny_training_run_improves_and_the_model_translates():
     assert len(out) == 2 and all(isinstance(s, str) and len(s) <= 11 for s in out)  # at most 11 steps
     with torch.no_grad():
         _, attn = model(train.src, train.src_lengths, train.tgt_in, return_attention=True)
-    result = DateResult({"attention": acc}, alignment_by_field(attn, train), alignment_by_field(attn, train, 1),
-                        attn, {"attention": model}, {"attention": history}, train, train, 0.0)
+    result = DateResult({"attention": acc}, alignment_by_field(attn, train), attn, {"attention": model},
+                        {"attention": history}, train, train, 0.0)
     ax = plot_date_attention(result, index=1)
     try:
         assert len(ax.patches) == 8  # one box per year, month and day character
