@@ -220,7 +220,12 @@ def make_date_data(n: int, generator: torch.Generator, formats: Sequence[str] | 
     days = datetime.date(hi, 12, 31).toordinal() - first + 1
     excluded = set(exclude)
     texts, targets, used, spans = [], [], [], []
+    draws = 0
     while len(texts) < n:
+        draws += 1
+        if draws > 100 * n:  # exclude leaves (almost) nothing to draw
+            raise ValueError(f"could not draw {n} dates outside exclude ({len(excluded)} texts) in {100 * n} tries; "
+                             f"widen years or formats")
         date = datetime.date.fromordinal(first + int(torch.randint(0, days, (1,), generator=generator)))
         fmt = formats[int(torch.randint(0, len(formats), (1,), generator=generator))]
         text, span = render_date(date, fmt)

@@ -81,6 +81,10 @@ def test_a_held_out_set_leaves_out_the_training_texts():
     train = make_date_data(300, gen(0), formats=["dd/mm/yyyy"], years=(2000, 2000))
     test = make_date_data(50, gen(1), formats=["dd/mm/yyyy"], years=(2000, 2000), exclude=train.texts)
     assert not set(test.texts) & set(train.texts)
+    first = datetime.date(2000, 1, 1).toordinal()
+    every = [render_date(datetime.date.fromordinal(first + i), "dd/mm/yyyy")[0] for i in range(366)]  # leap year
+    with pytest.raises(ValueError, match="exclude"):
+        make_date_data(1, gen(3), formats=["dd/mm/yyyy"], years=(2000, 2000), exclude=every)
 
 
 def test_span_hits_and_alignment_follow_the_argmax():
