@@ -20,6 +20,7 @@ lab                          chapter what it holds
 ``palindrome_lm``            10      palindromes; a BERT-style and a GPT-style model trained on them
 ``foundations_diagrams``     01-10   Parts I-II's conceptual diagrams
 ``language_apps``            11      attention pooling, story QA and extractive summaries, each against a baseline
+``date_translation``         11      human-written dates into ISO dates: source spans, Seq2Seq with and without attention, alignment
 ``vision_apps``              12      ViT on digits, attention-pooled parts, a captioner, object queries
 ``speech_recsys_graphs``     13      LAS-style speech, SASRec and graph attention against their baselines; GAT vs GATv2
 ``applications_diagrams``    11-13   Part III's diagrams: one per application model
