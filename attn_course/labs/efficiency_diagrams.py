@@ -482,6 +482,7 @@ def draw_memory_hierarchy(gpu: GPUMemory = H100_SXM) -> Figure:
             label(ax, x0 + 3.1, y + 0.17, use, size=8, color=purple, ha="right", zorder=5)
     label(ax, x0 + 1.6, 0.2, "slow and large", size=9, color=INK)
     arrow(ax, (x0 - 0.15, 4.55), (x0 - 0.15, 0.35), MUTED, lw=1.0)
+    return fig
 
 
 # ---------------------------------------------------------------- chapter 22
