@@ -18,7 +18,6 @@ unclosed opener, however far back it is, and ``.`` may only come when nothing is
 * ``left_pad``             prompts of different lengths -> one left-padded batch and its attention mask.
 * ``plot_sampling_distributions``   what greedy / temperature / top-k / top-p sample from, side by side.
 * ``forward_flops``        FLOPs of one forward pass counted by torch: the Linear layers and attention apart.
-* ``linear_flops``         the Linear layers' part of ``forward_flops``.
 * ``plot_temperature``     one frame of the temperature slider: the distribution at ``T``, then after top-p.
 * ``plot_work_per_token``  multiply-adds to produce token t, with and without a KV cache.
 
@@ -58,7 +57,6 @@ __all__ = [
     "plot_sampling_distributions",
     "ForwardFlops",
     "forward_flops",
-    "linear_flops",
     "plot_temperature",
     "plot_work_per_token",
 ]
@@ -367,12 +365,6 @@ def forward_flops(model: GPT, idx: torch.Tensor, cache=None) -> ForwardFlops:
     attention = sum(flops[id(m)] - sum(flops[id(c)] for c in m.modules() if isinstance(c, torch.nn.Linear))
                     for m in watched if isinstance(m, GroupedQueryAttention))
     return ForwardFlops(linear=linear, attention=attention)
-
-
-def linear_flops(model: GPT, idx: torch.Tensor, cache=None) -> int:
-    """FLOPs of the Linear layers in one forward pass (``forward_flops(...).linear``): projections,
-    MLP and the output layer for the last position -- the attention-free part of ``2 x generation_macs``."""
-    return forward_flops(model, idx, cache).linear
 
 
 def plot_temperature(fig, logits: torch.Tensor, temperature: float, *, top_p: float = 0.9, vocab=VOCAB,

@@ -16,7 +16,6 @@ from attn_course.labs.bracket_language import (
     default_model_config,
     forward_flops,
     left_pad,
-    linear_flops,
     plot_sampling_distributions,
     plot_temperature,
     sample_sentences,
@@ -73,16 +72,6 @@ def test_left_pad():
     assert idx.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match="prompts"):
         left_pad([[1], []])
-
-
-def test_linear_flops_is_the_formula_without_attention():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=31, context_length=32, n_layer=2, n_head=4, n_embd=16)).eval()
-    cfg = model.config
-    t = 6
-    idx = torch.randint(0, 31, (1, t))
-    attention = cfg.n_layer * cfg.n_embd * t * (t + 1)
-    assert linear_flops(model, idx) == 2 * (generation_macs(t, cfg, cached=False) - attention)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "naive"])
