@@ -2,8 +2,8 @@
 
 A cached decode step multiplies one row vector by every weight matrix of the model: a
 matrix-vector product (GEMV) that does 2 FLOPs per 4-byte weight it reads. Its speed is set
-by how fast the weights stream from memory, not by arithmetic (``attn_course.kv_cache``,
-``arithmetic_intensity``). A stock ``nn.Linear`` on a CPU hands that GEMV to the BLAS library,
+by how fast the weights stream from memory, not by arithmetic (chapter 15 measures its
+arithmetic intensity). A stock ``nn.Linear`` on a CPU hands that GEMV to the BLAS library,
 which may run it on one core: on our 2-core test machine it reads 17 GB/s where two cores can
 read 42 GB/s. oneDNN (the CPU kernel library inside PyTorch, also called mkldnn) can instead
 *prepack* each weight once into the blocked layout its inner-product kernel streams fastest,

@@ -17,7 +17,8 @@ unclosed opener, however far back it is, and ``.`` may only come when nothing is
 * ``sample_sentences``     generate from ``<bos>`` with ``attn_course.decoding.generate`` and check each.
 * ``left_pad``             prompts of different lengths -> one left-padded batch and its attention mask.
 * ``plot_sampling_distributions``   what greedy / temperature / top-k / top-p sample from, side by side.
-* ``linear_flops``         FLOPs of one forward pass's matrix products (Linear layers), counted by torch.
+* ``forward_flops``        FLOPs of one forward pass counted by torch: the Linear layers and attention apart.
+* ``plot_temperature``     one frame of the temperature slider: the distribution at ``T``, then after top-p.
 * ``plot_work_per_token``  multiply-adds to produce token t, with and without a KV cache.
 
 Token ids: ``0 <pad>``, ``1 <bos>``, ``2 .``, ``3 (``, ``4 )``, ``5 [``, ``6 ]``. Shapes:
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,7 @@ from attn_course import utils
 from attn_course._validation import require_int
 from attn_course.decoding import generate, generation_macs, sampling_distribution
 from attn_course.gpt import GPT, GPTConfig
+from attn_course.gqa import GroupedQueryAttention
 from attn_course.labs.training import TrainHistory, run_steps
 
 __all__ = [
@@ -52,7 +55,9 @@ __all__ = [
     "SampleReport",
     "left_pad",
     "plot_sampling_distributions",
-    "linear_flops",
+    "ForwardFlops",
+    "forward_flops",
+    "plot_temperature",
     "plot_work_per_token",
 ]
 
@@ -301,18 +306,91 @@ def plot_sampling_distributions(logits: torch.Tensor, settings: dict[str, dict],
     return fig, probs
 
 
-def linear_flops(model: GPT, idx: torch.Tensor, cache=None) -> int:
-    """FLOPs of the matrix products in one forward pass of ``model`` on ``idx (B, T)``, counted by torch.
+@dataclass
+class ForwardFlops:
+    """FLOPs of one forward pass, as torch's ``FlopCounterMode`` counted them."""
 
-    ``torch.utils.flop_counter.FlopCounterMode`` counts every matmul it sees (here: the Linear
-    layers, projections, MLP and the output layer for the last position); torch's fused attention
-    on the CPU is not counted, so this is the attention-free part of ``2 x generation_macs``.
+    linear: int  # inside the nn.Linear layers: projections, MLP, output layer
+    attention: int  # the attention step between them (scores and weighted sum), on the naive path
+
+    @property
+    def total(self) -> int:
+        return self.linear + self.attention
+
+
+@contextmanager
+def _naive_attention(model: GPT):
+    """Run every attention layer through the package's own ``scaled_dot_product_attention``
+    (plain matrix products every torch version counts), then restore each layer's setting."""
+    layers = [m for m in model.modules() if isinstance(m, GroupedQueryAttention)]
+    before = [m.naive for m in layers]
+    try:
+        for m in layers:
+            m.naive = True
+        yield
+    finally:
+        for m, was in zip(layers, before):
+            m.naive = was
+
+
+def forward_flops(model: GPT, idx: torch.Tensor, cache=None) -> ForwardFlops:
+    """FLOPs of one forward pass of ``model`` on ``idx (B, T)`` (``last_only``), counted by torch.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products it sees. Whether it
+    counts torch's fused attention kernel depends on the torch version and the kernel chosen, so
+    the count is taken on the naive attention path (the package's ``scaled_dot_product_attention``:
+    two plain batched matrix products per layer), and each ``nn.Linear`` and each attention layer
+    reads the counter before and after it runs: the Linear layers' FLOPs and the attention step's
+    are then known apart, whatever else torch counts. The naive path computes every score of the
+    ``T x S`` matrix, the masked ones too: ``2 * 2 T S D`` FLOPs per layer. ``cache`` is updated.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    watched = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, GroupedQueryAttention))]
+    flops = {id(m): 0 for m in watched}  # FLOPs counted while each module ran (its children's too)
+    with ExitStack() as stack:
+        counter = stack.enter_context(FlopCounterMode(display=False))
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(_naive_attention(model))
+        for m in watched:
+            start = {}
+            handles = (m.register_forward_pre_hook(lambda mod, args, s=start: s.update(n=counter.get_total_flops())),
+                       m.register_forward_hook(lambda mod, args, out, s=start: flops.update(
+                           {id(mod): flops[id(mod)] + counter.get_total_flops() - s["n"]})))
+            for h in handles:
+                stack.callback(h.remove)
         model(idx, cache, last_only=True)
-    return counter.get_total_flops()
+    linear = sum(flops[id(m)] for m in watched if isinstance(m, torch.nn.Linear))
+    # an attention layer's count holds its own qkv and out projections: keep what lies between them
+    attention = sum(flops[id(m)] - sum(flops[id(c)] for c in m.modules() if isinstance(c, torch.nn.Linear))
+                    for m in watched if isinstance(m, GroupedQueryAttention))
+    return ForwardFlops(linear=linear, attention=attention)
+
+
+def plot_temperature(fig, logits: torch.Tensor, temperature: float, *, top_p: float = 0.9, vocab=VOCAB,
+                     valid: set[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of a temperature slider, drawn on the empty figure ``fig``: two bar charts, the
+    distribution at ``temperature`` and the same after nucleus filtering with ``top_p``.
+
+    ``logits (V,)``; tokens in ``valid`` in colour, the others grey. Returns both distributions ``(V,)``.
+    """
+    if logits.dim() != 1 or logits.shape[0] != len(vocab):
+        raise ValueError(f"logits must be ({len(vocab)},) = (V,), one score per token, got {tuple(logits.shape)}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    shaped = sampling_distribution(logits, temperature=temperature)  # (V,)
+    nucleus = sampling_distribution(logits, temperature=temperature, top_p=top_p)  # (V,)
+    colors = ["C0" if valid is None or tok in valid else "0.6" for tok in vocab]
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, p, title in ((axes[0], shaped, f"T = {temperature:g}"),
+                         (axes[1], nucleus, f"T = {temperature:g}, then top-p {top_p:g}: {int((nucleus > 0).sum())} kept")):
+        ax.bar(range(len(vocab)), p.tolist(), color=colors)
+        ax.set_xticks(range(len(vocab)), vocab, rotation=90)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("probability of the next token")
+    return shaped, nucleus
 
 
 def plot_work_per_token(config: GPTConfig, lengths, ax=None):

@@ -22,12 +22,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Wedge
 
 from attn_course._validation import require_int
-from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light
+from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light, rect
 
 __all__ = [
     "ALT",
+    "CACHE_STEP_SIZE",
     "draw_decoding_loop",
     "draw_prefill_decode",
+    "draw_cache_step",
     "draw_gqa_heads",
     "draw_sliding_window_ring",
     "draw_paged_cache",
@@ -48,6 +50,13 @@ ALT = {
         "Two panels. Prefill: all T prompt tokens go through the model in one pass; their keys and "
         "values are computed and written to the cache. Decode: one new token is computed; its query "
         "attends over keys and values read from the cache, and its own key and value are appended."
+    ),
+    "draw_cache_step": (
+        "One step of generation with a preallocated cache. Left: one layer's key and value slots; the "
+        "positions cached before this call are pale, the ones this call writes are magenta, the rest are "
+        "empty. Right: this call's queries (rows, at their positions) against every key it attends over "
+        "(columns): a cell is filled where the query may see the key, that is where the key's position is "
+        "not after the query's."
     ),
     "draw_gqa_heads": (
         "Three panels of eight query heads each, connected to their key/value heads: multi-head "
@@ -162,6 +171,88 @@ def draw_prefill_decode(prompt_len: int = 4) -> Figure:
             label(ax, ox + 2.1, 3.2, f"{T} queries, {T} keys and values computed at once\n"
                   "(causal mask); K and V written to the cache", size=8.5, color=INK)
     label(ax, 5.0, 0.08, "solid, strong colour: computed this step;  dotted: read from the cache", size=8.5)
+    return fig
+
+
+CACHE_STEP_SIZE = (9.0, 3.4)  # inches: the figure ``draw_cache_step`` draws on (a slider's figsize)
+
+
+def draw_cache_step(filled: int = 6, new: int = 1, capacity: int = 8, allowed=None,
+                    fig: Figure | None = None) -> Figure:
+    """One call of the model with a preallocated cache: what the cache holds after it, and its mask.
+
+    Args:
+        filled: positions the cache holds after the call; ``new`` of them were written by it (the
+            queries of this call are positions ``filled - new .. filled - 1``).
+        capacity: the preallocated slots (``StaticCache(max_len=capacity)``).
+        allowed: the call's ``(new, filled)`` mask (nested lists or a boolean tensor, ``True`` = the
+            query may see the key), e.g. from ``GPT._attention_mask``; ``None``: the causal rule
+            ``key position <= query position``.
+        fig: draw on this empty figure (a slider frame, ``CACHE_STEP_SIZE`` inches); ``None``: a new one.
+    """
+    S, T, C = require_int(filled, "filled"), require_int(new, "new"), require_int(capacity, "capacity")
+    if T > S or S > C or C > 12:
+        raise ValueError(f"need new <= filled <= capacity <= 12, got new = {T}, filled = {S}, capacity = {C}")
+    past = S - T
+    grid = [[k <= q for k in range(S)] for q in range(past, S)]  # (T, S): the causal rule
+    if allowed is not None:
+        rows = allowed.tolist() if hasattr(allowed, "tolist") else allowed
+        if len(rows) != T or any(len(r) != S for r in rows):
+            raise ValueError(f"allowed must be ({T}, {S}) = (new, filled), got {len(rows)} rows")
+        grid = [[bool(a) for a in r] for r in rows]
+    width, height = CACHE_STEP_SIZE
+    if fig is None:
+        fig, ax = canvas(width, height, ALT["draw_cache_step"])
+    else:
+        fig.set_layout_engine("none")
+        fig.set_label(ALT["draw_cache_step"])
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.set_xlim(0, width)
+        ax.set_ylim(0, height)
+        ax.set_axis_off()
+    if past == 0:
+        what = f"prefill: {T} tokens in one pass, causal mask"
+    elif T == 1:
+        what = "decode: 1 token, its query sees every cached key"
+    else:
+        what = f"{T} tokens after {past} cached: the causal mask shifted by {past}"
+    label(ax, width / 2, height - 0.22, what, size=10.5, color=INK, weight="bold")
+    # left: one layer's key and value slots
+    w, x0 = 0.4, 0.75
+    label(ax, x0 + C * w / 2, height - 0.62, f"cache (one layer): {S} of {C} slots filled", size=9)
+    for y, role, letter in ((1.95, "key", "k"), (1.4, "value", "v")):
+        label(ax, x0 - 0.3, y + w / 2, letter.upper(), size=10, color=COLORS[role])
+        for i in range(C):
+            x = x0 + i * w
+            if i < past:
+                rect(ax, x, y, w, w, COLORS[role], amount=0.8)
+            elif i < S:
+                rect(ax, x, y, w, w, NEW, amount=0.5, lw=1.6)
+            else:
+                rect(ax, x, y, w, w, MUTED, amount=1.0, edge="0.75")
+            if i < S:
+                label(ax, x + w / 2, y + w / 2, f"{letter}$_{{{i}}}$", size=8, color=INK)
+    for i in range(C):
+        label(ax, x0 + i * w + w / 2, 1.18, str(i), size=7.5)
+    label(ax, x0 + C * w / 2, 0.92, "position", size=8)
+    label(ax, x0 + C * w / 2, 0.45, "pale: cached before this call;  magenta: written by it;  white: empty",
+          size=8)
+    # right: this call's queries against the keys
+    cell = min(0.3, 2.9 / max(S, 1), 1.9 / T)
+    gx = 5.7
+    top = height - 0.95
+    label(ax, gx + S * cell / 2, height - 0.62, "queries of this call x keys attended", size=9)
+    for r in range(T):
+        y = top - (r + 1) * cell
+        label(ax, gx - 0.2, y + cell / 2, f"q$_{{{past + r}}}$", size=8, color=COLORS["query"])
+        for k in range(S):
+            if grid[r][k]:
+                rect(ax, gx + k * cell, y, cell, cell, COLORS["weights"], amount=0.45)
+            else:
+                rect(ax, gx + k * cell, y, cell, cell, MUTED, amount=1.0, edge="0.8")
+    for k in range(S):
+        label(ax, gx + k * cell + cell / 2, top - T * cell - 0.14, str(k), size=7, color=COLORS["key"])
+    label(ax, gx + S * cell / 2, top - T * cell - 0.38, "key position", size=8)
     return fig
 
 

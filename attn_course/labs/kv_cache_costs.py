@@ -9,6 +9,11 @@ Measurements the chapters on the KV cache make, measured in the page that prints
 * ``decode_intensity``, ``prefill_intensity``   arithmetic intensity (FLOPs per byte read) of a
                              decode step and of a prefill, from ``generation_macs`` and the bytes
                              of the weights and the cache.
+* ``decode_intensity_limit``, ``balance_batch``   where batching decode steps leads: the intensity
+                             a very large batch tends to, and the batch that reaches a machine balance.
+* ``roofline_points``, ``plot_roofline``   decode and prefill placed under this machine's roofline.
+* ``read_bandwidth``, ``thread_speedups``   bytes/s of a plain read; how much a second thread speeds
+                             up one large GEMV (a decode step's matrix-vector product) and a GEMM.
 * ``cache_table``            ``kv_cache_bytes`` for published model shapes.
 * ``train_kv_head_variants`` the bracket GPT trained with several numbers of key/value heads.
 * ``time_kv_head_decode``    decode tokens/s of MHA, GQA and MQA shapes over a long cache.
@@ -18,7 +23,7 @@ Measurements the chapters on the KV cache make, measured in the page that prints
 * ``trace_ring_buffer``, ``trace_forked_paging``   step-by-step snapshots of a real
                              ``SlidingWindowCache`` / ``PagedCache`` (what the chapter's slider
                              figures draw).
-* ``plot_tokens_per_second``, ``plot_paging``   the chapters' figures.
+* ``plot_tokens_per_second``, ``plot_paging``, ``plot_roofline``   the chapters' figures.
 
 Shapes: token batches ``(B, T)``; sizes in bytes unless a name says otherwise.
 """
@@ -44,7 +49,7 @@ from attn_course.labs.bracket_language import (
     sample_sentences,
     train_bracket_model,
 )
-from attn_course.utils import best_seconds
+from attn_course.utils import best_seconds, num_threads
 
 __all__ = [
     "PagingStats",
@@ -53,10 +58,16 @@ __all__ = [
     "plot_tokens_per_second",
     "time_prefill_decode",
     "copy_bandwidth",
+    "read_bandwidth",
     "matmul_flops",
+    "thread_speedups",
     "weight_bytes",
     "decode_intensity",
     "prefill_intensity",
+    "decode_intensity_limit",
+    "balance_batch",
+    "roofline_points",
+    "plot_roofline",
     "cache_table",
     "train_kv_head_variants",
     "time_kv_head_decode",
@@ -144,6 +155,32 @@ def matmul_flops(n: int = 512, repeat: int = 3) -> float:
     return 2 * n**3 / best_seconds(lambda: a @ b, repeat)  # one warm-up product first
 
 
+def thread_speedups(threads: int = 2, gemv_mbytes: int = 128, gemm_size: int = 512,
+                    repeat: int = 5) -> dict[str, float]:
+    """How many times faster ``threads`` threads run one large GEMV and one GEMM than one thread.
+
+    The GEMV is what ``nn.Linear`` runs for one token: ``F.linear(x (1, n), W (n, n))`` with a
+    ``gemv_mbytes`` MB float32 weight (larger than the processor's caches, so it streams from
+    memory). The GEMM (``gemm_size`` square, compute-bound) is the control: if two threads do not
+    speed *it* up, the second core was busy and the GEMV's ratio says nothing about the BLAS.
+    The runs alternate between thread counts, so a change in the machine's load hits both.
+    Returns ``{"gemv": t_1 / t_threads, "gemm": t_1 / t_threads}`` (best of ``repeat`` each).
+    """
+    require_int(threads, "threads")
+    n = math.isqrt(require_int(gemv_mbytes, "gemv_mbytes") * 2**20 // 4)
+    w, x = torch.ones(n, n), torch.ones(1, n)  # (n, n), (1, n): values do not change the time
+    a = torch.randn(require_int(gemm_size, "gemm_size"), gemm_size)
+    jobs = {"gemv": lambda: torch.nn.functional.linear(x, w), "gemm": lambda: a @ a}
+    best = {(name, t): float("inf") for name in jobs for t in (1, threads)}
+    for name, fn in jobs.items():
+        fn()  # warm-up
+        for _ in range(require_int(repeat, "repeat")):
+            for t in (1, threads):
+                with num_threads(t):
+                    best[name, t] = min(best[name, t], best_seconds(fn, 1, warmup=False))
+    return {name: best[name, 1] / best[name, threads] for name in jobs}
+
+
 # --------------------------------------------------------------------------- arithmetic intensity
 
 
@@ -177,6 +214,103 @@ def prefill_intensity(config: GPTConfig, prompt_len: int, dtype_bytes: int = 4) 
     flops = 2 * generation_macs(T, config, cached=False)
     written = kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, T, 1, dtype_bytes)
     return flops / (weight_bytes(config, dtype_bytes) + written)
+
+
+def _per_sequence(config: GPTConfig, context: int, dtype_bytes: int) -> tuple[int, int, int]:
+    """A decode step's FLOPs per sequence, cache bytes per sequence, and the weights' bytes."""
+    flops = 2 * generation_macs(context + 1, config, cached=True)
+    cache = kv_cache_bytes(config.n_layer, config.n_kv_head, config.head_dim, context, 1, dtype_bytes)
+    return flops, cache, weight_bytes(config, dtype_bytes)
+
+
+def decode_intensity_limit(config: GPTConfig, context: int, dtype_bytes: int = 4) -> float:
+    """What ``decode_intensity`` tends to as the batch grows: FLOPs per sequence / cache bytes per sequence.
+
+    ``batch * F / (W + batch * C)`` -> ``F / C``: the weights' bytes ``W`` are shared by the batch,
+    each sequence's cache ``C`` is not.
+    """
+    flops, cache, _ = _per_sequence(config, require_int(context, "context"), dtype_bytes)
+    return flops / cache
+
+
+def balance_batch(config: GPTConfig, context: int, balance: float, dtype_bytes: int = 4) -> int | None:
+    """The smallest batch whose decode steps (``context`` cached tokens each) reach ``balance`` FLOP/byte.
+
+    ``None`` when no batch does: ``decode_intensity_limit`` is below the balance, so decoding stays
+    memory-bound however many sequences share a step. Solves ``b F / (W + b C) >= balance``.
+    """
+    if isinstance(balance, bool) or not isinstance(balance, (int, float)) or not balance > 0:
+        raise ValueError(f"balance must be a number of FLOPs per byte > 0, got {balance!r}")
+    flops, cache, weights = _per_sequence(config, require_int(context, "context"), dtype_bytes)
+    if flops <= balance * cache:
+        return None
+    b = max(1, math.ceil(balance * weights / (flops - balance * cache)))
+    while b > 1 and decode_intensity(config, context, b - 1, dtype_bytes) >= balance:  # float rounding
+        b -= 1
+    while decode_intensity(config, context, b, dtype_bytes) < balance:
+        b += 1
+    return b
+
+
+def roofline_points(config: GPTConfig, contexts: Sequence[int] = (128, 512, 1024),
+                    batches: Sequence[int] = (1, 8, 64), prompt_len: int = 512,
+                    dtype_bytes: int = 4) -> dict[str, dict[str, float]]:
+    """Arithmetic intensities to place under a roofline: ``{series: {point label: FLOP/byte}}``.
+
+    One series per context length (decode steps at each batch size), and one for a prefill of
+    ``prompt_len`` tokens.
+    """
+    series = {f"decode, {c} cached": {f"batch {b}": decode_intensity(config, c, b, dtype_bytes) for b in batches}
+              for c in contexts}
+    series["prefill"] = {f"{prompt_len}-token prompt": prefill_intensity(config, prompt_len, dtype_bytes)}
+    return series
+
+
+def plot_roofline(peak_flops: float, bandwidth: float, series: dict[str, dict[str, float]], ax=None,
+                  title: str = "Roofline of this machine"):
+    """Attainable FLOP/s ``min(peak_flops, intensity * bandwidth)`` against arithmetic intensity.
+
+    ``peak_flops`` (FLOP/s) and ``bandwidth`` (bytes/s) are measurements; their ratio, the machine
+    balance, is the ridge where the two roofs meet. ``series`` (``roofline_points``) are placed on
+    the roof at their intensity, a colour per series and a marker per point label.
+    Returns ``(ax, {series: {label: attainable FLOP/s}})``.
+    """
+    from attn_course.plotting import finish_axes, new_axes
+
+    for name, value in (("peak_flops", peak_flops), ("bandwidth", bandwidth)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not series or any(not points for points in series.values()):
+        raise ValueError("series must map each name to a non-empty {label: intensity} dict")
+    balance = peak_flops / bandwidth
+    xs = [x for points in series.values() for x in points.values()] + [balance]
+    lo, hi = min(xs) / 3, max(xs) * 3
+    grid = [lo * (hi / lo) ** (i / 199) for i in range(200)]
+    ax = new_axes(ax)
+    ax.plot(grid, [min(peak_flops, x * bandwidth) for x in grid], color="0.2", lw=2, label="attainable FLOP/s")
+    ax.axvline(balance, color="0.5", ls="--", lw=1, label=f"machine balance {balance:.1f} FLOP/byte")
+    markers = "os^Dv<>p"
+    attained, shapes = {}, {}
+    for i, (name, points) in enumerate(series.items()):
+        ys = {label: min(peak_flops, x * bandwidth) for label, x in points.items()}
+        attained[name] = ys
+        ax.plot(list(points.values()), list(ys.values()), ls=":", color=f"C{i}", label=name)
+        for j, (label, x) in enumerate(points.items()):
+            ax.plot([x], [ys[label]], marker=markers[j % len(markers)], color=f"C{i}", ls="none", ms=6)
+            if len(points) == 1:  # a lone point: name it where it is
+                ax.annotate(label, (x, ys[label]), textcoords="offset points", xytext=(0, -13), fontsize=8,
+                            color=f"C{i}", ha="center")
+            else:
+                shapes.setdefault(label, markers[j % len(markers)])
+    for label, marker in shapes.items():  # one legend entry per marker: the points' labels (batch sizes)
+        ax.plot([], [], marker=marker, color="0.3", ls="none", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.text(balance / 1.15, peak_flops * 1.3, "memory-bound", fontsize=8, color="0.35", ha="right")
+    ax.text(balance * 1.15, peak_flops * 1.3, "compute-bound", fontsize=8, color="0.35", ha="left")
+    ax.set_ylim(top=peak_flops * 2.2)
+    finish_axes(ax, xlabel="arithmetic intensity (FLOP per byte read)", ylabel="attainable FLOP/s", title=title)
+    return ax, attained
 
 
 # --------------------------------------------------------------------------- memory

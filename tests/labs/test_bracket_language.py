@@ -14,9 +14,10 @@ from attn_course.labs.bracket_language import (
     BracketTask,
     check_brackets,
     default_model_config,
+    forward_flops,
     left_pad,
-    linear_flops,
     plot_sampling_distributions,
+    plot_temperature,
     sample_sentences,
     train_bracket_model,
 )
@@ -73,14 +74,42 @@ def test_left_pad():
         left_pad([[1], []])
 
 
-def test_linear_flops_is_the_formula_without_attention():
+@pytest.mark.parametrize("attention", ["sdpa", "naive"])
+def test_forward_flops_counts_linear_layers_and_the_attention_apart(attention):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=31, context_length=32, n_layer=2, n_head=4, n_embd=16)).eval()
-    cfg = model.config
-    t = 6
+    model = GPT(GPTConfig(vocab_size=31, context_length=32, n_layer=2, n_head=4, n_embd=16,
+                          attention=attention)).eval()
+    N, D = model.config.n_layer, model.config.n_embd
+    t = 7
     idx = torch.randint(0, 31, (1, t))
-    attention = cfg.n_layer * cfg.n_embd * t * (t + 1)
-    assert linear_flops(model, idx) == 2 * (generation_macs(t, cfg, cached=False) - attention)
+    full = forward_flops(model, idx)
+    assert full.linear == 2 * (generation_macs(t, model.config, cached=False) - N * D * t * (t + 1))
+    assert full.attention == N * 2 * 2 * t * t * D  # the naive path computes the whole t x t square
+    assert full.total == full.linear + full.attention
+    cache = model.new_cache("dynamic")
+    with torch.no_grad():
+        model(idx[:, :-1], cache)
+    one = forward_flops(model, idx[:, -1:], cache)  # one query over t keys: exactly the formula
+    assert one.linear + one.attention == 2 * generation_macs(t, model.config, cached=True)
+    assert cache.seq_len == t
+    assert all(block.attn.naive == (attention == "naive") for block in model.h)  # the setting is restored
+    assert not model.h[0].attn.qkv._forward_hooks and not model.h[0].attn._forward_pre_hooks  # hooks removed
+
+
+def test_temperature_frame_flattens_and_the_nucleus_grows():
+    from matplotlib.figure import Figure
+
+    logits = torch.tensor([-2.0, -1.0, 0.0, 3.0, 1.0, 2.5, 0.5])  # (V,)
+    kept = []
+    for temperature in (0.25, 1.0, 4.0):
+        fig = Figure()
+        shaped, nucleus = plot_temperature(fig, logits, temperature, top_p=0.9, valid={"(", "["})
+        assert len(fig.axes) == 2 and math.isclose(shaped.sum().item(), 1, rel_tol=1e-6)
+        assert bool(((nucleus > 0) <= (shaped > 0)).all())
+        kept.append(int((nucleus > 0).sum()))
+    assert kept[0] < kept[1] < kept[2]
+    with pytest.raises(ValueError, match="temperature"):
+        plot_temperature(Figure(), logits, 0)
 
 
 def test_sampling_distributions_sum_to_one():

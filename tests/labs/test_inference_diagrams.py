@@ -18,6 +18,8 @@ DRAW = sorted(n for n, f in inspect.getmembers(diagrams, inspect.isfunction)
 EXPECTED = {
     "draw_decoding_loop": ["GPT\n(causal)", "p(next | so far)", "top-k, top-p", "append the chosen token"],
     "draw_prefill_decode": ["prefill: the whole prompt, one pass", "decode: one new token per step", "k$_{5}$"],
+    "draw_cache_step": ["decode: 1 token, its query sees every cached key", "cache (one layer): 6 of 8 slots filled",
+                        "q$_{5}$", "key position"],
     "draw_gqa_heads": ["MHA: 8 query heads, 8 KV heads", "GQA: 8 query heads, 2 KV heads",
                        "MQA: 8 query heads, 1 KV head", "cache: 2/8 of MHA's"],
     "draw_sliding_window_ring": ["W = 6\nslots", "slot 3", "keys 4 .. 9 are attended"],
@@ -93,3 +95,21 @@ def test_step_figures_draw_any_step_on_a_given_figure(draw):
     diagrams.draw_paging_step(paging[1], fig=fig)
     assert "reference counts of #0, #1, #2 go up to 3; nothing is copied" in texts(fig)
     assert "sequence 2 takes free block #10" in texts(draw("draw_paging_step", paging[-1]))
+
+
+def test_cache_step_draws_prefill_chunks_and_a_given_mask(draw):
+    assert "prefill: 4 tokens in one pass, causal mask" in texts(draw("draw_cache_step", 4, 4, 10))
+    assert "3 tokens after 5 cached: the causal mask shifted by 5" in texts(draw("draw_cache_step", 8, 3, 10))
+    purple = diagrams.light(diagrams.COLORS["weights"], 0.45)
+
+    def filled_cells(fig):
+        return sum(1 for p in fig.axes[0].patches if tuple(p.get_facecolor()[:3]) == pytest.approx(purple))
+
+    assert filled_cells(draw("draw_cache_step", 3, 3, 4)) == 6  # the causal triangle of 3 queries
+    assert filled_cells(draw("draw_cache_step", 3, 1, 4, allowed=[[False, True, True]])) == 2  # e.g. a padded key
+    frame = Figure(figsize=diagrams.CACHE_STEP_SIZE)
+    assert diagrams.draw_cache_step(5, 1, 6, fig=frame) is frame and frame.get_label() == diagrams.ALT["draw_cache_step"]
+    with pytest.raises(ValueError, match="new <= filled"):
+        diagrams.draw_cache_step(2, 3, 4)
+    with pytest.raises(ValueError, match="allowed"):
+        diagrams.draw_cache_step(3, 1, 4, allowed=[[True, True]])

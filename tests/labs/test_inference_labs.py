@@ -14,13 +14,18 @@ from attn_course.gpt import GPT, GPTConfig  # noqa: E402
 from attn_course.kv_cache import PagedCache, published_shapes  # noqa: E402
 from attn_course.labs import gpt2_weights  # noqa: E402
 from attn_course.labs.kv_cache_costs import (  # noqa: E402
+    balance_batch,
     cache_table,
     decode_intensity,
+    decode_intensity_limit,
     influence_by_distance,
     plot_paging,
+    plot_roofline,
     prefill_intensity,
     read_bandwidth,
+    roofline_points,
     simulate_paging,
+    thread_speedups,
     time_generation,
     time_kv_head_decode,
     trace_forked_paging,
@@ -46,6 +51,56 @@ def test_intensities():
     assert 0.45 < decode_intensity(gpt2, 512) < 0.55  # ~2 FLOPs per 4-byte weight
     assert decode_intensity(gpt2, 512, batch=8) > 5 * decode_intensity(gpt2, 512)
     assert prefill_intensity(gpt2, 512) > 100
+
+
+def test_batching_decode_tends_to_flops_per_cache_byte():
+    gpt2 = GPTConfig()
+    limit = decode_intensity_limit(gpt2, 512)
+    assert 6.5 < limit < 7.5  # GPT-2 small, float32, 512 cached tokens
+    assert decode_intensity(gpt2, 512, batch=10**7) == pytest.approx(limit, rel=1e-3)
+    assert decode_intensity_limit(gpt2, 2048) < limit < decode_intensity_limit(gpt2, 128)  # longer caches: lower
+
+
+def test_balance_batch_is_the_first_batch_at_the_balance():
+    gpt2 = GPTConfig()
+    for context, balance in ((128, 11.7), (512, 5.0), (512, 0.3), (128, 26.0)):
+        b = balance_batch(gpt2, context, balance)
+        assert decode_intensity(gpt2, context, b) >= balance
+        assert b == 1 or decode_intensity(gpt2, context, b - 1) < balance
+    assert balance_batch(gpt2, 512, 8.0) is None  # above the limit: no batch gets there
+    assert balance_batch(gpt2, 512, decode_intensity_limit(gpt2, 512) * 1.001) is None
+    with pytest.raises(ValueError, match="balance"):
+        balance_batch(gpt2, 512, 0)
+
+
+def test_roofline_places_each_point_on_the_roof():
+    gpt2 = GPTConfig()
+    series = roofline_points(gpt2, contexts=(128, 512), batches=(1, 8, 64), prompt_len=256)
+    assert list(series) == ["decode, 128 cached", "decode, 512 cached", "prefill"]
+    assert list(series["decode, 512 cached"]) == ["batch 1", "batch 8", "batch 64"]
+    assert series["prefill"]["256-token prompt"] == prefill_intensity(gpt2, 256)
+    peak, bandwidth = 1e11, 1e10  # balance 10 FLOP/byte
+    ax, attained = plot_roofline(peak, bandwidth, series)
+    for name, points in series.items():
+        for label, x in points.items():
+            assert attained[name][label] == min(peak, x * bandwidth)
+    assert attained["prefill"]["256-token prompt"] == peak  # compute-bound
+    assert attained["decode, 512 cached"]["batch 1"] < peak / 10  # memory-bound
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "machine balance 10.0 FLOP/byte" in legend and "batch 64" in legend
+    with pytest.raises(ValueError, match="bandwidth"):
+        plot_roofline(peak, 0, series)
+    with pytest.raises(ValueError, match="series"):
+        plot_roofline(peak, bandwidth, {"empty": {}})
+    plt.close("all")
+
+
+def test_thread_speedups_are_ratios():
+    ratios = thread_speedups(threads=2, gemv_mbytes=1, gemm_size=32, repeat=1)
+    assert set(ratios) == {"gemv", "gemm"} and all(0 < r < 100 for r in ratios.values())
+    assert torch.get_num_threads() >= 1
+    with pytest.raises((TypeError, ValueError), match="gemv_mbytes"):
+        thread_speedups(gemv_mbytes=0)
 
 
 def test_cache_table():
