@@ -1,7 +1,8 @@
 """Chapter 12's segmentation experiment: mark the larger of two shapes, pixel by pixel.
 
-Every image holds two shapes (squares or disks) of the same brightness, apart from each other;
-the target mask is the larger one. A patch inside a shape cannot tell from its own pixels whether
+Every image holds two shapes of the same brightness, apart from each other (squares or disks: at
+these sizes a disk is a square with its corners cut, or no different); the target mask is the
+larger one. A patch inside a shape cannot tell from its own pixels whether
 its shape is the larger: that takes the other shape, patches away. The tiny ViT segmenter (a
 linear head on the patch tokens) is trained against the same model with the attention sublayers
 removed, on the same data with the same budget; both are scored by IoU with the true mask.
@@ -126,14 +127,13 @@ def run_segmentation(steps: int = 300, lr: float = 5e-3, train_size: int = 1500,
 
 def plot_segmentation(result: SegmentationResult, count: int = 6):
     """Test images, the true mask of the larger shape, and each model's predicted mask."""
-    rows = [("image", result.data.images[:, 0]), ("target: the larger", result.data.larger),
-            ("ViT with attention", result.predictions["attention"]),
-            ("per-patch, no attention", result.predictions["per-patch"])]
+    rows = [("image", result.data.images[:, 0]), ("target", result.data.larger),
+            ("with attention", result.predictions["attention"]), ("no attention", result.predictions["per-patch"])]
     fig, axes = plt.subplots(len(rows), count, figsize=(1.45 * count, 1.5 * len(rows)))
     for r, (title, masks) in enumerate(rows):
         for k in range(count):
             ax = axes[r, k]
-            ax.imshow(masks[k].float(), cmap="gray_r" if r == 0 else "Purples", vmin=0, vmax=1)
+            ax.imshow(masks[k].float().numpy(), cmap="gray_r" if r == 0 else "Purples", vmin=0, vmax=1)
             if r >= 2:
                 iou = mask_iou(masks[k:k + 1], result.data.larger[k:k + 1]).item()
                 ax.set_title(f"IoU {iou:.2f}", fontsize=8)

@@ -50,3 +50,19 @@ def test_order_right_counts_swapped_captions():
 def test_box_cells_marks_the_cells_whose_centre_is_inside():
     cells = _box_cells(torch.tensor([0.25, 0.25, 0.5, 0.5]), 4)  # the top-left quarter
     assert cells.sum() == 4 and cells[:2, :2].all()
+
+
+def test_plot_segmentation_draws_four_rows():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attn_course.labs.vision_segmentation import plot_segmentation
+
+    r = run_segmentation(steps=1, train_size=16, test_size=6, progress=False)
+    fig = plot_segmentation(r, count=3)
+    try:
+        assert len(fig.axes) == 12
+    finally:
+        plt.close(fig)
