@@ -5,6 +5,13 @@
   positional embeddings are added, and the library's ``TransformerBlock`` (pre-norm) does the
   rest; the class token's final state is classified. ``load_timm_weights`` copies a
   ``timm`` ``VisionTransformer`` of the same shape into ours (the logits agree).
+* ``CNNClassifier``: the convolutional baseline (the ViT paper's comparison is against ResNets):
+  locality and weight sharing built in, where the ViT and the ``MLPClassifier`` have neither.
+* ``ViTSegmenter``: a linear decoder on ViT patch tokens (Segmenter, Strudel et al., 2021, maps
+  each patch token to class logits and upsamples them bilinearly; ours has the linear head give
+  the logits of the patch's ``P x P`` pixels directly): the ViT's patches, positions and blocks,
+  no class token. ``attention=False`` keeps only the blocks' MLP sublayers: each patch is
+  labelled from its own pixels and position alone.
 * ``PooledCNN``: a small convolutional feature map pooled by the library-based
   ``AttentionPooling`` (from ``apps.text``) or by global average pooling, for fine-grained
   recognition, with ``make_part_images``.
@@ -34,6 +41,8 @@ __all__ = [
     "PatchEmbedding",
     "VisionTransformer",
     "MLPClassifier",
+    "CNNClassifier",
+    "ViTSegmenter",
     "load_timm_weights",
     "load_digits",
     "PooledCNN",
@@ -143,6 +152,71 @@ class MLPClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+class CNNClassifier(nn.Module):
+    """The convolutional baseline: two 3x3 convolutions, 2x2 max-pooling, two linear layers.
+
+    Each convolution sees a 3x3 neighbourhood and shares its weights across the image: locality
+    and translation equivariance are built in, where the ViT and the MLP must learn them.
+    """
+
+    def __init__(self, side: int = 8, in_chans: int = 1, channels: int = 16, hidden: int = 88,
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        side = require_int(side, "side", minimum=2)
+        self.net = nn.Sequential(nn.Conv2d(in_chans, channels, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                                 nn.MaxPool2d(2), nn.Flatten(),  # (B, channels * (side // 2)^2)
+                                 nn.Linear(channels * (side // 2) ** 2, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)  # (B, K)
+
+
+class ViTSegmenter(nn.Module):
+    """Per-pixel classes from a ViT's patch tokens: ``(B, C, I, I)`` -> ``(logits (B, K, I, I), attention)``.
+
+    The encoder is the ViT's (patch embedding, learned positions, pre-norm blocks) without the
+    class token: every patch token is kept. A linear head maps each final token to ``K * P * P``
+    logits, the classes of its own ``P x P`` pixels, which are put back in place. With
+    ``attention=False`` each block keeps only its MLP sublayer (the baseline without attention):
+    the same parameters and head, but a patch never sees another patch. ``attention`` is the list
+    of every block's weights ``(B, H, N, N)`` (empty without attention).
+    """
+
+    def __init__(self, config: ViTConfig | None = None, attention: bool = True) -> None:
+        super().__init__()
+        c = self.config = config or ViTConfig(num_classes=2)
+        self.attention = attention
+        self.patch_embed = PatchEmbedding(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, c.num_patches, c.embed_dim) * 0.02)  # (1, N, D)
+        block = TransformerConfig(d_model=c.embed_dim, num_heads=c.num_heads, num_layers=c.depth,
+                                  d_ff=int(c.embed_dim * c.mlp_ratio), norm_first=True, activation="gelu")
+        self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        for b in self.blocks:
+            b.norm1.eps = b.norm2.eps = c.norm_eps
+        self.head = nn.Linear(c.embed_dim, c.num_classes * c.patch_size**2)  # the linear decoder
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.patch_embed(images) + self.pos_embed  # (B, N, D)
+        maps = []
+        for block in self.blocks:
+            if self.attention:
+                x, w = block(x)  # (B, N, D), (B, H, N, N): every patch reads every other
+                maps.append(w)
+            else:
+                x = x + block.mlp(block.norm2(x))  # (B, N, D): the MLP sublayer alone, patch by patch
+        return self.unpatchify(self.head(self.norm(x))), maps  # (B, K, I, I)
+
+    def unpatchify(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, N, K * P * P)`` per-patch logits -> ``(B, K, I, I)``: each patch's pixels back in place."""
+        c, B = self.config, logits.shape[0]
+        g, P, K = c.img_size // c.patch_size, c.patch_size, c.num_classes
+        x = logits.view(B, g, g, K, P, P)  # (B, patch row, patch col, K, pixel row, pixel col)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(B, K, g * P, g * P)  # (B, K, g, P, g, P) -> (B, K, I, I)
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ lab                          chapter what it holds
 ``foundations_diagrams``     01-10   Parts I-II's conceptual diagrams
 ``language_apps``            11      attention pooling, story QA and extractive summaries, each against a baseline
 ``date_translation``         11      human-written dates into ISO dates: source spans, Seq2Seq with and without attention, alignment
-``vision_apps``              12      ViT on digits, attention-pooled parts, a captioner, object queries
+``vision_apps``              12      ViT on digits (vs an MLP and a CNN), attention-pooled parts, a captioner, object queries
+``vision_segmentation``      12      "mark the larger of two shapes": a ViT segmenter vs the same model without attention
 ``speech_recsys_graphs``     13      LAS-style speech, SASRec and graph attention against their baselines; GAT vs GATv2
 ``applications_diagrams``    11-13   Part III's diagrams: one per application model
 ``bracket_language``         14-16   a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled

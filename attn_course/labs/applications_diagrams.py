@@ -10,10 +10,10 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from attn_course.diagrams import COLORS, INK, arrow, box, canvas, label, light
+from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light, route
 
 __all__ = ["ALT", "draw_attention_pooling", "draw_story_reader", "draw_sentence_scorer", "draw_vit",
-           "draw_part_pooling", "draw_captioner", "draw_object_queries", "draw_listen_attend_spell", "draw_sasrec", "draw_gat"]
+           "draw_part_pooling", "draw_captioner", "draw_object_queries", "draw_vit_segmenter", "draw_listen_attend_spell", "draw_sasrec", "draw_gat"]
 
 
 ALT = {
@@ -51,6 +51,12 @@ ALT = {
         "A convolutional backbone turns the scene into a grid of features with position embeddings. A few "
         "learned object queries cross-attend to the grid; each query's output predicts one class and one "
         "box, and the Hungarian algorithm matches predictions to the true objects for the loss."
+    ),
+    "draw_vit_segmenter": (
+        "An 8 by 8 image with a larger and a smaller shape is cut into 16 patches of 2 by 2 pixels; each patch "
+        "becomes a token with its position, two Transformer blocks let every patch token attend to every "
+        "other, and a linear head turns each final token into the class logits of its own 4 pixels: a mask "
+        "of the larger shape. The baseline keeps only the blocks' MLP sublayers, so no patch sees another."
     ),
     "draw_listen_attend_spell": (
         "Audio frames are stacked in pairs and read by a GRU listener into a shorter sequence of states. "
@@ -247,6 +253,50 @@ def draw_object_queries() -> Figure:
         box(ax, 8.2, 2.4 - 0.55 * k, 1.5, 0.38, f"class {k}, box {k}", size=8)
     arrow(ax, (7.3, 0.9), (7.5, 1.3))
     box(ax, 8.2, 0.45, 1.6, 0.45, "Hungarian matching\nto the true objects", COLORS["context"], size=8)
+    return fig
+
+
+def _pixel_grid(ax, x0, y0, on, color, cell=0.12):
+    """An 8x8 image of ``cell``-inch pixels (``on``: the lit (row, col) pixels), 2x2 patches outlined."""
+    for r in range(8):
+        for c in range(8):
+            ax.add_patch(Rectangle((x0 + cell * c, y0 + cell * (7 - r)), cell, cell, edgecolor="white", lw=0.4,
+                                   facecolor=light(color, 0.1) if (r, c) in on else "#f2f2f2", zorder=3))
+    for r in range(4):
+        for c in range(4):
+            ax.add_patch(Rectangle((x0 + 2 * cell * c, y0 + 2 * cell * r), 2 * cell, 2 * cell, fill=False,
+                                   edgecolor=MUTED, lw=0.7, zorder=4))
+
+
+def draw_vit_segmenter() -> Figure:
+    """A ViT's patch tokens, each decoded by a linear head into its own pixels' classes."""
+    fig, ax = canvas(10.0, 3.6, ALT["draw_vit_segmenter"])
+    big = {(r, c) for r in range(4) for c in range(4)}  # a 4x4 square: the larger shape
+    small = {(r, c) for r in range(5, 8) for c in range(5, 8)}  # a 3x3 square
+    _pixel_grid(ax, 0.3, 1.6, big | small, COLORS["state"])
+    label(ax, 0.78, 1.3, "8×8 image,\n16 patches of 2×2", size=8.5)
+    arrow(ax, (1.35, 2.08), (1.75, 2.08))
+    box(ax, 2.45, 2.08, 1.3, 0.6, "patch embedding\n+ positions", size=8.5)
+    arrow(ax, (3.1, 2.08), (3.45, 2.08))
+    xs = [3.75 + 0.42 * k for k in range(5)]
+    for x in xs[:4]:
+        box(ax, x, 2.08, 0.36, 0.5, "", size=7.5)
+    label(ax, xs[4], 2.08, "…", size=12, color=INK)
+    label(ax, (xs[0] + xs[-1]) / 2, 2.6, "16 patch tokens\n(no class token)", size=8)
+    arrow(ax, (5.85, 2.08), (6.2, 2.08))
+    box(ax, 6.8, 2.08, 1.1, 0.9, "Transformer\nblock ×2\n(self-attention)", COLORS["weights"], size=8.5)
+    arrow(ax, (7.35, 2.08), (7.65, 2.08))
+    box(ax, 8.2, 2.08, 1.0, 0.75, "linear head\nper token:\n2 classes × 2×2", COLORS["query"], size=8)
+    arrow(ax, (8.7, 2.08), (8.95, 2.08))
+    _pixel_grid(ax, 9.0, 1.6, big, COLORS["weights"], cell=0.115)
+    label(ax, 9.46, 1.3, "mask of\nthe larger", size=8.5)
+    box(ax, 6.8, 0.75, 1.9, 0.55, "MLP sublayers only\n(no patch sees another)", size=8, ls="--")
+    route(ax, [(4.8, 1.83), (4.8, 0.75), (5.85, 0.75)], MUTED)
+    route(ax, [(7.75, 0.75), (8.2, 0.75), (8.2, 1.7)], MUTED)
+    label(ax, 2.7, 0.75, "baseline: each patch is labelled from its own\n4 pixels and its position alone", size=8,
+          color=INK)
+    label(ax, 5.0, 3.1, "every patch token attends to every other: a patch of the large square can see the small one",
+          size=8.5, color=INK)
     return fig
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..apps.vision import (
+    CNNClassifier,
     MLPClassifier,
     ObjectQueryDetector,
     PooledCNN,
@@ -56,7 +57,7 @@ def num_params(model: torch.nn.Module) -> int:
 
 @dataclass
 class DigitsResult:
-    accuracy: dict[str, float]  # test accuracy ("vit", "mlp")
+    accuracy: dict[str, float]  # test accuracy ("vit", "mlp", "cnn")
     params: dict[str, int]
     cls_attention: torch.Tensor  # (N, 4, 4): last block's class-token attention over the patches, heads averaged
     images: torch.Tensor  # (N, 1, 8, 8) test images
@@ -65,7 +66,10 @@ class DigitsResult:
 
 
 def run_digits(steps: int = 400, seed: int = 0, mlp_hidden: int = 128, progress: bool = True) -> DigitsResult:
-    """The tiny ViT (16 patches of 2x2) vs an MLP of about the same number of parameters."""
+    """The tiny ViT (16 patches of 2x2) vs an MLP and a small CNN of about the same number of parameters.
+
+    All three get the same steps, batches and learning rate (``fit``'s Adam).
+    """
     start = time.perf_counter()
     seed_everything(seed)
     x_tr, y_tr, x_te, y_te = load_digits(seed)
@@ -73,10 +77,9 @@ def run_digits(steps: int = 400, seed: int = 0, mlp_hidden: int = 128, progress:
     with num_threads(1):
         torch.manual_seed(seed)
         vit = VisionTransformer()
-        mlp = MLPClassifier(64, mlp_hidden, 10)
-        for name, model in (("vit", vit), ("mlp", mlp)):
-            out = (lambda m: (lambda x: m(x)[0])) if name == "vit" else (lambda m: m)
-            f = out(model)
+        models = {"vit": vit, "mlp": MLPClassifier(64, mlp_hidden, 10), "cnn": CNNClassifier()}
+        for name, model in models.items():
+            f = (lambda x, m=model: m(x)[0]) if name == "vit" else model
             fit(model, lambda i, f=f: F.cross_entropy(f(x_tr[i]), y_tr[i]), len(y_tr), steps, seed=seed,
                 desc=name, progress=progress)
             with torch.no_grad():
@@ -168,6 +171,9 @@ class CaptionResult:
     caption_accuracy: dict[str, float]  # share of captions entirely right
     in_region: float  # mean attention weight inside the box of the shape each word describes
     region_share: float  # the share of the grid those boxes cover (a uniform map's weight there)
+    in_region_by_word: dict[str, float]  # in_region over the words generated right and those generated wrong
+    wrong_on_other: float  # the wrong words' mean weight inside the box of the other shape
+    order_right: dict[str, float]  # of the captions naming both (colour, shape) pairs right, the share in the right order
     words: torch.Tensor  # (N, T) greedy captions of the attention model
     weights: torch.Tensor  # (N, T, h, w)
     scenes: object
@@ -193,7 +199,7 @@ def run_captions(steps: int = 400, lr: float = 1e-2, seed: int = 0, progress: bo
     y_tr, _ = caption_tokens(train)
     y_te, obj = caption_tokens(test)
     V, T = len(caption_vocab()), y_te.shape[1]
-    words_acc, caps_acc, keep = {}, {}, None
+    words_acc, caps_acc, order, keep = {}, {}, {}, None
     with num_threads(1):
         for name, attention in (("attention", True), ("mean", False)):
             torch.manual_seed(seed)
@@ -206,15 +212,34 @@ def run_captions(steps: int = 400, lr: float = 1e-2, seed: int = 0, progress: bo
             words, w = model.caption(test.images, T)
             words_acc[name] = (words == y_te).float().mean().item()
             caps_acc[name] = (words == y_te).all(-1).float().mean().item()
+            order[name] = _order_right(words, y_te)
             if attention:
                 side = int(w.shape[-1] ** 0.5)
                 keep = (words, w.view(*w.shape[:2], side, side))
     words, w = keep
     side = w.shape[-1]
     region = _box_cells(test.boxes.gather(1, obj[..., None].expand(-1, -1, 4)), side)  # (N, T, side, side)
-    in_region = (w * region).sum((-1, -2)).mean().item()
+    inside = (w * region).sum((-1, -2))  # (N, T): each word's weight inside its shape's box
+    other = _box_cells(test.boxes.gather(1, (1 - obj)[..., None].expand(-1, -1, 4)), side)  # two shapes: the other
+    right = words == y_te  # (N, T)
+    by_word = {"right": inside[right].mean().item(), "wrong": inside[~right].mean().item()}
+    on_other = (w * other).sum((-1, -2))[~right].mean().item()
     share = region.float().mean().item()
-    return CaptionResult(words_acc, caps_acc, in_region, share, words, w, test, time.perf_counter() - start)
+    return CaptionResult(words_acc, caps_acc, inside.mean().item(), share, by_word, on_other, order, words, w,
+                         test, time.perf_counter() - start)
+
+
+def _order_right(words: torch.Tensor, target: torch.Tensor) -> float:
+    """Of the captions whose (colour, shape) pairs are the right ones, in either order, the share in the right order.
+
+    Captions whose two pairs are the same words are left out: their order cannot be wrong.
+    """
+    p, t = words.view(len(words), -1, 2), target.view(len(target), -1, 2)  # (N, M, 2): one (colour, shape) per object
+    same = (p == t).all((1, 2))  # (N,)
+    swapped = (p == t.flip(1)).all((1, 2))
+    distinct = ~(t[:, 0] == t[:, 1]).all(-1)
+    named = (same | swapped) & distinct
+    return (same & named).sum().item() / max(int(named.sum()), 1)
 
 
 def plot_caption_attention(result: CaptionResult, index: int = 0):
@@ -244,7 +269,14 @@ def plot_caption_attention(result: CaptionResult, index: int = 0):
 @dataclass
 class DetectionResult:
     iou: dict[str, float]  # mean IoU of the matched prediction per object ("attention", "global")
-    detected: dict[str, float]  # share of objects found: matched query has the right class and IoU >= 0.5
+    recall: dict[str, float]  # share of objects whose matched query has the right class and IoU >= 0.5
+    class_accuracy: dict[str, float]  # share of objects whose matched query has the right class
+    extra: dict[str, float]  # per image: unmatched queries that still predict an object (false positives)
+    to_object: dict[str, float]  # mean distance (pixels) of a matched box's centre from the nearest object's centre
+    to_midpoint: dict[str, float]  # ... and from the midpoint between the two objects' centres
+    own_box: float  # attention model: a matched query's weight inside its object's box
+    other_box: float  # ... inside the other object's box
+    box_share: float  # the share of the grid an object's box covers (a uniform map's weight there)
     weights: torch.Tensor  # (N, Q, h, w) cross-attention of each object query
     boxes: torch.Tensor  # (N, Q, 4) predicted boxes
     classes: torch.Tensor  # (N, Q) predicted classes (K = no object)
@@ -267,12 +299,22 @@ def detection_loss(cls, boxes, tgt_cls, tgt_boxes, no_object_weight: float = 0.2
 
 
 def run_detection(steps: int = 400, seed: int = 0, progress: bool = True) -> DetectionResult:
-    """Object queries with cross-attention vs the same queries reading one global mean feature."""
+    """Object queries with cross-attention vs the same queries reading one global mean feature.
+
+    Each object is scored through its matched query: the Hungarian matching of the test
+    predictions to the true objects (an oracle: it uses the answer), as during training. So
+    ``recall`` is recall under that matching, not DETR's average precision, which ranks every
+    prediction by confidence and counts the unmatched ones as false positives (``extra``).
+    """
     start = time.perf_counter()
     seed_everything(seed)
     g = torch.Generator().manual_seed(seed)
     train, test = make_scenes(2000, g), make_scenes(300, g)
-    iou, found, keep = {}, {}, None
+    size = test.images.shape[-1]
+    centres = test.boxes[..., :2] * size  # (N, M, 2) in pixels
+    midpoint = centres.mean(1, keepdim=True)  # (N, 1, 2)
+    stat = {k: {} for k in ("iou", "recall", "cls", "extra", "obj", "mid")}
+    keep = None
     with num_threads(1):
         for name, attention in (("attention", True), ("global", False)):
             torch.manual_seed(seed)
@@ -285,15 +327,28 @@ def run_detection(steps: int = 400, seed: int = 0, progress: bool = True) -> Det
             fit(model, loss, len(train.classes), steps, seed=seed, desc=f"detector ({name})", progress=progress)
             with torch.no_grad():
                 cls, boxes, w = model(test.images)
-            match = hungarian_match(cls, boxes, test.classes, test.boxes)
+            match = hungarian_match(cls, boxes, test.classes, test.boxes)  # (N, M)
             rows = torch.arange(len(match))[:, None]
             ious = box_iou(boxes[rows, match], test.boxes)  # (N, M)
             right = cls[rows, match].argmax(-1) == test.classes
-            iou[name], found[name] = ious.mean().item(), ((ious >= 0.5) & right).float().mean().item()
+            unmatched = torch.ones(cls.shape[:2], dtype=torch.bool)  # (N, Q)
+            unmatched[rows, match] = False
+            centre = boxes[rows, match][..., :2] * size  # (N, M, 2): the matched boxes' centres
+            stat["iou"][name], stat["recall"][name] = ious.mean().item(), ((ious >= 0.5) & right).float().mean().item()
+            stat["cls"][name] = right.float().mean().item()
+            stat["extra"][name] = ((cls.argmax(-1) != cls.shape[-1] - 1) & unmatched).sum(1).float().mean().item()
+            stat["obj"][name] = torch.cdist(centre, centres).min(-1).values.mean().item()
+            stat["mid"][name] = (centre - midpoint).norm(dim=-1).mean().item()
             if attention:
                 side = int(w.shape[-1] ** 0.5)
                 keep = (w.view(*w.shape[:2], side, side), boxes, cls.argmax(-1), match)
-    return DetectionResult(iou, found, *keep, test, time.perf_counter() - start)
+    weights, match = keep[0], keep[3]
+    cells = _box_cells(test.boxes, weights.shape[-1])  # (N, M, side, side)
+    read = weights[torch.arange(len(match))[:, None], match]  # (N, M, side, side): each object's query
+    own = (read * cells).sum((-1, -2)).mean().item()
+    other = (read * cells.flip(1)).sum((-1, -2)).mean().item()  # M = 2: the other object's box
+    return DetectionResult(stat["iou"], stat["recall"], stat["cls"], stat["extra"], stat["obj"], stat["mid"], own,
+                           other, cells.float().mean().item(), *keep, test, time.perf_counter() - start)
 
 
 def plot_detections(result: DetectionResult, index: int = 0):

@@ -7,14 +7,18 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from attn_course.apps.vision import (
+    CNNClassifier,
+    MLPClassifier,
     ObjectQueryDetector,
     PatchEmbedding,
     PooledCNN,
     SpatialCaptioner,
     VisionTransformer,
     ViTConfig,
+    ViTSegmenter,
     box_iou,
     caption_tokens,
     caption_vocab,
@@ -199,3 +203,38 @@ def test_captioner_shapes_with_and_without_attention():
         torch.testing.assert_close(w.sum(-1), torch.ones(3, 4))
         words, _ = model.caption(images, 4)
         assert words.shape == (3, 4) and (words < 6).all()
+
+
+def test_the_digit_baselines_have_about_the_vit_size():
+    sizes = {name: sum(p.numel() for p in m.parameters())
+             for name, m in (("vit", VisionTransformer()), ("mlp", MLPClassifier(64, 128, 10)), ("cnn", CNNClassifier()))}
+    assert all(abs(n - sizes["vit"]) / sizes["vit"] < 0.05 for n in sizes.values()), sizes
+    assert CNNClassifier()(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_segmenter_puts_each_patch_logits_back_in_place():
+    torch.manual_seed(0)
+    model = ViTSegmenter(ViTConfig(num_classes=3))
+    logits = torch.randn(2, 16, 3 * 2 * 2)  # (B, N, K*P*P)
+    # F.fold is torch's own "patches back into the image": (B, K*P*P, N) -> (B, K, I, I)
+    expected = F.fold(logits.transpose(1, 2), output_size=(8, 8), kernel_size=2, stride=2)
+    torch.testing.assert_close(model.unpatchify(logits), expected)
+    out, maps = model(torch.rand(2, 1, 8, 8))
+    assert out.shape == (2, 3, 8, 8) and len(maps) == 2 and maps[0].shape == (2, 2, 16, 16)
+    with pytest.raises(ValueError, match="images"):
+        model(torch.rand(2, 1, 6, 6))
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_segmenter_without_attention_never_mixes_patches(attention):
+    torch.manual_seed(0)
+    model = ViTSegmenter(attention=attention).eval()
+    x = torch.rand(1, 1, 8, 8)
+    y = x.clone()
+    y[..., :2, :2] += 1.0  # change the top-left patch only
+    with torch.no_grad():
+        moved = (model(x)[0] - model(y)[0]).abs().amax(1)[0] > 1e-6  # (I, I): pixels whose logits changed
+    outside = moved.clone()
+    outside[:2, :2] = False
+    assert moved[:2, :2].any()
+    assert outside.any() == attention  # with attention, other patches read the change; without, none does
