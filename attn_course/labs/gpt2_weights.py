@@ -10,6 +10,10 @@ the chapter's one download is an opt-in cell for Colab (``LOAD_REAL_GPT2 = True`
 * ``find_gpt2_tokenizer``  a GPT-2 tokenizer from local files only, or ``None``.
 * ``hf_state_dict``        our ``GPT``'s weights under Hugging Face's names and layout (the inverse
                            of the loader: for tests, and to build a transformers model from ours).
+* ``block_outputs``        each block's output in our ``GPT`` and in a ``transformers`` GPT-2, side by
+                           side: how to find the first layer where a loader went wrong.
+* ``draw_block_comparison``  one frame of the chapter's slider: the differences block by block
+                           for two loaders, and one block's values, ours against theirs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from attn_course.gpt import GPT, GPTConfig, load_gpt2_state_dict
 
 __all__ = ["ENV_VAR", "WEIGHT_FILES", "HOW_TO_GET_GPT2", "find_gpt2_weights", "load_gpt2_weights",
-           "find_gpt2_tokenizer", "hf_state_dict"]
+           "find_gpt2_tokenizer", "hf_state_dict", "block_outputs", "draw_block_comparison"]
 
 ENV_VAR = "ATTN_COURSE_GPT2"  # a folder holding GPT-2's weight file (and tokenizer files)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -107,3 +111,51 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             value = value.t().contiguous()  # nn.Linear (out, in) -> Conv1D (in, out)
         out[key if key == "lm_head.weight" else f"transformer.{key}"] = value
     return out
+
+
+def _outputs_of(blocks, run) -> list[torch.Tensor]:
+    """Run ``run()`` and return what each module of ``blocks`` output (its first output if a tuple)."""
+    seen: list[torch.Tensor] = []
+    hooks = [b.register_forward_hook(lambda _m, _a, out: seen.append((out[0] if isinstance(out, tuple) else out)
+                                                                     .detach().clone())) for b in blocks]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def block_outputs(ours: GPT, hf, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[(ours, theirs)]`` for each block: the hidden states ``(B, T, D)`` after it, for ``idx (B, T)``.
+
+    ``hf`` is a ``transformers`` ``GPT2LMHeadModel`` (read by attribute; nothing is imported).
+    Comparing block by block finds the first layer where two implementations part.
+    """
+    mine = _outputs_of(list(ours.h), lambda: ours(idx))
+    theirs = _outputs_of(list(hf.transformer.h), lambda: hf(idx))
+    if len(mine) != len(theirs):
+        raise ValueError(f"ours has {len(mine)} blocks, hf has {len(theirs)}")
+    return list(zip(mine, theirs))
+
+
+def draw_block_comparison(fig, runs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], block: int,
+                          show: str) -> None:
+    """Left: max |ours - theirs| after each block, one line per loader in ``runs`` (log scale), the
+    slider's ``block`` marked. Right: that block's values, ours against theirs, for loader ``show``."""
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+    for (name, pairs), color in zip(runs.items(), ("tab:green", "tab:red", "tab:blue")):
+        diffs = [max((a - b).abs().max().item(), 1e-9) for a, b in pairs]  # 1e-9: a floor for the log scale
+        left.semilogy(range(1, len(pairs) + 1), diffs, marker="o", color=color, label=name)
+    left.axvline(block, color="0.6", linestyle="--", linewidth=1)
+    left.set(xlabel="after block", ylabel="max |ours - transformers|", title="Where the two models part")
+    left.set_xticks(range(1, len(next(iter(runs.values()))) + 1))
+    left.legend(fontsize=8, loc="upper left")
+    a, b = runs[show][block - 1]
+    right.scatter(b.flatten().numpy(), a.flatten().numpy(), s=3, alpha=0.5, color="tab:red")
+    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    right.plot([lo, hi], [lo, hi], color="0.4", linewidth=0.8)
+    right.set(xlabel="transformers", ylabel="ours", title=f"{show}: block {block}")
+    fig.tight_layout()
+

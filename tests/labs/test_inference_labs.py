@@ -209,3 +209,27 @@ def test_forked_paging_trace_shares_then_copies_on_write():
     last = steps[-1]
     assert last.seq_len == 9 and all(len(t) == 5 for t in last.block_tables)
     assert sum(1 for r in last.ref_counts if r) == 2 + 3 * 3  # the prompt's 2 full blocks stored once
+
+
+def test_block_outputs_find_the_first_block_a_loader_got_wrong():
+    """Against a transformers GPT-2 built from our own weights (hf_state_dict): equal after every block;
+    with one square weight left untransposed, equal before that block and not from it on."""
+    transformers = pytest.importorskip("transformers")
+    from matplotlib.figure import Figure
+
+    cfg = GPTConfig(vocab_size=31, context_length=16, n_layer=3, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    ours = GPT(cfg).eval()
+    hf_cfg = transformers.GPT2Config(vocab_size=31, n_positions=16, n_embd=16, n_layer=3, n_head=2)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    hf.load_state_dict(gpt2_weights.hf_state_dict(ours), strict=False)
+    idx = torch.randint(0, 31, (2, 5))
+    good = gpt2_weights.block_outputs(ours, hf, idx)
+    assert len(good) == 3 and all((a - b).abs().max() < 1e-5 for a, b in good)
+    with torch.no_grad():
+        ours.h[1].attn.out.weight.copy_(ours.h[1].attn.out.weight.t().clone())
+    bad = gpt2_weights.block_outputs(ours, hf, idx)
+    assert [bool((a - b).abs().max() > 1e-4) for a, b in bad] == [False, True, True]
+    fig = Figure()
+    gpt2_weights.draw_block_comparison(fig, {"right": good, "wrong": bad}, 2, "wrong")
+    assert len(fig.axes) == 2 and "wrong: block 2" in fig.axes[1].get_title()
