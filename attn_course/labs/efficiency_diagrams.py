@@ -143,9 +143,10 @@ def draw_quadratic_growth(N: int = 4, d: int = 2) -> Figure:
 
 
 # ---------------------------------------------------------------- chapter 19
-def draw_sparse_patterns(N: int = 16, window: int = 2, stride: int = 4, block: int = 2) -> Figure:
-    """Sliding window, local + strided, Longformer and BigBird masks on an N x N grid."""
-    N, window, stride, block = (require_int(N, "N"), require_int(window, "window", 0), require_int(stride, "stride"),
+def draw_sparse_patterns(N: int = 16, window: int = 3, stride: int = 4, block: int = 2) -> Figure:
+    """Sliding window (``window`` keys each way, itself included), local + strided, Longformer and
+    BigBird masks on an N x N grid."""
+    N, window, stride, block = (require_int(N, "N"), require_int(window, "window"), require_int(stride, "stride"),
                                 require_int(block, "block"))
     nb = -(-N // block)
     masks = {
@@ -167,9 +168,9 @@ def draw_sparse_patterns(N: int = 16, window: int = 2, stride: int = 4, block: i
     return fig
 
 
-def draw_block_skipping(N: int = 16, block: int = 4, window: int = 2) -> Figure:
+def draw_block_skipping(N: int = 16, block: int = 4, window: int = 3) -> Figure:
     """A sliding-window mask in ``block x block`` tiles: computed tiles shaded, skipped tiles blank."""
-    N, block, window = require_int(N, "N"), require_int(block, "block"), require_int(window, "window", 0)
+    N, block, window = require_int(N, "N"), require_int(block, "block"), require_int(window, "window")
     mask = sliding_window_mask(N, window)
     layout = mask_to_layout(mask, block)  # (Lb, Sb)
     shade = layout_to_mask(layout, block, N, N)
