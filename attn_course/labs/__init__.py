@@ -27,9 +27,9 @@ lab                          chapter what it holds
 ``kv_cache_costs``           15, 16  tokens/s with and without a cache; cache sizes and decode-step costs
 ``gpt2_weights``             17      GPT-2's weights found on this machine (never downloaded), loaded, compared with transformers
 ``inference_diagrams``       14-17   Part IV's diagrams: decoding, prefill, GQA, sliding window, paging
-``quadratic_wall``           18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
-``long_range``               19      one far-away signal; a small encoder with a local, Longformer or full mask; time by N
-``linear_recall``            20      decoding cost per token (KV cache vs linear state); associative recall without training
+``quadratic_wall``           18      FLOPs counted, peak tensor memory tracked, time by N, one memory pass per score; a 128k context on an H200
+``long_range``               19      one far-away signal, many far pairs (pointers); small encoders with a local, Longformer or full mask; time by N
+``linear_recall``            20      decoding cost per token (KV cache vs linear state); associative recall without training, with a decayed state
 ``flash_io``                 21      peak memory of naive vs tiled NumPy attention; HBM traffic tables and plots
 ``flash_benchmark``          22      the Triton kernel under the interpreter; SDPA backends on a GPU; the recorded H200 run
 ``ring``                     23      ring schedule, torchrun-style process environment, communication vs compute
