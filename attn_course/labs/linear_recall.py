@@ -197,9 +197,13 @@ def recall_table(pair_counts: Sequence[int], methods: Sequence[str] = METHODS, *
 
 
 def plot_recall(table: Mapping[str, Mapping[int, float]], ax: Axes | None = None, *, title: str) -> Axes:
+    """Recall accuracy against the number of stored pairs, one line per memory (legend beside the axes:
+    the curves fill the plot's corners)."""
     ax = new_axes(ax)
     for name, acc in table.items():
         ax.plot(list(acc), list(acc.values()), marker="o", label=name)
     ax.set_xscale("log", base=2)
-    return finish_axes(ax, xlabel="stored key-value pairs n (log scale)", ylabel="recall accuracy", title=title,
-                       ylim=UNIT_YLIM)
+    finish_axes(ax, xlabel="stored key-value pairs n (log scale)", ylabel="recall accuracy", title=title,
+                ylim=UNIT_YLIM)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return ax
