@@ -14,10 +14,17 @@ Masks are boolean ``(L, S)`` with ``True`` = may attend (the course-wide convent
 
 Element masks (for dense attention and for pictures):
 
-* ``sliding_window_mask``  local band ``|i - j| <= window`` (Longformer's local attention).
+* ``sliding_window_mask``  local attention with a window of ``W`` keys (Longformer, Mistral): causal,
+                           query ``i`` sees keys ``i - W + 1 .. i``; non-causal, ``|i - j| < W``.
 * ``strided_mask``         ``(i - j) % stride == 0`` (Sparse Transformer's strided heads).
 * ``global_mask``          chosen tokens attend everywhere and are attended by everyone.
 * ``longformer_mask``      sliding window OR global tokens.
+
+The window ``W`` means what it means everywhere in the course (``kv_cache.SlidingWindowCache``,
+``gpt.GPTConfig.sliding_window``): the number of keys a causal query sees, itself included. The
+non-causal band is the causal window mirrored: ``W`` keys in each direction, the query itself
+counted in both, so ``2W - 1`` keys in all, and ``sliding_window_mask(N, W, causal=True)`` is
+exactly ``sliding_window_mask(N, W) & causal_mask(N)``.
 
 Block layouts (what a kernel schedules):
 
@@ -67,19 +74,26 @@ def _positions(N: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sliding_window_mask(N: int, window: int, causal: bool = False, device=None) -> torch.Tensor:
-    """``(N, N)``: query ``i`` sees keys ``j`` with ``|i - j| <= window`` (``i - window <= j <= i`` if causal)."""
+    """``(N, N)``: a window of ``W = window`` keys, the query's own position included.
+
+    Causal: query ``i`` sees keys ``i - W + 1 .. i`` (``0 <= i - j < W``), the last ``W``
+    positions, as ``SlidingWindowCache`` keeps them. Non-causal: the same window mirrored,
+    ``|i - j| < W``: ``W - 1`` keys on each side and the query itself, ``2W - 1`` keys in all.
+    Queries near the ends see fewer (the window is cut by the sequence).
+    """
     require_int(N, "N")
-    require_int(window, "window", 0)
+    require_int(window, "window (W keys, the query itself included)")  # W >= 1: a query sees itself
     i, j = _positions(N, device)
-    mask = (i - j).abs() <= window  # (N, N) a band around the diagonal
+    mask = (i - j).abs() < window  # (N, N) a band around the diagonal, W - 1 wide on each side
     return mask & (j <= i) if causal else mask
 
 
 def strided_mask(N: int, stride: int, causal: bool = False, device=None) -> torch.Tensor:
     """``(N, N)``: query ``i`` sees keys ``j`` with ``(i - j) % stride == 0`` (every ``stride``-th position).
 
-    Paired with a sliding window of width ``stride`` (two heads, or OR-ed), every position
-    reaches every earlier one in two steps (Child et al. 2019).
+    Paired with a sliding window of ``W = stride`` keys (two heads, or OR-ed), every position
+    reaches every earlier one in two steps (Child et al. 2019): a distance ``a * stride + r``
+    with ``0 <= r < stride`` is one stride jump and one step inside the window.
     """
     require_int(N, "N")
     require_int(stride, "stride")
@@ -100,7 +114,8 @@ def global_mask(N: int, global_tokens: Sequence[int], device=None) -> torch.Tens
 
 
 def longformer_mask(N: int, window: int, global_tokens: Sequence[int] = (0,), device=None) -> torch.Tensor:
-    """Longformer: a sliding window OR global tokens (e.g. ``[CLS]`` at position 0)."""
+    """Longformer: a sliding window of ``window`` keys each way (see ``sliding_window_mask``) OR
+    global tokens (e.g. ``[CLS]`` at position 0)."""
     return sliding_window_mask(N, window, device=device) | global_mask(N, global_tokens, device=device)
 
 

@@ -2,7 +2,7 @@
 
 Tasks:
     attention_flops(batch, heads, N, head_dim, causal)   FLOPs of one attention forward pass
-    sliding_window_mask(N, window, causal)               (N, N) bool, True where |i - j| <= window
+    sliding_window_mask(N, window, causal)               (N, N) bool: a window of W keys, the query included
     block_layout(mask, block_size)                       (ceil(L / b), ceil(S / b)) bool: tiles to compute
     linear_attention(q, k, v)                            non-causal, phi = elu + 1, phi(Q) (phi(K)^T V)
     linear_attention_step(kv, z, q_t, k_t, v_t)          one causal step with a constant-size state
@@ -33,9 +33,11 @@ def _flops_cases(g: torch.Generator) -> list[Case]:
 
 def _window_cases(g: torch.Generator) -> list[Case]:
     return [
-        Case("N = 8, window 2", (8, 2, False)),
-        Case("causal", (8, 2, True), hint="Causal: also j <= i, so only the window's left half and the diagonal."),
-        Case("window 0", (5, 0, False), hint="window = 0: each query sees only its own position."),
+        Case("N = 8, window 3", (8, 3, False),
+             hint="W counts the query itself: |i - j| < W (W - 1 keys on each side), not |i - j| <= W."),
+        Case("causal", (8, 3, True),
+             hint="Causal: query i sees the W keys i - W + 1 .. i, itself and the W - 1 before it."),
+        Case("window 1", (5, 1, False), hint="window = 1: each query sees only its own position."),
         Case("window wider than the sequence", (6, 10, False)),
     ]
 
@@ -43,12 +45,12 @@ def _window_cases(g: torch.Generator) -> list[Case]:
 def _layout_cases(g: torch.Generator) -> list[Case]:
     causal = causal_mask(12)  # (12, 12)
     return [
-        Case("sliding window, 16 tokens, blocks of 4", (sparse.sliding_window_mask(16, 2), 4)),
+        Case("sliding window, 16 tokens, blocks of 4", (sparse.sliding_window_mask(16, 3), 4)),
         Case("causal, blocks of 4", (causal, 4)),
-        Case("N not a multiple of the block", (sparse.sliding_window_mask(10, 1), 4),
+        Case("N not a multiple of the block", (sparse.sliding_window_mask(10, 2), 4),
              hint="The last block is shorter: there are ceil(N / b) blocks, and a partial block counts too."),
         Case("L != S", (torch.rand(6, 10, generator=g) < 0.15, 3)),
-        Case("Longformer, blocks of 8", (sparse.longformer_mask(32, 3, [0, 17]), 8)),
+        Case("Longformer, blocks of 8", (sparse.longformer_mask(32, 4, [0, 17]), 8)),
     ]
 
 
@@ -103,7 +105,8 @@ EXERCISE = Exercise(
                   "halve the total when causal."),
         Task("sliding_window_mask", sparse.sliding_window_mask, _window_cases, arg_names=("N", "window", "causal"),
              forbidden=("attn_course.sparse.sliding_window_mask",),
-             hint="Compare query positions i (a column) with key positions j (a row): |i - j| <= window."),
+             hint="Compare query positions i (a column) with key positions j (a row): |i - j| < window "
+                  "(W keys each way, the query itself included); causal: also j <= i."),
         Task("block_layout", sparse.mask_to_layout, _layout_cases, points=2, arg_names=("mask", "block_size"),
              forbidden=("attn_course.sparse.mask_to_layout",),
              hint="Tile (i, j) is needed when any pair in rows i*b .. (i+1)*b - 1 and columns j*b .. (j+1)*b - 1 "

@@ -29,13 +29,13 @@ lab                          chapter what it holds
 ``kv_cache_costs``           15, 16  tokens/s with and without a cache; cache sizes and decode-step costs
 ``gpt2_weights``             17      GPT-2's weights found on this machine (never downloaded), loaded, compared with transformers
 ``inference_diagrams``       14-17   Part IV's diagrams: decoding, prefill, GQA, sliding window, paging
-``quadratic_wall``           18      FLOPs counted, peak tensor memory tracked, time by N; a 128k context on an H200
-``long_range``               19      one far-away signal; a small encoder with a local, Longformer or full mask; time by N
-``linear_recall``            20      decoding cost per token (KV cache vs linear state); associative recall without training
+``quadratic_wall``           18      FLOPs counted, peak tensor memory tracked, time by N, one memory pass per score; a 128k context on an H200
+``long_range``               19      one far-away signal, many far pairs (pointers); small encoders with a local, Longformer or full mask; time by N
+``linear_recall``            20      decoding cost per token (KV cache vs linear state); associative recall without training, with a decayed state
 ``flash_io``                 21      peak memory of naive vs tiled NumPy attention; HBM traffic; online softmax frames; an H100's memory
 ``flash_benchmark``          22      the Triton kernels under the interpreter; SDPA backends on a GPU; the recorded H200 run; a tiny model trained with the kernel
 ``ring``                     23      ring schedule and its step-by-step simulation, torchrun-style processes, communication vs compute
-``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention, GPU memory, tiles, the GPU running a kernel, the ring
+``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention (chunkwise), GPU memory, tiles, the GPU running a kernel, the ring
 ``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
 ===========================  ======  ==============================================================
 """

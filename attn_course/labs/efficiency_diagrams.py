@@ -25,6 +25,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangl
 from attn_course._validation import require_int
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, light, rect
 from attn_course.labs.flash_io import H100_SXM, GPUMemory
+from attn_course.linear import linear_attention_weights
 from attn_course.sparse import (
     bigbird_layout,
     layout_to_mask,
@@ -160,9 +161,10 @@ def draw_quadratic_growth(N: int = 4, d: int = 2) -> Figure:
 
 
 # ---------------------------------------------------------------- chapter 19
-def draw_sparse_patterns(N: int = 16, window: int = 2, stride: int = 4, block: int = 2) -> Figure:
-    """Sliding window, local + strided, Longformer and BigBird masks on an N x N grid."""
-    N, window, stride, block = (require_int(N, "N"), require_int(window, "window", 0), require_int(stride, "stride"),
+def draw_sparse_patterns(N: int = 16, window: int = 3, stride: int = 4, block: int = 2) -> Figure:
+    """Sliding window (``window`` keys each way, itself included), local + strided, Longformer and
+    BigBird masks on an N x N grid."""
+    N, window, stride, block = (require_int(N, "N"), require_int(window, "window"), require_int(stride, "stride"),
                                 require_int(block, "block"))
     nb = -(-N // block)
     masks = {
@@ -184,9 +186,9 @@ def draw_sparse_patterns(N: int = 16, window: int = 2, stride: int = 4, block: i
     return fig
 
 
-def draw_block_skipping(N: int = 16, block: int = 4, window: int = 2) -> Figure:
+def draw_block_skipping(N: int = 16, block: int = 4, window: int = 3) -> Figure:
     """A sliding-window mask in ``block x block`` tiles: computed tiles shaded, skipped tiles blank."""
-    N, block, window = require_int(N, "N"), require_int(block, "block"), require_int(window, "window", 0)
+    N, block, window = require_int(N, "N"), require_int(block, "block"), require_int(window, "window")
     mask = sliding_window_mask(N, window)
     layout = mask_to_layout(mask, block)  # (Lb, Sb)
     shade = layout_to_mask(layout, block, N, N)
@@ -555,3 +557,156 @@ def draw_gpu_execution(stages: int = 3, warps: int = 4) -> Figure:
         label(ax, rx - 0.05, y, name, size=8, color=INK, ha="left")
         label(ax, rx + 0.95, y, what, size=7.5, ha="left")
     return fig
+
+
+# ---------------------------------------------------------------- chapter 20: the chunkwise form
+
+ALT.update({
+    "draw_chunkwise": (
+        "The causal N by N matrix of linear attention cut into chunks of C tokens. The triangular blocks on the "
+        "diagonal are computed as small masked quadratic attention, C by C each. Everything below them is never "
+        "formed: a state S (D by d_v) and z, passed from chunk to chunk, carries the sum over all earlier "
+        "chunks; each chunk's queries read it once, then the chunk's keys and values are added to it."
+    ),
+})
+__all__ += ["draw_chunkwise", "score_memory_frame", "sparse_pattern_frame", "decay_weights_frame"]
+
+
+def draw_chunkwise(N: int = 12, chunk: int = 4) -> Figure:
+    """Chunkwise causal linear attention: masked ``C x C`` blocks on the diagonal, a state between chunks."""
+    N, C = require_int(N, "N"), require_int(chunk, "chunk")
+    if N % C:
+        raise ValueError(f"N={N} must be a multiple of chunk={C} for the picture")
+    n = N // C
+    fig, ax = canvas(9.5, 4.4, ALT["draw_chunkwise"])
+    cell = 3.3 / N
+    x0, y0 = 0.6, 0.45
+    top = y0 + N * cell
+    ax.add_patch(Rectangle((x0, y0), N * cell, N * cell, facecolor="white", edgecolor=MUTED, lw=0.8, zorder=2))
+    for i in range(N):
+        for j in range(i + 1):
+            same_chunk = i // C == j // C
+            ax.add_patch(Rectangle((x0 + j * cell, top - (i + 1) * cell), cell, cell, edgecolor="white", lw=0.4,
+                                   facecolor=light(COLORS["weights"], 0.3) if same_chunk else light(COLORS["state"], 0.88),
+                                   zorder=3))
+    for b in range(n + 1):  # chunk boundaries
+        ax.plot([x0 + b * C * cell] * 2, [y0, top], color=INK, lw=1.0, zorder=4)
+        ax.plot([x0, x0 + N * cell], [top - b * C * cell] * 2, color=INK, lw=1.0, zorder=4)
+    label(ax, x0 + N * cell / 2, top + 0.22, f"N = {N} tokens in {n} chunks of C = {C}", size=9.5, color=INK)
+    label(ax, x0 - 0.25, y0 + N * cell / 2, "queries", size=8.5, rotation=90)
+    label(ax, x0 + N * cell / 2, y0 - 0.2, "keys", size=8.5)
+    # the state column: one box per chunk boundary, read by the chunk's queries, updated after it
+    sx = x0 + N * cell + 0.9
+    for c in range(n):
+        yc = top - (c + 0.5) * C * cell
+        box(ax, sx, yc, 1.0, 0.5, f"$S_{{{c}}}, z_{{{c}}}$", COLORS["state"], size=9.5, rounding=0.04)
+        arrow(ax, (sx - 0.5, yc), (x0 + N * cell + 0.05, yc), COLORS["query"])
+        if c + 1 < n:
+            arrow(ax, (sx, yc - 0.25), (sx, yc - C * cell + 0.25), COLORS["key"])
+            label(ax, sx + 0.15, yc - C * cell / 2, f"$+\\,\\phi(K_{{{c}}})^\\top V_{{{c}}}$", size=8.5,
+                  color=COLORS["key"], ha="left")
+    tx = sx + 1.6
+    label(ax, tx, 3.75, "per chunk c:", size=10, color=INK, ha="left")
+    label(ax, tx, 3.3, "inside: masked C × C attention\n(dark triangles), cost ~ $C^2 D$", size=9,
+          color=COLORS["weights"], ha="left")
+    label(ax, tx, 2.45, "before: read the state once,\n$\\phi(Q_c)\\,S_c$, cost ~ $C D d_v$", size=9,
+          color=COLORS["query"], ha="left")
+    label(ax, tx, 1.6, "after: add the chunk to the state,\n$S_{c+1} = S_c + \\phi(K_c)^\\top V_c$", size=9,
+          color=COLORS["key"], ha="left")
+    label(ax, tx, 0.75, "light cells: never formed\n(total ~ $N C D + N D d_v$, one state in memory)",
+          size=9, ha="left")
+    return fig
+
+
+# ---------------------------------------------------------------- slider frames (chapters 18-20)
+# Each ``*_frame(fig, value)`` draws one frame of a kernel-free slider figure
+# (``attn_course.interactive.slider_figure``) on an empty Figure; cheap to draw, a few per page.
+
+
+def score_memory_frame(fig: Figure, N: float, *, head_dim: int = 128, heads: int = 32, dtype_bytes: int = 2,
+                       memory_gb: float = 141.0, n_max: int = 131072) -> None:
+    """Chapter 18: one head's ``N x N`` score matrix next to its ``N x d`` queries, to scale, and
+    the bytes of the scores (one head, all ``heads`` of a layer) and of Q against N (log-log),
+    with a GPU's memory as a line."""
+    N = require_int(int(N), "N")
+    ax_pic, ax_plot = fig.subplots(1, 2, width_ratios=[1, 1.25])
+    side = N / n_max  # the score matrix's side, as a fraction of the largest N's
+    ax_pic.add_patch(Rectangle((0.12, 0.0), 0.88, 0.88, facecolor="white", edgecolor=MUTED, lw=0.8, ls="--"))
+    ax_pic.add_patch(Rectangle((0.12, 0.88 - 0.88 * side), 0.88 * side, 0.88 * side,
+                               facecolor=light(COLORS["weights"], 0.35), edgecolor=COLORS["weights"]))
+    q_width = max(0.88 * head_dim / n_max * 8, 0.01)  # Q drawn 8 times wider than to scale, else invisible
+    ax_pic.add_patch(Rectangle((0.12 - q_width - 0.02, 0.88 - 0.88 * side), q_width, 0.88 * side,
+                               facecolor=light(COLORS["query"], 0.35), edgecolor=COLORS["query"]))
+    ax_pic.set_xlim(0, 1.02)
+    ax_pic.set_ylim(-0.12, 1.0)
+    ax_pic.set_aspect("equal")
+    ax_pic.set_axis_off()
+    scores = N * N * dtype_bytes
+    ax_pic.text(0.56, -0.07, f"N = {N:,}: one head's scores {scores / 1e9:,.3g} GB, its Q "
+                f"{N * head_dim * dtype_bytes / 1e6:,.3g} MB", ha="center", fontsize=8.5, color=INK)
+    ax_pic.text(0.56, 0.93, f"dashed: the scores at N = {n_max:,}, to scale", ha="center", fontsize=8, color=MUTED)
+    Ns = [2**p for p in range(10, 18)]
+    ax_plot.plot(Ns, [n * n * dtype_bytes * heads for n in Ns], marker="^", color=COLORS["context"],
+                 label=f"scores, all {heads} heads of a layer")
+    ax_plot.plot(Ns, [n * n * dtype_bytes for n in Ns], marker="o", color=COLORS["weights"], label="scores, one head")
+    ax_plot.plot(Ns, [n * head_dim * dtype_bytes for n in Ns], marker="s", color=COLORS["query"],
+                 label=f"Q of one head (N × {head_dim})")
+    ax_plot.axhline(memory_gb * 1e9, color=INK, ls="--", lw=1, label=f"GPU memory, {memory_gb:g} GB")
+    ax_plot.axvline(N, color=MUTED, lw=0.8, ls=":")
+    ax_plot.set_xscale("log", base=2)
+    ax_plot.set_yscale("log")
+    ax_plot.set_xlabel("sequence length N (log scale)")
+    ax_plot.set_ylabel("bytes, bf16 (log scale)")
+    ax_plot.set_title("×2 tokens: ×4 score bytes, ×2 Q bytes", fontsize=10)
+    ax_plot.grid(alpha=0.3, which="major")
+    ax_plot.legend(fontsize=7.5, loc="upper left")
+
+
+def sparse_pattern_frame(fig: Figure, window: float, *, N: int = 32, global_tokens: tuple[int, ...] = (0,),
+                         block: int = 8) -> None:
+    """Chapter 19: the Longformer mask (a window of ``window`` keys each way + global tokens) and
+    the tiles a block-sparse kernel computes, with the share of pairs and tiles."""
+    W = require_int(int(window), "window")
+    mask = longformer_mask(N, W, list(global_tokens))  # (N, N)
+    layout = mask_to_layout(mask, block)  # (N / b, N / b)
+    tiles = layout_to_mask(layout, block, N, N)  # (N, N): pairs inside a computed tile
+    image = torch.ones(N, N, 3)  # white: skipped
+    image[tiles] = torch.tensor(light(COLORS["weights"], 0.85))
+    image[mask] = torch.tensor(light(COLORS["weights"], 0.25))
+    ax_mask, ax_bar = fig.subplots(1, 2, width_ratios=[1, 1])
+    ax_mask.imshow(image.numpy(), interpolation="nearest")
+    for b in range(0, N + 1, block):
+        ax_mask.axhline(b - 0.5, color=INK, lw=0.6)
+        ax_mask.axvline(b - 0.5, color=INK, lw=0.6)
+    ax_mask.set_xlabel("key j")
+    ax_mask.set_ylabel("query i")
+    ax_mask.set_title(f"W = {W}: {mask.float().mean():.0%} of pairs, {int(layout.sum())} of {layout.numel()} tiles",
+                      fontsize=10)
+    keys = mask.sum(dim=1)  # (N,): keys per query
+    ax_bar.bar(range(N), keys.tolist(), color=light(COLORS["weights"], 0.3), edgecolor=COLORS["weights"])
+    ax_bar.axhline(min(2 * W - 1, N), color=INK, ls="--", lw=1, label=f"2W - 1 = {2 * W - 1}")
+    ax_bar.set_ylim(0, N + 1)
+    ax_bar.set_xlabel("query i")
+    ax_bar.set_ylabel("keys it may see")
+    ax_bar.set_title("global token: all N; others: the window + the global", fontsize=9)
+    ax_bar.legend(fontsize=8, loc="upper right")
+
+
+def decay_weights_frame(fig: Figure, decay: float, *, N: int = 16, d: int = 8, seed: int = 0) -> None:
+    """Chapter 20: the weights decayed linear attention (elu+1) gives, for random queries and keys:
+    the ``(N, N)`` matrix and the last query's row, for one ``decay``."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(1, 1, N, d, generator=g), torch.randn(1, 1, N, d, generator=g)  # (1, 1, N, d)
+    weights = linear_attention_weights(q, k, causal=True, decay=decay)[0, 0]  # (N, N)
+    ax_mat, ax_row = fig.subplots(1, 2, width_ratios=[1, 1.2])
+    ax_mat.imshow(weights.numpy(), cmap="Purples", vmin=0, vmax=0.5, interpolation="nearest")
+    ax_mat.set_xlabel("key j")
+    ax_mat.set_ylabel("query i")
+    ax_mat.set_title(f"weights, decay γ = {decay:g}", fontsize=10)
+    last = weights[-1]  # (N,)
+    ax_row.bar(range(N), last.tolist(), color=light(COLORS["weights"], 0.3), edgecolor=COLORS["weights"])
+    ax_row.set_ylim(0, 0.55)
+    ax_row.set_xlabel("key j")
+    ax_row.set_ylabel(f"weight from the last query (i = {N - 1})")
+    half = sum(1 for w in last.flip(0).cumsum(0).tolist() if w < 0.5) + 1  # newest keys holding half the weight
+    ax_row.set_title("half of the weight on the newest " + (f"{half} keys" if half > 1 else "key"), fontsize=10)

@@ -7,7 +7,9 @@ The mechanisms are in :mod:`attn_course.linear`. This lab measures:
   KV cache of N keys (``softmax_decode_step``) vs ``linear_attention_step`` on its fixed state;
 * ``recall_accuracy``      associative recall without training: store ``n`` random key-value
   pairs, query with each key, and check that the nearest stored value comes back. Softmax
-  attention keeps every pair; linear attention squeezes them into a ``D x d_v`` state.
+  attention keeps every pair; linear attention squeezes them into a ``D x d_v`` state; the
+  decayed variant (``decay``, RetNet-style) stores them in order and lets the old ones fade.
+  ``recall_by_age`` splits the hits by when each pair was stored.
 * ``quadratic_feature_map``  ``phi(x) = x (x) x`` (``D = d^2``): ``phi(q).phi(k) = (q.k)^2``, a
   wider state for the same keys.
 
@@ -26,7 +28,14 @@ import torch
 from matplotlib.axes import Axes
 
 from attn_course.attention import scaled_dot_product_attention
-from attn_course.linear import LinearAttentionState, elu_feature_map, linear_attention, linear_attention_step
+from attn_course.linear import (
+    EPS,
+    LinearAttentionState,
+    causal_linear_attention_chunkwise,
+    elu_feature_map,
+    linear_attention,
+    linear_attention_step,
+)
 from attn_course.plotting import UNIT_YLIM, finish_axes, new_axes
 from attn_course.utils import num_threads
 
@@ -37,6 +46,7 @@ __all__ = [
     "quadratic_feature_map",
     "random_pairs",
     "recall_accuracy",
+    "recall_by_age",
     "recall_table",
     "plot_recall",
     "plot_decode",
@@ -119,36 +129,66 @@ def random_pairs(n: int, d: int, d_v: int, generator: torch.Generator) -> tuple[
     return keys, values
 
 
-def _retrieve(method: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sharpness: float) -> torch.Tensor:
-    if method == "softmax":
-        return scaled_dot_product_attention(q, k, v, scale=sharpness)[0]
-    if method == "linear, elu+1":
-        return linear_attention(q * math.sqrt(sharpness), k * math.sqrt(sharpness), v, feature_map=elu_feature_map)
-    if method == "linear, (q.k)^2":
-        return linear_attention(q, k, v, feature_map=quadratic_feature_map)
-    raise ValueError(f"method must be 'softmax', 'linear, elu+1' or 'linear, (q.k)^2', got {method!r}")
+METHODS = ("softmax", "linear, elu+1", "linear, (q.k)^2", "linear, (q.k)^2 + decay")
 
 
-METHODS = ("softmax", "linear, elu+1", "linear, (q.k)^2")
+def _retrieve(method: str, keys: torch.Tensor, values: torch.Tensor, sharpness: float, decay: float) -> torch.Tensor:
+    """Store ``keys (1, 1, n, d)`` -> ``values (1, 1, n, d_v)`` in ``method``'s memory, read it
+    with every key: ``(1, 1, n, d_v)``."""
+    if method == "softmax":  # a KV cache: every pair kept apart; scores sharpness * q.k
+        return scaled_dot_product_attention(keys, keys, values, scale=sharpness)[0]
+    if method == "linear, elu+1":  # inputs scaled by sqrt(sharpness): larger features, not a temperature
+        x = keys * math.sqrt(sharpness)
+        return linear_attention(x, x, values, feature_map=elu_feature_map)
+    if method == "linear, (q.k)^2":  # no scale: it would multiply every similarity alike and cancel
+        return linear_attention(keys, keys, values, feature_map=quadratic_feature_map)
+    if method == "linear, (q.k)^2 + decay":  # stored in order, each older pair faded by decay once more
+        _, state = causal_linear_attention_chunkwise(keys, keys, values, chunk_size=64,
+                                                     feature_map=quadratic_feature_map, decay=decay)
+        phi_q = quadratic_feature_map(keys)  # (1, 1, n, D): read the final state with every key
+        return (phi_q @ state.kv) / (phi_q @ state.z.unsqueeze(-1) + EPS)  # (1, 1, n, d_v)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def recall_accuracy(method: str, n: int, d: int = 16, d_v: int = 32, sharpness: float = 30.0, trials: int = 4,
-                    seed: int = 0) -> float:
-    """Store ``n`` pairs, query with every stored key, decode the output to the nearest stored
-    value (largest dot product); the fraction decoded to the right one, averaged over ``trials``.
-
-    ``sharpness`` multiplies the scores (``q.k`` of unit keys) for softmax and scales the
-    inputs of elu+1 by its square root, so both see the same sharpened scores.
-    """
+def _recall_hits(method: str, n: int, d: int, d_v: int, sharpness: float, trials: int, seed: int,
+                 decay: float) -> torch.Tensor:
+    """``(trials, n)`` bool: was pair ``j`` (stored ``j``-th) recalled, in each trial."""
     g = torch.Generator().manual_seed(seed)
-    hits = 0
+    hits = []
     with torch.no_grad():
         for _ in range(trials):
             keys, values = random_pairs(n, d, d_v, g)
-            out = _retrieve(method, keys, keys, values, sharpness)  # (1, 1, n, d_v): one read per key
+            out = _retrieve(method, keys, values, sharpness, decay)  # (1, 1, n, d_v): one read per key
             decoded = (out @ values.transpose(-2, -1)).argmax(-1)  # (1, 1, n): nearest stored value
-            hits += int((decoded == torch.arange(n)).sum())
-    return hits / (n * trials)
+            hits.append(decoded[0, 0] == torch.arange(n))
+    return torch.stack(hits)
+
+
+def recall_accuracy(method: str, n: int, d: int = 16, d_v: int = 32, sharpness: float = 30.0, trials: int = 4,
+                    seed: int = 0, decay: float = 0.9) -> float:
+    """Store ``n`` pairs, query with every stored key, decode the output to the nearest stored
+    value (largest dot product); the fraction decoded to the right one, averaged over ``trials``.
+
+    The keys are unit vectors; each memory reads them its own way:
+
+    * softmax's scores are ``sharpness * (q . k)``: an inverse temperature, as a trained model
+      learns one, that lets the matching key (``q . k = 1``) dominate;
+    * elu+1 gets its inputs scaled by ``sqrt(sharpness)``. That enlarges the features and makes
+      the weights less flat, but it is NOT the same sharpening: ``phi(c q) . phi(c k)`` is not
+      ``exp(c^2 q . k)``, nor any function of ``q . k`` alone;
+    * ``(q . k)^2`` is used as it is: scaling ``q`` and ``k`` would multiply every similarity by
+      the same factor, which the normaliser cancels;
+    * ``(q . k)^2 + decay`` stores the pairs one after the other with ``decay`` (``gamma``): pair
+      ``j`` of ``n`` counts ``gamma^(n - 1 - j)`` when the keys are read.
+    """
+    return float(_recall_hits(method, n, d, d_v, sharpness, trials, seed, decay).float().mean())
+
+
+def recall_by_age(method: str, n: int, d: int = 16, d_v: int = 32, sharpness: float = 30.0, trials: int = 4,
+                  seed: int = 0, decay: float = 0.9) -> torch.Tensor:
+    """``(n,)``: how often pair ``j`` was recalled, ``j = 0`` the first (oldest) stored; same
+    trials as ``recall_accuracy``, whose result is this tensor's mean."""
+    return _recall_hits(method, n, d, d_v, sharpness, trials, seed, decay).float().mean(dim=0)
 
 
 def recall_table(pair_counts: Sequence[int], methods: Sequence[str] = METHODS, **kwargs) -> dict[str, dict[int, float]]:
@@ -157,9 +197,13 @@ def recall_table(pair_counts: Sequence[int], methods: Sequence[str] = METHODS, *
 
 
 def plot_recall(table: Mapping[str, Mapping[int, float]], ax: Axes | None = None, *, title: str) -> Axes:
+    """Recall accuracy against the number of stored pairs, one line per memory (legend beside the axes:
+    the curves fill the plot's corners)."""
     ax = new_axes(ax)
     for name, acc in table.items():
         ax.plot(list(acc), list(acc.values()), marker="o", label=name)
     ax.set_xscale("log", base=2)
-    return finish_axes(ax, xlabel="stored key-value pairs n (log scale)", ylabel="recall accuracy", title=title,
-                       ylim=UNIT_YLIM)
+    finish_axes(ax, xlabel="stored key-value pairs n (log scale)", ylabel="recall accuracy", title=title,
+                ylim=UNIT_YLIM)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return ax

@@ -1,18 +1,27 @@
-"""Chapter 19's experiment: what a sparse attention pattern costs in quality, on a long-range task.
+"""Chapter 19's experiments: what a sparse attention pattern costs in quality, on long-range tasks.
 
-The task (``SignalTask``): a sequence starts with a ``[CLS]`` token and is otherwise filler,
-except for ONE signal token (one of ``n_signals`` kinds) at a random position. The model must
-say, at ``[CLS]``, which signal it was. The answer may be anywhere in the sequence, so a
-model whose attention only reaches ``window`` positions per layer can only find signals that
-sit within ``layers * window`` of ``[CLS]``; everywhere else it guesses.
+Two tasks, both answered far from where the model reads:
 
-``SparsePatternClassifier`` is a small pre-norm Transformer encoder (the library's
-``MultiHeadAttention``) whose every layer uses one fixed boolean mask (``True`` = may attend):
-a sliding window, a window plus global tokens (Longformer), or full attention.
-``train_pattern`` trains one, ``accuracy_by_position`` evaluates it by where the signal was.
+* ``SignalTask``: a sequence starts with a ``[CLS]`` token and is otherwise filler, except for
+  ONE signal token (one of ``n_signals`` kinds) at a random position. The model must say, at
+  ``[CLS]``, which signal it was. A model whose attention reaches ``W - 1`` positions per layer
+  (a window of ``W`` keys each way) only finds signals within ``layers * (W - 1)`` of ``[CLS]``.
+  One global token at ``[CLS]`` repairs it completely, by construction: in one layer its row
+  of the mask is full, so it computes exactly what full attention computes.
+* ``PointerTask``: many queries, each needing its OWN far-away key at a random place: a memory
+  of random symbols, then pointer tokens that each name a memory slot and must be answered
+  with the symbol stored there. Here a few global tokens are a bottleneck: every query's
+  answer would have to pass through them.
+
+``SparsePatternClassifier`` (read at ``[CLS]``) and ``SparsePatternTagger`` (read at every
+pointer) are small pre-norm Transformer encoders (the library's ``MultiHeadAttention``) whose
+every layer uses one fixed boolean mask (``True`` = may attend): a sliding window, a window
+plus global tokens (Longformer), or full attention. ``train_pattern`` / ``train_pointer``
+train one; ``accuracy_by_position`` / ``pointer_accuracy`` evaluate it by where the answer was.
 ``time_vs_length`` times dense-with-mask against block-skipping attention by N (``plot_cost``).
 
-Dimension glossary: B batch, T sequence length, D model width, K number of signal kinds.
+Dimension glossary: B batch, T sequence length, D model width, K number of symbol (signal)
+kinds, M number of pointer queries.
 """
 
 from __future__ import annotations
@@ -39,6 +48,11 @@ __all__ = [
     "train_pattern",
     "accuracy_by_position",
     "plot_accuracy_by_position_buckets",
+    "PointerTask",
+    "SparsePatternTagger",
+    "train_pointer",
+    "pointer_accuracy",
+    "plot_accuracy_by_distance",
     "time_vs_length",
     "plot_cost",
     "hops_to_connect",
@@ -115,9 +129,21 @@ class SparsePatternClassifier(nn.Module):
 
 @dataclass
 class PatternRun:
-    model: SparsePatternClassifier
+    model: nn.Module  # a SparsePatternClassifier or a SparsePatternTagger
     history: TrainHistory
     accuracy: float  # on fresh sequences
+
+
+def _train(model: nn.Module, loss_for_batch: Callable[[torch.Generator], torch.Tensor], steps: int, lr: float,
+           g: torch.Generator, progress: bool, desc: str) -> TrainHistory:
+    """AdamW with a 30-step warm-up and gradient clipping, one thread; ``loss_for_batch(g)`` draws a batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 30))  # short warm-up
+    start = time.perf_counter()
+    with num_threads(1):
+        losses = run_steps(model, lambda _: loss_for_batch(g), opt, schedule, steps, grad_clip=1.0,
+                           progress=progress, desc=desc, postfix_every=25)
+    return TrainHistory(losses, time.perf_counter() - start)
 
 
 def train_pattern(task: SignalTask, mask: torch.Tensor, steps: int = 300, batch_size: int = 64, lr: float = 3e-3,
@@ -127,18 +153,12 @@ def train_pattern(task: SignalTask, mask: torch.Tensor, steps: int = 300, batch_
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = SparsePatternClassifier(task, mask, **model_kwargs)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 30))  # short warm-up
 
-    def loss_for_step(_: int) -> torch.Tensor:
-        tokens, labels, _ = task.make_batch(batch_size, g)
+    def loss_for_batch(gen: torch.Generator) -> torch.Tensor:
+        tokens, labels, _ = task.make_batch(batch_size, gen)
         return nn.functional.cross_entropy(model(tokens), labels)
 
-    start = time.perf_counter()
-    with num_threads(1):
-        losses = run_steps(model, loss_for_step, opt, schedule, steps, grad_clip=1.0, progress=progress, desc=desc,
-                           postfix_every=25)
-    history = TrainHistory(losses, time.perf_counter() - start)
+    history = _train(model, loss_for_batch, steps, lr, g, progress, desc)
     correct, _ = accuracy_by_position(model, task, eval_size, torch.Generator().manual_seed(seed + 1))
     return PatternRun(model, history, float(correct.float().mean()))
 
@@ -182,6 +202,141 @@ def plot_accuracy_by_position_buckets(
                 chance=1 / task.n_signals, ylim=UNIT_YLIM)
     ax.legend(loc="center right")
     return ax
+
+
+# --------------------------------------------------------------------------- many far pairs
+
+
+@dataclass(frozen=True)
+class PointerTask:
+    """``n_global`` global slots, ``n_memory`` random symbols, then ``n_queries`` pointers.
+
+    Token 0 fills the global slots (the tokens a Longformer mask may make global), tokens
+    ``1 .. n_symbols`` are the symbols, tokens ``n_symbols + 1 ..`` the pointers: pointer ``s``
+    names memory slot ``s``, and its answer is the symbol stored there. Slots are drawn at
+    random, so every query needs its own key, at a distance that changes from sequence to
+    sequence. Chance is ``1 / n_symbols``.
+    """
+
+    n_memory: int = 16
+    n_queries: int = 16  # M
+    n_symbols: int = 8  # K
+    n_global: int = 1
+
+    def __post_init__(self) -> None:
+        require_int(self.n_memory, "PointerTask.n_memory")
+        require_int(self.n_queries, "PointerTask.n_queries")
+        require_int(self.n_symbols, "PointerTask.n_symbols", 2)  # one symbol is no question
+        require_int(self.n_global, "PointerTask.n_global", 0)
+
+    @property
+    def seq_len(self) -> int:
+        return self.n_global + self.n_memory + self.n_queries
+
+    @property
+    def vocab_size(self) -> int:
+        return 1 + self.n_symbols + self.n_memory
+
+    @property
+    def first_query(self) -> int:
+        """Position of the first pointer; the pointers fill the rest of the sequence."""
+        return self.n_global + self.n_memory
+
+    def make_batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens (n, T), targets (n, M), sources (n, M))``: the answer of each pointer and the
+        position of the memory slot it names."""
+        G, K = self.n_global, self.n_symbols
+        symbols = torch.randint(0, K, (n, self.n_memory), generator=generator)  # (n, n_memory)
+        slots = torch.randint(0, self.n_memory, (n, self.n_queries), generator=generator)  # (n, M)
+        tokens = torch.cat([torch.zeros(n, G, dtype=torch.long), 1 + symbols, 1 + K + slots], dim=1)  # (n, T)
+        return tokens, torch.gather(symbols, 1, slots), G + slots
+
+
+class SparsePatternTagger(nn.Module):
+    """Embeddings + learned positions, ``num_layers`` blocks sharing one ``(T, T)`` mask, a linear
+    readout at every pointer position: ``(B, T)`` tokens -> ``(B, M, K)`` logits."""
+
+    def __init__(self, task: PointerTask, mask: torch.Tensor, d_model: int = 32, num_layers: int = 2,
+                 num_heads: int = 2) -> None:
+        super().__init__()
+        T = task.seq_len
+        if mask.dtype != torch.bool or tuple(mask.shape) != (T, T):
+            raise ValueError(f"mask must be a boolean ({T}, {T}) tensor, got {mask.dtype} {tuple(mask.shape)}")
+        self.first_query = task.first_query
+        self.register_buffer("mask", mask.clone())
+        self.embed = nn.Embedding(task.vocab_size, d_model)
+        self.pos = nn.Parameter(torch.randn(T, d_model) * 0.1)
+        self.blocks = nn.ModuleList(_Block(d_model, num_heads) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.readout = nn.Linear(d_model, task.n_symbols)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.pos  # (B, T, D)
+        for block in self.blocks:
+            x = block(x, self.mask)
+        return self.readout(self.norm(x[:, self.first_query:]))  # (B, M, K)
+
+
+def train_pointer(task: PointerTask, mask: torch.Tensor, steps: int = 150, batch_size: int = 32, lr: float = 3e-3,
+                  seed: int = 0, eval_size: int = 1000, progress: bool = True, desc: str = "training",
+                  **model_kwargs) -> PatternRun:
+    """Train a ``SparsePatternTagger`` with ``mask`` (one thread, cross-entropy over every pointer);
+    ``accuracy`` over the pointers of ``eval_size`` fresh sequences."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = SparsePatternTagger(task, mask, **model_kwargs)
+
+    def loss_for_batch(gen: torch.Generator) -> torch.Tensor:
+        tokens, targets, _ = task.make_batch(batch_size, gen)
+        return nn.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())  # (B * M, K), (B * M,)
+
+    history = _train(model, loss_for_batch, steps, lr, g, progress, desc)
+    correct, _ = pointer_accuracy(model, task, eval_size, torch.Generator().manual_seed(seed + 1))
+    return PatternRun(model, history, float(correct.float().mean()))
+
+
+@torch.no_grad()
+def pointer_accuracy(model: nn.Module, task: PointerTask, n: int, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(correct (n, M) bool, distance (n, M))`` on ``n`` fresh sequences: was each pointer
+    answered right, and how far back was the slot it names."""
+    model.eval()
+    tokens, targets, sources = task.make_batch(n, generator)
+    query_pos = torch.arange(task.first_query, task.seq_len)  # (M,)
+    with num_threads(1):
+        correct = model(tokens).argmax(-1) == targets  # (n, M)
+    return correct, query_pos - sources
+
+
+def plot_accuracy_by_distance(
+    results: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    task: PointerTask,
+    bucket: int = 4,
+    ax: Axes | None = None,
+    *,
+    reach: int | None = None,
+    title: str = "Accuracy by the distance to the slot a pointer names",
+) -> Axes:
+    """``pointer_accuracy`` results, one line per pattern: accuracy for distances ``[1, 1 + bucket)``,
+    ...; a dotted line at ``reach`` (how far a window reaches in the model's layers)."""
+    ax = new_axes(ax)
+    for n, (name, (correct, distance)) in enumerate(results.items()):
+        xs, ys = [], []
+        for lo in range(1, task.seq_len, bucket):
+            sel = (distance >= lo) & (distance < lo + bucket)
+            if sel.any():
+                xs.append(lo + (bucket - 1) / 2)
+                ys.append(float(correct[sel].float().mean()))
+        ax.plot(xs, ys, marker="o", markersize=7 - 2 * (n % 3), linestyle=("-", "--", ":")[n % 3], label=name)
+    if reach is not None:
+        ax.axvline(reach + 0.5, color="0.3", linestyle=":", label=f"reach of the window ({reach})")
+    finish_axes(ax, xlabel="distance from the pointer back to its slot (positions)", ylabel="accuracy",
+                title=title, chance=1 / task.n_symbols, ylim=UNIT_YLIM)
+    ax.legend(loc="center right")
+    return ax
+
+
+# --------------------------------------------------------------------------- cost
 
 
 def time_vs_length(

@@ -11,7 +11,10 @@ block of it. Everything here is *measured* on the running code:
                          shared machine).
 
 ``scaling_table`` runs the three for a list of lengths, ``fit_slope`` fits the exponent of
-``y ~ N^slope`` on a log-log scale, ``plot_scaling`` draws it.
+``y ~ N^slope`` on a log-log scale, ``plot_scaling`` draws it. ``memory_pass_ns`` explains why
+the fitted time slope of naive attention comes out above 2 on a CPU: one pass over an ``N x N``
+matrix (no arithmetic to speak of) costs more per score once the matrix leaves the caches, and
+more again when its output is a fresh tensor.
 
 ``long_context_budget`` turns the formulas into numbers for a 128k-token context on an H200,
 from the stated hardware numbers in ``H200`` (NVIDIA's datasheet) and the kernel throughput
@@ -42,6 +45,7 @@ __all__ = [
     "count_flops",
     "peak_tensor_bytes",
     "scaling_table",
+    "memory_pass_ns",
     "fit_slope",
     "plot_scaling",
     "Hardware",
@@ -137,6 +141,30 @@ def scaling_table(
                 call = (lambda fn=fn, q=q, k=k, v=v: fn(q, k, v))
                 rows.append(dict(method=name, N=N, seconds=best_seconds(call, repeats),
                                  peak_bytes=peak_tensor_bytes(call), flops=count_flops(call)))
+    return rows
+
+
+def memory_pass_ns(lengths: Sequence[int], B: int = 1, H: int = 2, repeats: int = 5, threads: int = 1,
+                   seed: int = 0) -> list[dict]:
+    """Nanoseconds per score of one elementwise pass (``exp``) over a ``(B, H, N, N)`` float32 matrix.
+
+    Two versions for each ``N`` in ``lengths``: ``reused_ns`` writes into a preallocated buffer
+    (the cost of streaming the matrix through the memory hierarchy), ``fresh_ns`` returns a new
+    tensor, as ``naive_attention`` does for every ``N x N`` intermediate (add the cost of memory
+    the allocator must get from the operating system, page by page, when the tensor is large).
+    Best of ``repeats``, ``threads`` torch threads. Rows: ``N, matrix_bytes, reused_ns, fresh_ns``.
+    """
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    with num_threads(threads), torch.no_grad():
+        for N in lengths:
+            x = torch.randn(B, H, N, N, generator=g)  # (B, H, N, N): a score matrix
+            buffer = torch.empty_like(x)
+            per_score = 1e9 / x.numel()
+            rows.append(dict(N=N, matrix_bytes=x.numel() * x.element_size(),
+                             reused_ns=best_seconds(lambda x=x, b=buffer: torch.exp(x, out=b), repeats) * per_score,
+                             fresh_ns=best_seconds(lambda x=x: torch.exp(x), repeats) * per_score))
+            del x, buffer
     return rows
 
 

@@ -26,6 +26,7 @@ EXPECTED = {
     "draw_gpu_execution": ["HBM (off chip)", "num_stages = 3 K/V buffers", "warp 3", "TMA\n(Hopper)",
                            "num_warps = 4 warps of 32 threads (4 warps = 1 warpgroup)", "in our Triton kernel"],
 }
+EXPECTED["draw_chunkwise"] = ["N = 12 tokens in 3 chunks of C = 4", "per chunk c:"]
 
 
 @pytest.mark.parametrize("name", DRAW)
@@ -51,3 +52,47 @@ def test_alt_text_covers_exactly_the_draw_functions():
 def test_arguments_are_validated():
     with pytest.raises(ValueError, match="N"):
         diagrams.draw_quadratic_growth(N=0)
+
+
+@pytest.mark.parametrize("frame, value, title", [
+    (diagrams.score_memory_frame, 131072, "×2 tokens: ×4 score bytes, ×2 Q bytes"),
+    (diagrams.sparse_pattern_frame, 4, "W = 4: 26% of pairs, 14 of 16 tiles"),
+    (diagrams.decay_weights_frame, 0.9, "weights, decay γ = 0.9"),
+])
+def test_slider_frames_draw_two_panels(frame, value, title):
+    fig = Figure(figsize=(9, 3.6))
+    frame(fig, value)
+    assert len(fig.axes) == 2
+    assert title in [ax.get_title() for ax in fig.axes]
+
+
+def test_frames_say_what_they_show():
+    fig = Figure()
+    diagrams.sparse_pattern_frame(fig, 1)  # W = 1: itself, plus the global token
+    assert fig.axes[0].get_title() == "W = 1: 9% of pairs, 10 of 16 tiles"  # the diagonal, row 0, column 0
+    fig = Figure()
+    diagrams.decay_weights_frame(fig, 0.5)
+    assert fig.axes[1].get_title() == "half of the weight on the newest key"  # gamma = 0.5: the newest alone
+    fig = Figure()
+    diagrams.decay_weights_frame(fig, 1.0)
+    assert fig.axes[1].get_title() == "half of the weight on the newest 8 keys"  # no decay: spread out
+    with pytest.raises(ValueError, match="decay"):
+        diagrams.decay_weights_frame(Figure(), 1.5)
+
+
+def test_chapters_18_to_20_use_the_alt_text_of_each_diagram():
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    drawn = set()
+    for name in ("18_quadratic_wall", "19_sparse_attention", "20_linear_attention"):
+        nb = json.loads((root / "chapters" / f"{name}.ipynb").read_text(encoding="utf-8"))
+        for cell in nb["cells"]:
+            m = re.fullmatch(r"(?:from .*\n+)?(draw_\w+)\([^)]*\);", "".join(cell["source"]).strip())
+            if cell["cell_type"] == "code" and m:
+                assert cell["metadata"]["mystnb"]["image"]["alt"] == diagrams.ALT[m.group(1)], (name, m.group(1))
+                drawn.add(m.group(1))
+    assert drawn == {"draw_quadratic_growth", "draw_sparse_patterns", "draw_block_skipping", "draw_associativity",
+                     "draw_linear_recurrence", "draw_chunkwise"}

@@ -9,6 +9,7 @@ from attn_course.labs.linear_recall import (
     quadratic_feature_map,
     random_pairs,
     recall_accuracy,
+    recall_by_age,
     softmax_decode_step,
 )
 from attn_course.linear import linear_attention, linear_attention_quadratic
@@ -48,3 +49,13 @@ def test_recall():
     assert recall_accuracy("linear, (q.k)^2", 8, trials=1) == 1.0
     with pytest.raises(ValueError, match="method"):
         recall_accuracy("cosine", 4)
+
+
+def test_decayed_recall_keeps_the_recent_pairs():
+    decayed = "linear, (q.k)^2 + decay"
+    assert recall_accuracy(decayed, 8, trials=1) == 1.0  # a few pairs: all recalled
+    by_age = recall_by_age(decayed, 64, trials=2, decay=0.8)
+    assert by_age.shape == (64,) and by_age.mean().item() == recall_accuracy(decayed, 64, trials=2, decay=0.8)
+    assert by_age[-4:].mean() == 1.0 and by_age[:16].mean() < 0.1  # the newest kept, the oldest faded away
+    # decay = 1 stores the same sum as the non-causal form
+    assert recall_accuracy(decayed, 128, trials=1, decay=1.0) == recall_accuracy("linear, (q.k)^2", 128, trials=1)

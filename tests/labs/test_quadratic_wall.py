@@ -14,6 +14,7 @@ from attn_course.labs.quadratic_wall import (
     count_flops,
     fit_slope,
     long_context_budget,
+    memory_pass_ns,
     peak_tensor_bytes,
     scaling_table,
 )
@@ -54,6 +55,12 @@ def test_scaling_table_and_slopes():
     assert fit_slope([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         fit_slope([1, 2], [0, 1])
+
+
+def test_memory_pass_rows():
+    rows = memory_pass_ns([16, 32], B=1, H=1, repeats=1)
+    assert [r["N"] for r in rows] == [16, 32] and rows[1]["matrix_bytes"] == 32 * 32 * 4
+    assert all(r["reused_ns"] > 0 and r["fresh_ns"] > 0 for r in rows)
 
 
 def test_long_context_budget_numbers():

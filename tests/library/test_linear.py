@@ -1,4 +1,5 @@
-"""Linear attention: the quadratic twin, the associative form, the cumsum form and the recurrence agree."""
+"""Linear attention: the quadratic twin, the associative form, the cumsum form, the recurrence and the
+chunkwise form agree, with and without a decay."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from hypothesis import strategies as st
 from attn_course.linear import (
     FEATURE_MAPS,
     LinearAttentionState,
+    causal_decay_matrix,
     causal_linear_attention,
+    causal_linear_attention_chunkwise,
     causal_linear_attention_recurrent,
     elu_feature_map,
     linear_attention,
     linear_attention_quadratic,
     linear_attention_step,
+    linear_attention_weights,
 )
 
 
@@ -99,3 +103,74 @@ def test_errors():
     with pytest.raises(ValueError, match="state.kv"):
         linear_attention_step(LinearAttentionState.zeros(2, 3, 4, 5, dtype=torch.float64),
                               q[:, :, 0], k[:, :, 0], v[:, :, 0])
+
+
+@pytest.mark.parametrize("fmap", sorted(FEATURE_MAPS))
+@pytest.mark.parametrize("chunk_size", [1, 4, 5, 13, 64])  # 13 = N: the quadratic form; 64 > N: one chunk
+def test_chunkwise_equals_the_other_causal_forms(fmap, chunk_size):
+    q, k, v = qkv(L=13, S=13)
+    out, state = causal_linear_attention_chunkwise(q, k, v, chunk_size, fmap)
+    torch.testing.assert_close(out, linear_attention_quadratic(q, k, v, causal=True, feature_map=fmap))
+    torch.testing.assert_close(out, causal_linear_attention(q, k, v, fmap))
+    rec, rec_state = causal_linear_attention_recurrent(q, k, v, fmap)
+    torch.testing.assert_close(state.kv, rec_state.kv)
+    torch.testing.assert_close(state.z, rec_state.z)
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.9, 0.5])
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 20])
+def test_decayed_forms_agree(decay, chunk_size):
+    q, k, v = qkv(L=17, S=17, d_v=4)
+    ref = linear_attention_quadratic(q, k, v, causal=True, decay=decay)
+    rec, rec_state = causal_linear_attention_recurrent(q, k, v, decay=decay)
+    out, state = causal_linear_attention_chunkwise(q, k, v, chunk_size, decay=decay)
+    torch.testing.assert_close(rec, ref)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(state.kv, rec_state.kv)
+    torch.testing.assert_close(linear_attention_weights(q, k, causal=True, decay=decay) @ v, ref)
+
+
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 20), C=st.integers(1, 8), decay=st.sampled_from([1.0, 0.95, 0.7]), seed=st.integers(0, 2**16))
+def test_chunkwise_property(N, C, decay, seed):
+    q, k, v = qkv(B=1, H=2, L=N, S=N, d=3, d_v=2, seed=seed)
+    torch.testing.assert_close(causal_linear_attention_chunkwise(q, k, v, C, decay=decay)[0],
+                               linear_attention_quadratic(q, k, v, causal=True, decay=decay))
+
+
+def test_decay_fades_old_keys():
+    assert causal_decay_matrix(3, 0.5).tolist() == [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.25, 0.5, 1.0]]
+    assert torch.equal(causal_decay_matrix(4, 1.0), torch.ones(4, 4).tril())
+    q, k, _ = qkv(L=9, S=9)
+    plain = linear_attention_weights(q, k, causal=True)
+    faded = linear_attention_weights(q, k, causal=True, decay=0.8)
+    torch.testing.assert_close(faded.sum(-1), torch.ones(2, 3, 9, dtype=torch.float64))  # still an average
+    # relative to the newest key, key j of the last query is faded by 0.8^(8 - j)
+    ratio = (faded[..., -1, :] / faded[..., -1, -1:]) / (plain[..., -1, :] / plain[..., -1, -1:])
+    torch.testing.assert_close(ratio, (0.8 ** torch.arange(8, -1, -1, dtype=torch.float64)).expand_as(ratio))
+
+
+def test_chunkwise_prefill_then_decode():
+    q, k, v = qkv(L=12, S=12)
+    full, _ = causal_linear_attention_recurrent(q, k, v, decay=0.9)
+    first, state = causal_linear_attention_chunkwise(q[:, :, :7], k[:, :, :7], v[:, :, :7], 4, decay=0.9)
+    second, state = causal_linear_attention_chunkwise(q[:, :, 7:10], k[:, :, 7:10], v[:, :, 7:10], 2, decay=0.9,
+                                                      state=state)
+    outs = [first, second]
+    for t in (10, 11):
+        out_t, state = linear_attention_step(state, q[:, :, t], k[:, :, t], v[:, :, t], decay=0.9)
+        outs.append(out_t.unsqueeze(2))
+    torch.testing.assert_close(torch.cat(outs, dim=2), full)
+
+
+def test_decay_and_chunk_errors():
+    q, k, v = qkv(L=6, S=6)
+    for bad in (0, 0.0, 1.5, -0.2, True):
+        with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\]"):
+            causal_linear_attention_chunkwise(q, k, v, 2, decay=bad)
+    with pytest.raises(ValueError, match="decay needs causal=True"):
+        linear_attention_quadratic(q, k, v, decay=0.9)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        causal_linear_attention_chunkwise(q, k, v, 0)
+    with pytest.raises(ValueError, match="state.kv"):
+        causal_linear_attention_chunkwise(q, k, v, 2, state=LinearAttentionState.zeros(2, 3, 8, 7))

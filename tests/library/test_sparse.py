@@ -28,18 +28,40 @@ def qkv(B=2, H=2, N=50, d=8, d_v=6, seed=0):
 
 
 def test_masks_by_hand():
-    assert sliding_window_mask(4, 1).int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]
-    assert sliding_window_mask(4, 1, causal=True).int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0],
+    # W = 2 keys, the query itself included: causal, keys i - 1 and i; non-causal, |i - j| < 2
+    assert sliding_window_mask(4, 2).int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]
+    assert sliding_window_mask(4, 2, causal=True).int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0],
                                                                      [0, 0, 1, 1]]
+    assert torch.equal(sliding_window_mask(5, 1), torch.eye(5, dtype=torch.bool))  # W = 1: only itself
     assert strided_mask(5, 2, causal=True)[4].int().tolist() == [1, 0, 1, 0, 1]
     g = global_mask(4, [0])
     assert g[0].all() and g[:, 0].all() and not g[1:, 1:].any()
-    lf = longformer_mask(6, 1, [0])
-    assert torch.equal(lf, sliding_window_mask(6, 1) | global_mask(6, [0]))
+    lf = longformer_mask(6, 2, [0])
+    assert torch.equal(lf, sliding_window_mask(6, 2) | global_mask(6, [0]))
+
+
+@pytest.mark.parametrize("W", [1, 3, 8, 40])
+def test_window_is_the_course_wide_one(W):
+    """W keys per causal query, itself included: the cache's window and GPTConfig.sliding_window."""
+    from attn_course.kv_cache import SlidingWindowCache
+    from attn_course.masking import causal_mask
+
+    N = 30
+    causal = sliding_window_mask(N, W, causal=True)
+    assert causal.sum(dim=1).tolist() == [min(i + 1, W) for i in range(N)]  # the last W positions
+    assert torch.equal(causal, sliding_window_mask(N, W) & causal_mask(N))  # the band, lower half
+    assert sliding_window_mask(N, W).sum(dim=1).max() == min(2 * W - 1, N)  # W - 1 each side and itself
+    # the ring buffer keeps exactly the keys the causal window lets the newest query see
+    cache = SlidingWindowCache(num_layers=1, num_kv_heads=1, head_dim=1, batch_size=1, window=W)
+    for p in range(N):
+        x = torch.full((1, 1, 1, 1), float(p))
+        keys, _ = cache.update(0, x, x)
+        kept = sorted(int(t) for t in keys.flatten().tolist())
+        assert kept == causal[p].nonzero().flatten().tolist(), (W, p)
 
 
 def test_layout_round_trip_and_density():
-    mask = sliding_window_mask(10, 2)
+    mask = sliding_window_mask(10, 3)
     layout = mask_to_layout(mask, 4)  # (3, 3)
     assert layout.int().tolist() == [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
     covered = layout_to_mask(layout, 4, 10, 10)
@@ -55,10 +77,10 @@ def test_bigbird_layout():
 
 
 PATTERNS = {
-    "window": lambda N: sliding_window_mask(N, 5),
-    "window-causal": lambda N: sliding_window_mask(N, 7, causal=True),
+    "window": lambda N: sliding_window_mask(N, 6),
+    "window-causal": lambda N: sliding_window_mask(N, 8, causal=True),
     "strided+local": lambda N: strided_mask(N, 6, causal=True) | sliding_window_mask(N, 6, causal=True),
-    "longformer": lambda N: longformer_mask(N, 4, [0, 17]),
+    "longformer": lambda N: longformer_mask(N, 5, [0, 17]),
 }
 
 
@@ -103,8 +125,8 @@ def test_errors():
         block_sparse_attention(q, k, v, torch.ones(2, 2, dtype=torch.bool), 8)
     with pytest.raises(ValueError, match="mask has shape"):
         block_sparse_attention(q, k, v, torch.ones(3, 3, dtype=torch.bool), 8, mask=torch.ones(5, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="window must be a non-negative int"):
-        sliding_window_mask(10, -1)
+    with pytest.raises(ValueError, match=r"window \(W keys, the query itself included\) must be a positive int"):
+        sliding_window_mask(10, 0)
     with pytest.raises(ValueError, match="global_tokens"):
         global_mask(4, [7])
     with pytest.raises(TypeError, match="mask must be a 2-D boolean"):

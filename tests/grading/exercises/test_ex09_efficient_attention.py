@@ -85,3 +85,13 @@ def test_uncausal_window_and_unhalved_flops_fail(check):
 
     result = check("attention_flops", attention_flops, quiet=True)
     assert result.points == 0 and "halve" in result.message
+
+
+def test_a_window_one_key_too_wide_fails_with_the_hint(check):
+    def sliding_window_mask(N, window, causal=False):
+        i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]
+        mask = (i - j).abs() <= window  # BUG: W + 1 keys causally (the window does not count the query)
+        return mask & (j <= i) if causal else mask
+
+    result = check("sliding_window_mask", sliding_window_mask, quiet=True)
+    assert result.points == 0 and "W counts the query itself" in result.message
