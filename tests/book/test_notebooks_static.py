@@ -79,3 +79,13 @@ def test_toc_entries_exist_and_every_page_is_listed():
     pages = {p.relative_to(ROOT).with_suffix("").as_posix() for p in (ROOT / "chapters").glob("*.ipynb")}
     pages |= {p.relative_to(ROOT).with_suffix("").as_posix() for p in (ROOT / "exercises").glob("*.ipynb")}
     assert not pages - listed, f"not in _toc.yml: {sorted(pages - listed)}"
+
+
+@pytest.mark.parametrize("number", range(14, 24))
+def test_every_chapter_of_parts_iv_and_v_has_a_figure_the_reader_can_move(number):
+    """At least one kernel-free slider (attn_course.interactive.slider_figure) per chapter of Parts IV-V;
+    the browser test checks that each one responds in the built book."""
+    (path,) = (ROOT / "chapters").glob(f"{number:02d}_*.ipynb")
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "slider_figure(" in code, f"{path.name} has no slider figure"
