@@ -43,7 +43,7 @@ buffer returns them in slot order, so the model builds its mask from ``key_posit
 ``kv_cache_bytes`` is the formula ``2 x layers x kv_heads x head_dim x tokens x batch x bytes``
 (2 = one K and one V), and ``PUBLISHED_SHAPES`` has the shapes of real models to plug into it.
 (What contiguous preallocation wastes against paging, on simulated requests, is chapter 16's
-experiment: ``attn_course.labs.kv_cache_costs.simulate_paging``.)
+experiment: ``attn_course.labs.cache_shrinking.simulate_paging``.)
 """
 
 from __future__ import annotations

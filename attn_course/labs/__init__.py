@@ -26,7 +26,8 @@ lab                          chapter what it holds
 ``speech_recsys_graphs``     13      LAS-style speech, SASRec and graph attention against their baselines; GAT vs GATv2
 ``applications_diagrams``    11-13   Part III's diagrams: one per application model
 ``bracket_language``         14-16   a bracket language (Dyck-2) and its rule-checker; a small GPT trained and sampled
-``kv_cache_costs``           15, 16  tokens/s with and without a cache; cache sizes and decode-step costs
+``kv_cache_costs``           15      tokens/s with and without a cache; arithmetic intensity, the roofline, the BLAS's threads
+``cache_shrinking``          16      cache sizes of real models; MHA/GQA/MQA trained and timed; windows' reach; paging traces
 ``gpt2_weights``             17      GPT-2's weights found on this machine (never downloaded), loaded, compared with transformers
 ``inference_diagrams``       14-17   Part IV's diagrams: decoding, prefill, GQA, sliding window, paging
 ``quadratic_wall``           18      FLOPs counted, peak tensor memory tracked, time by N, one memory pass per score; a 128k context on an H200

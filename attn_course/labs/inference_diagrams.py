@@ -379,13 +379,13 @@ def _canvas_on(fig: Figure | None, width: float, height: float, alt: str):
 
 
 def draw_ring_buffer_step(step=None, fig: Figure | None = None) -> Figure:
-    """One step of a real ``SlidingWindowCache`` (a ``kv_cache_costs.RingStep``): the ring, the window, the keys returned.
+    """One step of a real ``SlidingWindowCache`` (a ``cache_shrinking.RingStep``): the ring, the window, the keys returned.
 
     ``step`` defaults to position 7 of ``trace_ring_buffer(window=5)``; ``fig``: draw on this
     (empty) figure instead of a new one (a slider frame). Figure size 8 x 3.4 inches.
     """
     if step is None:
-        from attn_course.labs.kv_cache_costs import trace_ring_buffer
+        from attn_course.labs.cache_shrinking import trace_ring_buffer
 
         step = trace_ring_buffer(5, 8)[-1]
     p, W = step.position, step.window
@@ -439,14 +439,14 @@ _SEQ_COLORS = [COLORS["key"], COLORS["value"], COLORS["query"], COLORS["norm"]]
 
 
 def draw_paging_step(step=None, fig: Figure | None = None) -> Figure:
-    """One step of a forked generation in a real ``PagedCache`` (a ``kv_cache_costs.PagingStep``).
+    """One step of a forked generation in a real ``PagedCache`` (a ``cache_shrinking.PagingStep``).
 
     Block tables on the left, the pool of blocks (slots, reference counts) on the right, what the
     step did below. ``step`` defaults to the first decode step of ``trace_forked_paging()``
     (copy on write); ``fig``: draw on this (empty) figure (a slider frame). 10 x 4.2 inches.
     """
     if step is None:
-        from attn_course.labs.kv_cache_costs import trace_forked_paging
+        from attn_course.labs.cache_shrinking import trace_forked_paging
 
         step = trace_forked_paging()[2]
     P, tables = step.block_size, step.block_tables

@@ -82,7 +82,7 @@ def test_arguments_change_the_drawing_and_are_checked(draw):
 
 def test_step_figures_draw_any_step_on_a_given_figure(draw):
     """The slider frames: each step of a real cache's trace, drawn on the figure the player gives."""
-    from attn_course.labs.kv_cache_costs import trace_forked_paging, trace_ring_buffer
+    from attn_course.labs.cache_shrinking import trace_forked_paging, trace_ring_buffer
 
     ring = trace_ring_buffer(5, 12)
     fig = Figure(figsize=(8, 3.4))

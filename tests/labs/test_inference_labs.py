@@ -13,23 +13,25 @@ from attn_course.decoding import generate  # noqa: E402
 from attn_course.gpt import GPT, GPTConfig  # noqa: E402
 from attn_course.kv_cache import PagedCache, published_shapes  # noqa: E402
 from attn_course.labs import gpt2_weights  # noqa: E402
-from attn_course.labs.kv_cache_costs import (  # noqa: E402
-    balance_batch,
+from attn_course.labs.cache_shrinking import (  # noqa: E402
     cache_table,
-    decode_intensity,
-    decode_intensity_limit,
     influence_by_distance,
     plot_paging,
+    simulate_paging,
+    time_kv_head_decode,
+    trace_forked_paging,
+    trace_ring_buffer,
+)
+from attn_course.labs.kv_cache_costs import (  # noqa: E402
+    balance_batch,
+    decode_intensity,
+    decode_intensity_limit,
     plot_roofline,
     prefill_intensity,
     read_bandwidth,
     roofline_points,
-    simulate_paging,
     thread_speedups,
     time_generation,
-    time_kv_head_decode,
-    trace_forked_paging,
-    trace_ring_buffer,
     weight_bytes,
 )
 
