@@ -157,5 +157,4 @@ def draw_block_comparison(fig, runs: dict[str, list[tuple[torch.Tensor, torch.Te
     lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
     right.plot([lo, hi], [lo, hi], color="0.4", linewidth=0.8)
     right.set(xlabel="transformers", ylabel="ours", title=f"{show}: block {block}")
-    fig.tight_layout()
 

@@ -148,3 +148,10 @@ def test_one_key_per_work_in_the_bibliography():
         norm = re.sub(r"[^a-z0-9]", "", title.lower())
         assert norm not in titles, f"references.bib: {key} and {titles[norm]} are the same work ({title})"
         titles[norm] = key
+
+
+def test_the_bibliography_parses():
+    """A syntax error in references.bib stops the book build at its first step; say so here first."""
+    pybtex = pytest.importorskip("pybtex.database")
+    entries = pybtex.parse_file(str(ROOT / "references.bib")).entries
+    assert len(entries) >= 50
