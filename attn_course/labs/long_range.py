@@ -107,7 +107,7 @@ class SparsePatternClassifier(nn.Module):
     linear readout at position 0 (``[CLS]``)."""
 
     def __init__(self, task: SignalTask, mask: torch.Tensor, d_model: int = 32, num_layers: int = 2,
-                 num_heads: int = 2) -> None:
+                 num_heads: int = 2, n_outputs: int | None = None) -> None:
         super().__init__()
         T = task.seq_len
         if mask.dtype != torch.bool or tuple(mask.shape) != (T, T):
@@ -117,14 +117,18 @@ class SparsePatternClassifier(nn.Module):
         self.pos = nn.Parameter(torch.randn(T, d_model) * 0.1)
         self.blocks = nn.ModuleList(_Block(d_model, num_heads) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
-        self.readout = nn.Linear(d_model, task.n_signals)
+        self.readout = nn.Linear(d_model, task.n_signals if n_outputs is None else n_outputs)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` token ids -> ``(B, K)`` logits read at ``[CLS]``."""
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` token ids -> ``(B, T, D)`` normalised final states."""
         x = self.embed(tokens) + self.pos  # (B, T, D)
         for block in self.blocks:
             x = block(x, self.mask)
-        return self.readout(self.norm(x[:, 0]))  # (B, K)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` token ids -> ``(B, K)`` logits read at ``[CLS]``."""
+        return self.readout(self.encode(tokens)[:, 0])  # (B, K)
 
 
 @dataclass
@@ -252,29 +256,16 @@ class PointerTask:
         return tokens, torch.gather(symbols, 1, slots), G + slots
 
 
-class SparsePatternTagger(nn.Module):
-    """Embeddings + learned positions, ``num_layers`` blocks sharing one ``(T, T)`` mask, a linear
-    readout at every pointer position: ``(B, T)`` tokens -> ``(B, M, K)`` logits."""
+class SparsePatternTagger(SparsePatternClassifier):
+    """The same encoder, with its readout at every pointer position: ``(B, T)`` tokens -> ``(B, M, K)`` logits."""
 
     def __init__(self, task: PointerTask, mask: torch.Tensor, d_model: int = 32, num_layers: int = 2,
                  num_heads: int = 2) -> None:
-        super().__init__()
-        T = task.seq_len
-        if mask.dtype != torch.bool or tuple(mask.shape) != (T, T):
-            raise ValueError(f"mask must be a boolean ({T}, {T}) tensor, got {mask.dtype} {tuple(mask.shape)}")
+        super().__init__(task, mask, d_model, num_layers, num_heads, n_outputs=task.n_symbols)
         self.first_query = task.first_query
-        self.register_buffer("mask", mask.clone())
-        self.embed = nn.Embedding(task.vocab_size, d_model)
-        self.pos = nn.Parameter(torch.randn(T, d_model) * 0.1)
-        self.blocks = nn.ModuleList(_Block(d_model, num_heads) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.readout = nn.Linear(d_model, task.n_symbols)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.pos  # (B, T, D)
-        for block in self.blocks:
-            x = block(x, self.mask)
-        return self.readout(self.norm(x[:, self.first_query:]))  # (B, M, K)
+        return self.readout(self.encode(tokens)[:, self.first_query:])  # (B, M, K)
 
 
 def train_pointer(task: PointerTask, mask: torch.Tensor, steps: int = 150, batch_size: int = 32, lr: float = 3e-3,
