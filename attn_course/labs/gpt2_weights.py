@@ -156,5 +156,6 @@ def draw_block_comparison(fig, runs: dict[str, list[tuple[torch.Tensor, torch.Te
     right.scatter(b.flatten().numpy(), a.flatten().numpy(), s=3, alpha=0.5, color="tab:red")
     lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
     right.plot([lo, hi], [lo, hi], color="0.4", linewidth=0.8)
-    right.set(xlabel="transformers", ylabel="ours", title=f"{show}: block {block}")
+    right.set(xlabel="transformers", ylabel="ours")
+    right.set_title(f"{show}:\nafter block {block}", fontsize=9)  # two lines: a loader's name can be long
 

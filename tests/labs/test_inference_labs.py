@@ -234,4 +234,4 @@ def test_block_outputs_find_the_first_block_a_loader_got_wrong():
     assert [bool((a - b).abs().max() > 1e-4) for a, b in bad] == [False, True, True]
     fig = Figure()
     gpt2_weights.draw_block_comparison(fig, {"right": good, "wrong": bad}, 2, "wrong")
-    assert len(fig.axes) == 2 and "wrong: block 2" in fig.axes[1].get_title()
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "wrong:\nafter block 2"
