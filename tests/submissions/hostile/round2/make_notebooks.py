@@ -249,38 +249,14 @@ del chunk
 PROBE = "disk_mb cwd=%d tmp=%d" % (written["cwd"], written["tmp"])
 '''
 
-HOST_MEMORY = r'''# 7. Host memory: 4 processes each touching 400 MB (every page written) at the same time,
-# plus 300 MB in /dev/shm. Each child reports how much it touched.
+HOST_MEMORY = r'''# 7. Host memory: 300 MB asked of /dev/shm and held, then 4 processes each touching 400 MB
+# (every page written) and holding it until all have touched theirs or died. What counts is
+# what was held at the same moment: a child that reported and was then killed by the
+# out-of-memory killer held nothing any more (counting its report would count freed memory).
 import os
-import time
+import select
+import signal
 
-r, w = os.pipe()
-kids = []
-for _ in range(4):
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
-        mb = 0
-        try:
-            os.close(r)
-            block = bytearray(400 << 20)
-            for off in range(0, len(block), 4096):
-                block[off] = 1
-            mb = 400
-            os.write(w, b"%d\n" % mb)
-            time.sleep(3)  # hold it while the others touch theirs
-        finally:
-            os._exit(0)
-    kids.append(pid)
-os.close(w)
-touched = 0
-with os.fdopen(r) as f:
-    for line in f:
-        touched += int(line)
-for pid in kids:
-    os.waitpid(pid, 0)
 shm = 0
 for i in range(3):
     try:
@@ -289,6 +265,54 @@ for i in range(3):
         shm += 100
     except OSError:
         break
+r, w = os.pipe()
+release_r, release_w = os.pipe()
+kids = []
+for _ in range(4):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        try:
+            os.close(r)
+            os.close(release_w)
+            block = bytearray(400 << 20)
+            for off in range(0, len(block), 4096):
+                block[off] = 1
+            os.write(w, b"%d\n" % os.getpid())
+            os.read(release_r, 1)  # hold it until the parent has counted
+        finally:
+            os._exit(0)
+    kids.append(pid)
+os.close(w)
+os.close(release_r)
+reported, dead, buf = set(), set(), b""
+while len(reported | dead) < len(kids):
+    ready, _, _ = select.select([r], [], [], 0.2)
+    if ready:
+        chunk = os.read(r, 4096)
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        reported |= {int(x) for x in lines if x}
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid = 0
+        if pid == 0:
+            break
+        dead.add(pid)
+    if not ready and len(dead) == len(kids):
+        break
+holding = [pid for pid in reported - dead if os.waitpid(pid, os.WNOHANG)[0] == 0]
+touched = 400 * len(holding)
+os.close(release_w)
+for pid in set(kids) - dead:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 for i in range(3):
     try:
         os.unlink("/dev/shm/fill-%d" % i)
