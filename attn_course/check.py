@@ -4,9 +4,11 @@
     check = Checker("ex01_softmax_attention")
     check("softmax", softmax)
 
-prints one line: a pass, or what went wrong on which input and a hint. It compares your
-function with the course's reference on several random inputs, edge cases included, and
-never shows the reference code. Your function's exceptions are caught and summarised.
+prints one line: a pass, or what went wrong on which input (and what is special about that
+input). It compares your function with the course's reference on several random inputs, edge
+cases included, and never shows the reference code. Your function's exceptions are caught and
+summarised. Stuck? ``check.hint("softmax")`` prints the task's hint: a step towards the code,
+asked for, never shown unasked.
 
 Under the grader (``ATTN_COURSE_GRADING=1``) the checker does nothing and needs nothing: the
 grading sandbox holds no references, so it does not even load the exercise definitions.
@@ -56,7 +58,24 @@ class Checker:
                                 f"pass your function: check({task.name!r}, {task.name})")
         else:
             # A different seed from the grader's: passing the checks is not the same as knowing the graded inputs.
-            result = evaluate(task, lambda cases: [call_local(fn, c, task.forbidden) for c in cases], seed=CHECK_SEED)
+            result = evaluate(task, lambda cases: [call_local(fn, c, task.forbidden, task.rule, task.driver)
+                                                   for c in cases], seed=CHECK_SEED)
         if not quiet:
-            print(f"{_ICONS.get(result.status, '❌')} {task.name}: {result.message}")
+            more = (f" (stuck? check.hint({task.name!r}))"
+                    if task.hint and result.status not in ("passed", "not_implemented", "missing") else "")
+            print(f"{_ICONS.get(result.status, '❌')} {task.name}: {result.message}{more}")
         return result if quiet else None
+
+    def hint(self, task_name: str) -> str | None:
+        """Print the task's hint (what to compute, step by step; not the solution) and return it."""
+        if _grading() or self.exercise is None:
+            return None
+        try:
+            task = self.exercise.task(task_name)
+        except KeyError:
+            names = ", ".join(t.name for t in self.exercise.tasks)
+            print(f"❓ There is no task {task_name!r} in {self.exercise.id}; the tasks are: {names}")
+            return None
+        text = task.hint or "this task has no hint beyond its description"
+        print(f"💡 {task.name}: {text}")
+        return text

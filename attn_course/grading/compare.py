@@ -77,6 +77,7 @@ class Outcome:
     timed_out: bool = False
     seconds: float = 0.0
     forbidden_used: str = ""  # the name of a forbidden function it called, if any
+    rule_broken: str = ""  # what it did against a rule of the case (``rules``), if anything
 
 
 @dataclass
@@ -226,10 +227,18 @@ def judge(task: Task, case: Case, expected: Any, outcome: Outcome) -> tuple[str,
     problem = compare_values(expected, outcome.output, task.rtol, task.atol)
     if problem:
         return "failed", f"{problem} on {describe_case(task, case)}"
+    if outcome.rule_broken:
+        return "failed", f"right values, but it {outcome.rule_broken} on {describe_case(task, case)}"
     return "passed", None
 
 
 def expected_outputs(task: Task, cases: list[Case]) -> list[Any]:
+    if task.driver:
+        from .drivers import DRIVERS
+
+        run = DRIVERS[task.driver]
+        return [run(task.reference, *resolve_fixtures(clone_inputs(c.args)), **resolve_fixtures(clone_inputs(c.kwargs)))
+                for c in cases]
     return [task.reference(*resolve_fixtures(clone_inputs(c.args)), **resolve_fixtures(clone_inputs(c.kwargs)))
             for c in cases]
 
@@ -269,8 +278,6 @@ def evaluate(task: Task, call: Callable[[list[Case]], list[Outcome]], seed: int 
         failures.append("the notebook stopped answering before all cases ran")
     if status == "passed":
         return TaskResult(task.name, float(task.points), task.points, "passed", f"passed all {len(cases)} cases", passed, len(cases))
-    if status != "not_implemented":
-        hints.append(task.hint)
     msg = failures[0]
     if status not in ("not_implemented", "timeout"):
         msg += f" [{passed} of {len(cases)} cases passed]"

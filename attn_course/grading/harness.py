@@ -20,6 +20,8 @@ import torch
 from .codec import encode
 from .compare import Outcome, clone_inputs
 from .fixtures import resolve as resolve_fixtures
+from .rules import broken_rule
+from .rules import watch as watch_rules
 from .tasks import Case
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +68,20 @@ def resolve_forbidden(names: tuple[str, ...]) -> tuple[dict[Any, str], dict[str,
     return codes, builtins
 
 
-def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = ()) -> Outcome:
+def driven(fn: Any, driver: str) -> Any:
+    """``fn`` itself, or ``drivers.<driver>`` bound to it (a task on a class the learner writes)."""
+    if not driver:
+        return fn
+    from . import drivers
+
+    run = drivers.DRIVERS[driver]
+    return lambda *args, **kwargs: run(fn, *args, **kwargs)
+
+
+def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = (), rule: str = "", driver: str = "") -> Outcome:
+    """Call ``fn`` on one case (through ``driver`` when the task has one), watching the case's
+    rules (``rules``) and the forbidden calls."""
+    fn = driven(fn, driver)
     args, kwargs = clone_inputs(case.args), clone_inputs(case.kwargs)
     # Fixture markers become their objects for the call only (built before the forbidden-call
     # watch starts); args_after keeps the markers.
@@ -86,7 +101,7 @@ def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = ()) -> Outcome:
         if codes or builtins:
             sys.setprofile(watch)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), watch_rules(case.max_numel, case.max_flops) as (sizes, flops):
                 out = fn(*call_args, **call_kwargs)
         finally:
             if codes or builtins:
@@ -98,7 +113,8 @@ def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = ()) -> Outcome:
         return Outcome(False, error_type=type(exc).__name__, error_message=msg, error_where=_learner_frame(exc),
                        seconds=time.perf_counter() - start)
     return Outcome(True, output=out, args_after=args, kwargs_after=kwargs, seconds=time.perf_counter() - start,
-                   forbidden_used=used[0] if used else "")
+                   forbidden_used=used[0] if used else "",
+                   rule_broken=broken_rule(sizes, flops, case.max_numel, case.max_flops, rule))
 
 
 def lookup_function(namespace: dict[str, Any], name: str) -> tuple[Any, str | None]:
@@ -119,12 +135,14 @@ def call_in_kernel(name: str, in_path: str, out_path: str, namespace: dict[str, 
     """Run inside a grading kernel: call ``namespace[name]`` on each case in ``in_path``."""
     data = torch.load(in_path, weights_only=True)
     forbidden = tuple(data["forbidden"])
-    cases = [Case(c["name"], tuple(c["args"]), dict(c["kwargs"])) for c in data["cases"]]
+    rule, driver = str(data.get("rule", "")), str(data.get("driver", ""))
+    cases = [Case(c["name"], tuple(c["args"]), dict(c["kwargs"]), max_numel=int(c.get("max_numel", 0)),
+                  max_flops=int(c.get("max_flops", 0))) for c in data["cases"]]
     fn, problem = lookup_function(namespace, name)
     result: dict[str, Any] = {"missing": problem, "outcomes": []}
     if fn is not None:
         for case in cases:
-            o = call_local(fn, case, forbidden)
+            o = call_local(fn, case, forbidden, rule, driver)
             result["outcomes"].append({
                 "ok": o.ok,
                 "output": encode(o.output),
@@ -135,6 +153,7 @@ def call_in_kernel(name: str, in_path: str, out_path: str, namespace: dict[str, 
                 "error_where": o.error_where,
                 "seconds": o.seconds,
                 "forbidden_used": o.forbidden_used,
+                "rule_broken": o.rule_broken,
             })
     tmp = out_path + ".tmp"
     torch.save(result, tmp)

@@ -451,3 +451,94 @@ def remove_tree(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and moving a kernel's limits while it runs (the rules a task's idea sets, ``rules``)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _memory_folder(cgroups: list[str]) -> tuple[str, bool] | None:
+    """(the cgroup folder with the memory controller, whether it is v2)."""
+    for path in cgroups:
+        if os.path.exists(os.path.join(path, "memory.max")):
+            return path, True
+        if os.path.exists(os.path.join(path, "memory.limit_in_bytes")):
+            return path, False
+    return None
+
+
+def memory_usage(cgroups: list[str]) -> int | None:
+    """Bytes charged to the kernel's memory cgroup now (processes, tmpfs, shared memory), or None."""
+    found = _memory_folder(cgroups)
+    if found is None:
+        return None
+    path, v2 = found
+    return _read_int(os.path.join(path, "memory.current" if v2 else "memory.usage_in_bytes"))
+
+
+def memory_limit(cgroups: list[str]) -> int | None:
+    found = _memory_folder(cgroups)
+    if found is None:
+        return None
+    path, v2 = found
+    return _read_int(os.path.join(path, "memory.max" if v2 else "memory.limit_in_bytes"))
+
+
+def set_memory_limit(cgroups: list[str], limit: int) -> bool:
+    """Move the kernel's memory limit (as root); False where there is no memory cgroup or it refused.
+
+    v1 keeps memory+swap >= memory: lowering sets memory first, raising sets memory+swap first.
+    """
+    found = _memory_folder(cgroups)
+    if found is None:
+        return False
+    path, v2 = found
+    if v2:
+        return _write(path, "memory.max", str(limit))
+    current = _read_int(os.path.join(path, "memory.limit_in_bytes")) or 0
+    order = (("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") if limit < current
+             else ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes"))
+    ok = True
+    for name in order:
+        if os.path.exists(os.path.join(path, name)):
+            ok = _write(path, name, str(limit)) and ok
+    return ok
+
+
+def oom_kills(cgroups: list[str]) -> int:
+    """How many processes the out-of-memory killer has killed in the kernel's cgroup so far."""
+    found = _memory_folder(cgroups)
+    if found is None:
+        return 0
+    path, v2 = found
+    try:
+        text = Path(path, "memory.events" if v2 else "memory.oom_control").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def cpu_seconds_used(cgroups: list[str]) -> float | None:
+    """CPU time used by every process of the kernel so far (the cgroup's accounting), or None."""
+    for path in cgroups:
+        ns = _read_int(os.path.join(path, "cpuacct.usage"))
+        if ns is not None:
+            return ns / 1e9
+        try:
+            for line in Path(path, "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+        except (OSError, ValueError):
+            pass
+    return None

@@ -52,19 +52,25 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from .catalog import load_exercises
 from .codec import ResultError, load_bounded
-from .compare import Outcome, TaskResult, evaluate
+from .compare import Outcome, TaskResult, case_generator, clone_inputs, evaluate
+from .fixtures import resolve as resolve_fixtures
 from .places import (
     Place,
     cgroup_procs,
+    cpu_seconds_used,
     kill_cgroups,
     make_place,
+    memory_usage,
     mounts_below,
     new_cgroups,
+    oom_kills,
     release_place,
     remove_tree,
+    set_memory_limit,
     stage_runtime,
     unmount,
 )
+from .rules import CPU_SLACK_SECONDS, cpu_seconds
 from .sandbox import Sandbox, hide_from_others, kernel_env, runtime_roots, stripped_package
 from .source_check import forbidden_in_source
 from .tasks import Case, Exercise, Task
@@ -626,6 +632,7 @@ def _outcome(o: Any) -> Outcome:
         error_message=text("error_message"),
         error_where=text("error_where"),
         forbidden_used=text("forbidden_used"),
+        rule_broken=text("rule_broken"),
     )
 
 
@@ -638,8 +645,9 @@ def _call_task(kernel: _Kernel, task: Task, cases: list[Case], k: int, call_time
     tag = secrets.token_hex(8)
     in_path = os.path.join(kernel.inputs, f"in-{k}-{tag}.pt")
     out_path = os.path.join(kernel.workdir, f"out-{k}-{tag}.pt")
-    _write_new(in_path, {"forbidden": list(task.forbidden),
-                         "cases": [{"name": f"case {i + 1}", "args": list(c.args), "kwargs": dict(c.kwargs)}
+    _write_new(in_path, {"forbidden": list(task.forbidden), "rule": task.rule, "driver": task.driver,
+                         "cases": [{"name": f"case {i + 1}", "args": list(c.args), "kwargs": dict(c.kwargs),
+                                    "max_numel": c.max_numel, "max_flops": c.max_flops}
                                    for i, c in enumerate(cases)]})  # names stay here: they can say which bug
     code = (
         "from attn_course.grading.harness import call_in_kernel as _attn_course_call\n"
@@ -729,20 +737,77 @@ def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = Non
 def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, sources: list[str],
                 problems: dict[int, tuple[str, str]], seed: int) -> TaskResult:
     missing: list[tuple[str, str]] = []
+    cgroups = list(kernel.place.cgroups) if kernel.place is not None else []
+    limited = False
+    if task.memory_limit_bytes and cgroups and kernel.alive:
+        # The rule's memory is the whole kernel's, set from outside: what the notebook already
+        # holds counts, so a buffer allocated before the call cannot hide a whole score matrix.
+        held = memory_usage(cgroups)
+        if held is not None and held > task.memory_limit_bytes * 0.9:
+            return TaskResult(task.name, 0.0, task.points, "failed",
+                              f"`{task.name}` runs in a kernel of {task.memory_limit_bytes >> 20} MiB in all "
+                              f"({task.rule or 'this task'}s rule), but the notebook already held {held >> 20} MiB "
+                              "before it was called: free the large tensors your other cells keep")
+        limited = set_memory_limit(cgroups, task.memory_limit_bytes)
+    ooms = oom_kills(cgroups) if limited else 0
 
     def call(cases: list[Case]) -> list[Outcome]:
         outcomes, why, status = _call_task(kernel, task, cases, k, call_timeout, sources, problems)
+        if why and limited and not kernel.alive and oom_kills(cgroups) > ooms:
+            why = (f"`{task.name}` ran out of the {task.memory_limit_bytes >> 20} MiB this task allows the whole "
+                   f"kernel" + (f" ({task.rule})" if task.rule else ""))
+            status = "failed"
         if why:
             missing.append((status or "error", why))
         return outcomes
 
-    result = evaluate(task, call, seed=seed)
-    if missing:
-        status, why = missing[0]
-        return TaskResult(task.name, 0.0, task.points, status, why)
-    # Forbidden calls are found in the submitted source, here in the grader (a watch inside the
-    # learner's kernel is the learner's to switch off); only points it would earn are at stake.
-    forbidden = forbidden_in_source(sources, task) if result.points else None
-    if forbidden:
-        return TaskResult(task.name, 0.0, task.points, "failed", forbidden)
-    return result
+    try:
+        result = evaluate(task, call, seed=seed)
+        if missing:
+            status, why = missing[0]
+            return TaskResult(task.name, 0.0, task.points, status, why)
+        # Forbidden calls are found in the submitted source, here in the grader (a watch inside the
+        # learner's kernel is the learner's to switch off); only points it would earn are at stake.
+        forbidden = forbidden_in_source(sources, task) if result.points else None
+        if forbidden:
+            return TaskResult(task.name, 0.0, task.points, "failed", forbidden)
+        if result.points and task.dense is not None:
+            over = _cpu_rule(kernel, task, k, call_timeout, sources, problems, seed, cgroups)
+            if over:
+                return TaskResult(task.name, 0.0, task.points, "failed", over)
+        return result
+    finally:
+        if limited and kernel.alive and kernel.place is not None and kernel.place.cgroups == cgroups:
+            set_memory_limit(cgroups, kernel.run_ctx.sandbox.limits.total_memory_bytes)
+
+
+def _cpu_rule(kernel: _Kernel, task: Task, k: int, call_timeout: float, sources: list[str],
+              problems: dict[int, tuple[str, str]], seed: int, cgroups: list[str]) -> str:
+    """'' when every case with a ``cpu_fraction`` kept to it; else what it used, against what.
+
+    The kernel's CPU time is read from its cgroup, around a call of that case alone; the budget is
+    the fraction of the dense computation of the same inputs, timed here on one thread.
+    """
+    if not cgroups or cpu_seconds_used(cgroups) is None:
+        return ""  # no cgroup (not root): the report's sandbox line says the CPU rules are off
+    from .compare import describe_case
+
+    for case in task.cases(case_generator(seed)):
+        if not case.cpu_fraction:
+            continue
+        args = resolve_fixtures(clone_inputs(case.args))
+        kwargs = resolve_fixtures(clone_inputs(case.kwargs))
+        dense = cpu_seconds(lambda a=args, kw=kwargs: task.dense(*a, **kw))
+        budget = case.cpu_fraction * dense + CPU_SLACK_SECONDS
+        before = cpu_seconds_used(cgroups)
+        outcomes, why, _status = _call_task(kernel, task, [case], k, call_timeout, sources, problems)
+        after = cpu_seconds_used(cgroups)
+        if why or not outcomes or before is None or after is None:
+            return why or f"`{task.name}` did not answer when called again on {describe_case(task, case)}"
+        used = after - before
+        if used > budget:
+            named = f" ({task.rule})" if task.rule else ""
+            return (f"right values, but it used {used:.2f} s of CPU on {describe_case(task, case)}; computing every "
+                    f"block of that case takes {dense:.2f} s here and this case allows {case.cpu_fraction:.0%} of it"
+                    f"{named}")
+    return ""

@@ -44,6 +44,7 @@ KERNEL_FILES: tuple[str, ...] = (
     "grading/__init__.py", "grading/codec.py", "grading/compare.py", "grading/harness.py", "grading/tasks.py",
     "grading/catalog.py",  # check.py imports it; the stripped copy has no exercise to find
     "grading/fixtures.py", "grading/planted_bugs.py",  # objects built in the kernel from plain data (ex05, ex06)
+    "grading/rules.py", "grading/drivers.py",  # the rules measured in a call; drivers of class tasks
 )
 INSIDE_UID = 65534  # "nobody" inside the user namespace
 HOME_INSIDE = "/tmp/home"

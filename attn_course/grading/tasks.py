@@ -18,7 +18,14 @@ import torch
 class Case:
     """One input to try: positional args and keyword args, plus a readable name.
 
-    ``hint`` is shown when this case (and only this one) fails, e.g. for an edge case.
+    ``hint`` is shown when this case (and only this one) fails, e.g. for an edge case: it says
+    what is special about the case (a diagnosis), never the code that fixes it.
+
+    Rules of the task's idea (``rules``), each 0 = none: ``max_numel``, the largest tensor any
+    torch op may create during the call (elements); ``max_flops``, the matrix-multiply FLOPs
+    the call may do; ``cpu_fraction``, the CPU time the call may use (measured by the grader on
+    the kernel's cgroup, this case alone) as a fraction of ``Task.dense`` timed on the same
+    inputs in the grader (plus ``rules.CPU_SLACK_SECONDS``).
 
     ``points`` and ``required`` matter only for a task with ``partial_credit`` (see
     ``partial_points``): passing the case earns ``points``; failing a ``required`` case scores
@@ -32,6 +39,9 @@ class Case:
     hint: str = ""
     points: float = 0.0
     required: bool = False
+    max_numel: int = 0
+    max_flops: int = 0
+    cpu_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -43,11 +53,24 @@ class Task:
     cases:      ``cases(generator) -> list[Case]``; the grader draws them with its own seed
     points:     what the task is worth; scoring is all-or-nothing over the cases, unless
                 ``partial_credit``: then each passed case earns its ``Case.points``
-    hint:       a general hint, shown with any failure
+    hint:       the code-level hint, shown only when the learner asks (``check.hint(name)``),
+                never in a failure message or the grader's report; not the solution
     rtol/atol:  tolerance for floating-point comparison
     arg_names:  names of the positional arguments, used in messages ("scores: float32 (4, 7)")
     forbidden:  dotted names the learner's function may not call (the library version of what
                 the task asks to write, e.g. "torch.softmax"), detected while it runs
+    rule:       the idea's rule in a few words ("no whole (L, S) score matrix"), named in the
+                message of a call that breaks a case's ``max_numel``/``max_flops``/``cpu_fraction``
+                or the task's memory limit
+    memory_limit_bytes: the whole kernel's memory while this task's cases run (every process,
+                tmpfs and shared memory), enforced by the grader through the kernel's cgroup;
+                size a case so that what the idea avoids cannot fit while the idea does
+    dense:      for ``Case.cpu_fraction``: the computation the idea avoids (e.g. every tile),
+                called on the case's inputs and timed in the grader
+    driver:     a dotted name in ``grading.drivers``: when set, the call is
+                ``driver(learner_object, *args)`` instead of ``learner_object(*args)`` (a class the
+                learner writes, exercised by generating with it), and the expected value is
+                ``driver(reference, *args)``
     """
 
     name: str
@@ -60,6 +83,10 @@ class Task:
     arg_names: tuple[str, ...] = ()
     forbidden: tuple[str, ...] = ()
     partial_credit: bool = False
+    rule: str = ""
+    memory_limit_bytes: int = 0
+    dense: Callable[..., Any] | None = None
+    driver: str = ""
 
 
 def partial_points(cases: list[Case], passed: list[bool]) -> float:
