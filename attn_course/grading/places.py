@@ -150,7 +150,9 @@ def stage_runtime(run_root: str, roots: list[str]) -> tuple[dict[str, str], list
 # cgroups: memory, CPU and process limits per kernel (v1 hierarchies or the v2 unified one)
 # ----------------------------------------------------------------------------------------------
 
-_CONTROLLERS = ("memory", "cpu", "pids")
+# cpuacct: v1 only (its own hierarchy or beside cpu), for the CPU time a task's rule reads; v2
+# accounts CPU time in every cgroup's cpu.stat.
+_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 
 
 def _own_cgroup_paths() -> dict[str, str]:
@@ -205,7 +207,8 @@ def detect_cgroups() -> dict[str, str]:
             if not ctrls:
                 continue
             base = point + own.get(ctrls[0], "/").rstrip("/")
-            files = {"memory": "memory.limit_in_bytes", "cpu": "cpu.cfs_quota_us", "pids": "pids.max"}
+            files = {"memory": "memory.limit_in_bytes", "cpu": "cpu.cfs_quota_us", "cpuacct": "cpuacct.usage",
+                     "pids": "pids.max"}
             ok = [c for c in ctrls if _try_child(base, (files[c],))]
             if ok:
                 found[base] = ",".join(ok)

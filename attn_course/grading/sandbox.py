@@ -321,6 +321,9 @@ def _limits_applied(sandbox: Sandbox) -> None:
     for c, what in (("memory", "memory of all processes, tmpfs and shm included"), ("cpu", "CPU share"),
                     ("pids", "process count")):
         (applied if c in ctrls else missing).append(f"cgroup: {what}")
+    v2 = any(os.path.exists(os.path.join(folder, "cgroup.controllers")) for folder in sandbox.cgroups)
+    (applied if "cpuacct" in ctrls or (v2 and ctrls) else missing).append(
+        "cgroup: CPU time accounting (the tasks' CPU rules)")
     if sandbox.seccomp:
         applied.append("seccomp: no network, ptrace, mounts, namespaces, kernel keyrings, bpf")
     else:

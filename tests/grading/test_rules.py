@@ -1,0 +1,80 @@
+"""The rules of a task's idea: measured in the call (largest tensor, FLOPs) and read from the
+kernel's cgroup by the grader (memory, CPU time). End to end through the sandboxed grader they are
+exercised by the wrong submissions of the exercises that use them (tests/submissions/wrong/)."""
+
+import os
+
+import pytest
+import torch
+
+from attn_course.grading import places
+from attn_course.grading.compare import evaluate
+from attn_course.grading.harness import call_local
+from attn_course.grading.rules import broken_rule, cpu_seconds, watch
+from attn_course.grading.tasks import Case, Task
+
+
+def _whole(q, k):
+    return (q @ k.transpose(-2, -1)).sum(-1)  # (L, S) scores, then a row sum
+
+
+def _tiled(q, k, block=4):
+    return torch.cat([(q[i:i + block] @ k.transpose(-2, -1)).sum(-1) for i in range(0, q.shape[0], block)])
+
+
+def _task(**case_rules):
+    def cases(g):
+        q, k = torch.randn(16, 3, generator=g), torch.randn(16, 3, generator=g)
+        return [Case("sixteen rows", (q, k), **case_rules), Case("again", (q.flip(0), k), **case_rules),
+                Case("more", (q * 2, k), **case_rules), Case("last", (q, k * 2), **case_rules)]
+
+    return Task("row_sums", _whole, cases, rule="no whole (L, S) score matrix", arg_names=("q", "k"))
+
+
+def test_largest_tensor_rule_names_the_rule_and_the_tensor():
+    task = _task(max_numel=4 * 16)
+    tiled = evaluate(task, lambda cs: [call_local(_tiled, c, rule=task.rule) for c in cs])
+    whole = evaluate(task, lambda cs: [call_local(_whole, c, rule=task.rule) for c in cs])
+    assert tiled.passed
+    assert whole.points == 0 and "16 x 16" in whole.message and "no whole (L, S) score matrix" in whole.message
+    assert whole.message.startswith("right values, but it created a tensor of 256 elements")
+
+
+def test_flops_rule():
+    task = _task(max_flops=2 * 16 * 16 * 3)  # exactly the one product
+    assert evaluate(task, lambda cs: [call_local(_tiled, c, rule=task.rule) for c in cs]).passed
+
+    def twice(q, k):
+        _whole(q, k)
+        return _whole(q, k)
+
+    result = evaluate(task, lambda cs: [call_local(twice, c, rule=task.rule) for c in cs])
+    assert result.points == 0 and "FLOPs" in result.message
+
+
+def test_no_rule_costs_nothing_and_measures_nothing():
+    with watch(0, 0) as (sizes, flops):
+        torch.ones(1000, 1000)
+    assert sizes is None and flops is None and broken_rule(sizes, flops, 0, 0, "") == ""
+
+
+def test_cpu_seconds_measures_work():
+    x = torch.randn(256, 256)
+    little = cpu_seconds(lambda: x @ x)
+    more = cpu_seconds(lambda: [x @ x for _ in range(40)])
+    assert more > little
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not places.detect_cgroups(), reason="needs root and cgroups")
+def test_cgroup_memory_limit_moves_and_usage_is_read(tmp_path):
+    from attn_course.grading.places import Limits
+
+    made = places.new_cgroups(places.detect_cgroups(), f"attn-course-test-rules-{os.getpid()}", Limits())
+    try:
+        assert places.memory_limit(made) == Limits().total_memory_bytes
+        assert places.set_memory_limit(made, 1 << 30) and places.memory_limit(made) == 1 << 30
+        assert places.set_memory_limit(made, 4 << 30) and places.memory_limit(made) == 4 << 30
+        assert places.memory_usage(made) is not None and places.oom_kills(made) == 0
+        assert places.cpu_seconds_used(made) is not None
+    finally:
+        places.kill_cgroups(made)
