@@ -78,3 +78,84 @@ def test_cgroup_memory_limit_moves_and_usage_is_read(tmp_path):
         assert places.cpu_seconds_used(made) is not None
     finally:
         places.kill_cgroups(made)
+
+
+# --------------------------------------------------------------------------- end to end, sandboxed
+
+
+def _row_exp_sums(q, k):
+    """Row sums of exp(q k^T), one block of rows at a time (the reference never holds (L, S))."""
+    return torch.cat([(q[i:i + 1024] @ k.T).exp().sum(-1) for i in range(0, q.shape[0], 1024)])
+
+
+def _every_block(q, k):
+    return _row_exp_sums(q, k)
+
+
+def _rules_exercise():
+    from attn_course.grading.tasks import Exercise
+
+    def big(g):
+        n = 16384  # one (n, n) float32 matrix is 1 GiB: more than the whole kernel may hold
+        q, k = torch.randn(n, 4, generator=g) * 0.1, torch.randn(n, 4, generator=g) * 0.1
+        return [Case("small", (q[:64], k[:64])), Case("n = 16384", (q, k))] + [Case(f"x{i}", (q[:8], k[:8])) for i in range(2)]
+
+    def sparse(g):
+        q, k = torch.randn(2048, 64, generator=g) * 0.05, torch.randn(2048, 64, generator=g) * 0.05
+        return [Case("small", (q[:64], k[:64])), Case("big", (q, k), cpu_fraction=0.5)] + [
+            Case(f"x{i}", (q[:8], k[:8])) for i in range(2)]
+
+    def first_rows(q, k):
+        return _row_exp_sums(q[:16], k)
+
+    memory = Task("row_exp_sums", _row_exp_sums, big, rule="no whole (L, S) score matrix",
+                  memory_limit_bytes=1 << 30, arg_names=("q", "k"))
+    cpu = Task("first_rows", first_rows, sparse, rule="only the rows asked for",
+               dense=lambda q, k: [_every_block(q, k) for _ in range(3)], arg_names=("q", "k"))
+    return {"ex99_rules": Exercise("ex99_rules", "rules", (memory, cpu))}
+
+
+_HONEST = '''import torch
+
+def row_exp_sums(q, k):
+    return torch.cat([(q[i:i + 512] @ k.T).exp().sum(-1) for i in range(0, q.shape[0], 512)])
+
+def first_rows(q, k):
+    return (q[:16] @ k.T).exp().sum(-1)
+'''
+_WASTEFUL = '''import torch
+
+def row_exp_sums(q, k):
+    return (q @ k.T).exp_().sum(-1)  # the whole (L, S) matrix, exponentiated in place
+
+_HELD = torch.zeros(1)
+
+def first_rows(q, k):
+    for _ in range(12):
+        every = (q @ k.T).exp().sum(-1)  # every row, then keep the first 16
+    return every[:16]
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not places.detect_cgroups(), reason="needs root and cgroups")
+def test_memory_and_cpu_rules_hold_in_the_sandbox(tmp_path):
+    import nbformat
+
+    from attn_course.grading.runner import grade_notebook, grading_run
+    from attn_course.grading.sandbox import detect
+
+    box = detect("auto")
+    if box is None:
+        pytest.skip("no sandbox here")
+    exercises = _rules_exercise()
+    rows = {}
+    with grading_run(box) as run:
+        for name, code in (("honest", _HONEST), ("wasteful", _WASTEFUL)):
+            path = tmp_path / f"ex99_rules_{name}.ipynb"
+            nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), path)
+            rows[name] = {r.task: r for r in grade_notebook(path, exercises, timeout=60, call_timeout=60, run=run)}
+    assert all(r.points == r.max_points for r in rows["honest"].values()), rows["honest"]
+    memory, cpu = rows["wasteful"]["row_exp_sums"], rows["wasteful"]["first_rows"]
+    assert memory.points == 0 and "1024 MiB" in memory.message and "no whole (L, S) score matrix" in memory.message, memory
+    assert cpu.points == 0 and "s of CPU" in cpu.message and "only the rows asked for" in cpu.message, cpu
