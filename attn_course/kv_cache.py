@@ -248,6 +248,15 @@ class DynamicCache(KVCache):
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
 
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding drops rejected drafts)."""
+        require_int(length, "length", minimum=0, maximum=self.seq_len)
+        for layer in range(self.num_layers):
+            if self.keys[layer] is not None:
+                self.keys[layer] = self.keys[layer][:, :, :length]  # (B, H_kv, length, d)
+                self.values[layer] = self.values[layer][:, :, :length]
+        self._lengths = [length] * self.num_layers
+
     def allocated_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
