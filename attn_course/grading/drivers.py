@@ -89,7 +89,9 @@ def recompute_logits(weights: tuple[torch.Tensor, ...], slope: float, window: in
 def _held_numbers(obj: Any) -> int:
     """Floating-point numbers in the tensors an object holds in its attributes (one level of containers)."""
     total = 0
-    for value in vars(obj).values():
+    slots = [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())]
+    attributes = list(getattr(obj, "__dict__", {}).values()) + [getattr(obj, n, None) for n in slots]
+    for value in attributes:
         items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
         total += sum(t.numel() for t in items if isinstance(t, torch.Tensor) and t.is_floating_point())
     return total

@@ -22,6 +22,7 @@ from attn_course.exercises.ex08_kv_cache import (
 )
 from attn_course.grading.compare import case_generator
 from attn_course.grading.drivers import chunked_attention, paged_generate, recompute_logits, ring_generate
+from attn_course.grading.source_check import forbidden_in_source
 from attn_course.kv_cache import PagedCache
 
 
@@ -210,3 +211,19 @@ def test_a_paged_cache_without_copy_on_write_corrupts_the_sibling(check):
     assert check("PagedCache", PagedCacheReference, quiet=True).passed
     result = check("PagedCache", _NoCopyOnWrite, quiet=True)
     assert result.points == 0 and "fork inside a block" in result.message
+
+
+def test_the_source_check_reads_a_class_task():
+    task = EXERCISE.task("RingCache")
+    own = "import torch\nclass RingCache:\n    def update(self, k, v):\n        return torch.cat([k, v])\n"
+    assert forbidden_in_source([own], task) is None
+    borrowed = "from attn_course.kv_cache import SlidingWindowCache\nclass RingCache(SlidingWindowCache):\n    pass\n"
+    assert "SlidingWindowCache" in forbidden_in_source([borrowed], task)
+
+
+class _SlottedKeepsEverything(_KeepsEverything):
+    __slots__ = ("keys", "values")
+
+
+def test_the_memory_rule_sees_slotted_attributes_too(check):
+    assert "keeps only the last `window` positions" in check("RingCache", _SlottedKeepsEverything, quiet=True).message
