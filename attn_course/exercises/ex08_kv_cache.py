@@ -282,7 +282,7 @@ EXERCISE = Exercise(
         Task("RingCache", RingCacheReference, _ring_cases, points=3,
              arg_names=("weights", "slope", "window", "prompt_chunks", "steps"),
              forbidden=("attn_course.kv_cache.SlidingWindowCache", "attn_course.kv_cache.StaticCache"),
-             driver="ring_generate", rule="a ring keeps only the last `window` positions",
+             driver="ring_generate",  # its memory rule: drivers.ring_generate counts what the cache holds
              hint="Keep two (window, head_dim) buffers and the number of positions seen. For one new token "
                   "with a full ring, the oldest slot is the one to overwrite; the position a slot holds "
                   "follows from the newest position and the slot. A chunk that does not fit: attend over "

@@ -111,6 +111,18 @@ def cached_attention_step(x, cache_k, cache_v, w_q, w_k, w_v):
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values, cache_k, cache_v
 '''
 
+STEP_CACHES_INPUTS = '''
+def cached_attention_step(x, cache_k, cache_v, w_q, w_k, w_v):
+    import math
+    import torch
+    xs = torch.cat([cache_k, x])  # caches the inputs and projects them all again at every step
+    keys, values = xs @ w_k, xs @ w_v
+    T, S = x.shape[0], cache_k.shape[0]
+    scores = (x @ w_q) @ keys.T / math.sqrt(w_q.shape[1])
+    mask = torch.ones(T, S + T, dtype=torch.bool).tril(S)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values, xs, xs
+'''
+
 # --------------------------------------------------------------------------- RingCache
 
 # Shared by the ring variants: everything right but the piece each one bends.
@@ -263,5 +275,6 @@ VARIANTS = [
      "cached_attention_step": STEP_CACHE_NOT_GROWN,
      "RingCache": (RING_KEEPS_EVERYTHING, "keeps only the last `window` positions"),
      "PagedCache": PAGED_COPIES_FULL_BLOCKS},
-    {"RingCache": RING_CHUNK_STORED_FIRST, "PagedCache": PAGED_ONE_BLOCK_TOO_MANY},
+    {"cached_attention_step": STEP_CACHES_INPUTS, "RingCache": RING_CHUNK_STORED_FIRST,
+     "PagedCache": PAGED_ONE_BLOCK_TOO_MANY},
 ]
