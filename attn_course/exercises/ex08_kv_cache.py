@@ -1,31 +1,40 @@
 """Exercise 8: decoding with a KV cache (practises chapters 14, 15 and 16).
 
 Tasks:
-    top_p_filter(logits, p)                       nucleus filtering: logits (..., V), the rest -> -inf
-    cache_append(cache_k, cache_v, k, v)          (B, H, S, d) + (B, H, T, d) -> (B, H, S + T, d) twice
-    attend_one_query(q, k_cache, v_cache, key_mask)   q (B, H, 1, d) over (B, H, S, d) -> (B, H, 1, d)
-        key_mask (B, S) bool: True = a real token, False = left padding (never attended)
-    kv_cache_bytes(num_layers, num_kv_heads, head_dim, tokens, batch, dtype_bytes)   -> int
-    repeat_kv(x, n_rep)                           (B, H_kv, S, d) -> (B, H_kv * n_rep, S, d)
+    top_p_filter(logits, p)                  nucleus filtering: logits (..., V), the rest -> -inf
+    offset_causal_mask(T, S_cached)          (T, S_cached + T) bool, True = may attend: T new queries
+                                             after S_cached cached positions
+    cached_attention_step(x, cache_k, cache_v, w_q, w_k, w_v) -> (out (T, d), cache_k, cache_v (S + T, d))
+                                             one attention layer, one chunk of T new positions;
+                                             graded by feeding a sequence in chunks (driver
+                                             ``chunked_attention``): it must equal recomputation
+    class RingCache(window, head_dim)        ``update(k, v) -> (keys, values, key_positions)``: a ring
+                                             buffer of the last ``window`` positions, position p in
+                                             slot p % window; graded by generating with it
+                                             (driver ``ring_generate``)
+    class PagedCache(block_size, num_blocks, head_dim)   ``update(seq, k, v)`` through block tables,
+                                             copy-on-write after ``fork``; graded by generating two
+                                             continuations of one prompt (driver ``paged_generate``)
 
-References: ``attn_course.decoding.top_p_filter``, ``attn_course.kv_cache.kv_cache_bytes``,
-``attn_course.gqa.repeat_kv``; ``cache_append`` is what ``DynamicCache`` does per layer and
-``attend_one_query`` the decode step of ``GroupedQueryAttention`` (tests check both against
-the library).
+References: ``attn_course.decoding.top_p_filter``, ``attn_course.masking.causal_mask`` (lower
+right), ``attn_course.kv_cache.SlidingWindowCache`` (``RingCacheReference`` wraps it) and
+``attn_course.kv_cache.PagedCache`` (``PagedCacheReference`` is its per-sequence version; the
+tests check both against recomputation without a cache).
 
-Dimension glossary: B batch, H heads (H_kv key/value heads), S cached positions, T new
-positions, d head_dim, V vocabulary.
+Dimension glossary: T new positions, S cached positions (S_cached), D model width, d head_dim,
+V vocabulary, W window, P block size.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..attention import scaled_dot_product_attention
 from ..decoding import top_p_filter
-from ..gqa import repeat_kv
 from ..grading.tasks import Case, Exercise, Task, randn
-from ..kv_cache import kv_cache_bytes
+from ..kv_cache import SlidingWindowCache
+from ..masking import causal_mask
 
 _ATTENTIONS = ("attn_course.attention.scaled_dot_product_attention", "attn_course.attention.attention_weights_unchecked",
                "attn_course.gqa.grouped_query_attention",
@@ -36,30 +45,98 @@ _ATTENTIONS = ("attn_course.attention.scaled_dot_product_attention", "attn_cours
 # --------------------------------------------------------------------------- references
 
 
-def cache_append_reference(cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor,
-                           v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``DynamicCache``'s step for one layer: new positions after the cached ones, along the sequence axis."""
-    return torch.cat([cache_k, k], dim=2), torch.cat([cache_v, v], dim=2)  # (B, H, S + T, d)
-
-
-def attend_one_query_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                               key_mask: torch.Tensor) -> torch.Tensor:
-    """The decode step's attention: the newest query over every cached key that is a real token."""
-    mask = key_mask[:, None, None, :]  # (B, 1, 1, S): broadcasts over heads and the one query
-    out, _ = scaled_dot_product_attention(q, k_cache, v_cache, mask=mask)  # (B, H, 1, d)
-    return out
-
-
 def _top_p_reference(logits: torch.Tensor, p: float) -> torch.Tensor:
     return top_p_filter(logits, p)
 
 
-def _bytes_reference(num_layers, num_kv_heads, head_dim, tokens, batch, dtype_bytes):
-    return kv_cache_bytes(num_layers, num_kv_heads, head_dim, tokens, batch, dtype_bytes)
+def offset_causal_mask_reference(T: int, S_cached: int) -> torch.Tensor:
+    """The new queries are the last T of S_cached + T positions: the diagonal ends bottom right."""
+    return causal_mask(T, S_cached + T, align="lower_right")  # (T, S_cached + T)
 
 
-def _repeat_reference(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    return repeat_kv(x, n_rep)
+def cached_attention_step_reference(x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                                    w_q: torch.Tensor, w_k: torch.Tensor,
+                                    w_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One causal attention layer over T new positions after S cached ones; returns the grown cache."""
+    q = x @ w_q  # (T, d)
+    keys = torch.cat([cache_k, x @ w_k])  # (S + T, d): the new keys after the cached ones
+    values = torch.cat([cache_v, x @ w_v])
+    T, S = x.shape[0], cache_k.shape[0]
+    scores = q @ keys.T / math.sqrt(q.shape[-1])  # (T, S + T)
+    scores = scores.masked_fill(~offset_causal_mask_reference(T, S), float("-inf"))
+    return scores.softmax(dim=-1) @ values, keys, values  # (T, d), (S + T, d), (S + T, d)
+
+
+class RingCacheReference:
+    """``SlidingWindowCache`` for one layer, one head, one sequence: ``update(k (T, d), v (T, d))``."""
+
+    def __init__(self, window: int, head_dim: int) -> None:
+        self._cache = SlidingWindowCache(1, 1, head_dim, batch_size=1, window=window)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        positions = self._cache.key_positions(k.shape[0])  # (S,), asked before the update moves seq_len
+        keys, values = self._cache.update(0, k[None, None], v[None, None])  # (1, 1, S, d) each
+        return keys[0, 0], values[0, 0], positions
+
+
+class PagedCacheReference:
+    """``PagedCache``'s block tables for one layer, one head, with sequences of their own lengths.
+
+    Position ``p`` of a sequence lives in row ``table[p // P] * P + p % P`` of the flat pool
+    ``(num_blocks * P, d)``. ``fork`` shares every block; appending into a shared, partly filled
+    block copies it first (copy-on-write); full shared blocks are never written, so stay shared.
+    """
+
+    def __init__(self, block_size: int, num_blocks: int, head_dim: int) -> None:
+        self.block_size = block_size
+        self.key_pool = torch.zeros(num_blocks * block_size, head_dim)  # (num_blocks * P, d)
+        self.value_pool = torch.zeros(num_blocks * block_size, head_dim)
+        self.free_blocks = list(range(num_blocks - 1, -1, -1))  # a stack: block 0 first
+        self.ref_counts = [0] * num_blocks
+        self.block_tables: list[list[int]] = []
+        self.lengths: list[int] = []
+
+    def _allocate(self) -> int:
+        if not self.free_blocks:
+            raise RuntimeError("out of blocks")
+        block = self.free_blocks.pop()
+        self.ref_counts[block] = 1
+        return block
+
+    def new_sequence(self) -> int:
+        self.block_tables.append([])
+        self.lengths.append(0)
+        return len(self.block_tables) - 1
+
+    def fork(self, seq: int) -> int:
+        for block in self.block_tables[seq]:
+            self.ref_counts[block] += 1
+        self.block_tables.append(list(self.block_tables[seq]))
+        self.lengths.append(self.lengths[seq])
+        return len(self.block_tables) - 1
+
+    def _rows(self, seq: int, start: int, end: int) -> torch.Tensor:
+        P = self.block_size
+        pos = torch.arange(start, end)  # (n,)
+        return torch.tensor(self.block_tables[seq], dtype=torch.long)[pos // P] * P + pos % P  # (n,)
+
+    def update(self, seq: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        P, table = self.block_size, self.block_tables[seq]
+        start, end = self.lengths[seq], self.lengths[seq] + k.shape[0]
+        if start % P and self.ref_counts[table[-1]] > 1:  # appending into a shared, partly filled block
+            old, new = table[-1], self._allocate()
+            for pool in (self.key_pool, self.value_pool):
+                pool[new * P:(new + 1) * P] = pool[old * P:(old + 1) * P]
+            self.ref_counts[old] -= 1
+            table[-1] = new
+        while len(table) * P < end:  # ceil(end / P) blocks
+            table.append(self._allocate())
+        rows = self._rows(seq, start, end)
+        self.key_pool[rows] = k
+        self.value_pool[rows] = v
+        self.lengths[seq] = end
+        read = self._rows(seq, 0, end)  # (S,)
+        return self.key_pool[read], self.value_pool[read], torch.arange(end)
 
 
 # --------------------------------------------------------------------------- cases
@@ -67,69 +144,120 @@ def _repeat_reference(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 def _top_p_cases(g: torch.Generator) -> list[Case]:
     peaked = torch.tensor([[4.0, 1.0, 0.5, 0.0, -1.0, -2.0]])  # one token holds most of the mass
+    flat = torch.tensor([[0.0, 0.0, 0.0, 0.0]])  # mass 0.25 each: p = 0.5 keeps exactly two
     return [
         Case("a batch of rows, p = 0.9", (randn(g, 3, 10, scale=2.0), 0.9)),
         Case("p = 0.5", (randn(g, 2, 7, scale=2.0), 0.5)),
         Case("one token already above p", (peaked, 0.8),
-             hint="The most likely token is always kept, even when it alone holds more than p."),
+             hint="Here the most likely token alone holds more than p: it must be kept, and only it."),
         Case("p = 1 keeps every token", (randn(g, 2, 5), 1.0),
-             hint="Drop a token only when the tokens ranked above it already reach p."),
+             hint="With p = 1 no token may be dropped."),
+        Case("four equal tokens, p = 0.5", (flat, 0.5),
+             hint="Each token holds 0.25: the first two reach p = 0.5 exactly, so the other two go."),
         Case("tokens not in sorted order, batch and heads", (randn(g, 2, 3, 9, scale=3.0), 0.7),
-             hint="Sort, decide on the sorted probabilities, then put the decisions back in vocabulary order "
-                  "(scatter with the sort's indices)."),
+             hint="The logits are not sorted here: each kept or dropped token must be the same vocabulary "
+                  "entry as in your sorted view."),
     ]
 
 
-def _append_cases(g: torch.Generator) -> list[Case]:
+def _mask_cases(g: torch.Generator) -> list[Case]:
     return [
-        Case("decode: one new position", (randn(g, 2, 3, 5, 4), randn(g, 2, 3, 5, 4), randn(g, 2, 3, 1, 4),
-                                          randn(g, 2, 3, 1, 4))),
-        Case("several new positions", (randn(g, 1, 2, 3, 8), randn(g, 1, 2, 3, 8), randn(g, 1, 2, 4, 8),
-                                       randn(g, 1, 2, 4, 8))),
-        Case("an empty cache (before prefill)", (randn(g, 2, 2, 0, 4), randn(g, 2, 2, 0, 4), randn(g, 2, 2, 6, 4),
-                                                  randn(g, 2, 2, 6, 4)),
-             hint="A cache with 0 positions: the result is just the new keys and values."),
-        Case("keys and values differ", (randn(g, 3, 1, 2, 2), randn(g, 3, 1, 2, 2) + 5, randn(g, 3, 1, 1, 2),
-                                        randn(g, 3, 1, 1, 2) - 5),
-             hint="Append k to cache_k and v to cache_v, along the sequence axis (dim 2)."),
+        Case("prefill: nothing cached", (5, 0), hint="S_cached = 0: the plain causal mask."),
+        Case("decode: one query after 6 cached", (1, 6),
+             hint="One new query, the newest position: it sees every cached key and itself."),
+        Case("a chunk of 3 after 4 cached", (3, 4),
+             hint="The new queries are positions S_cached .. S_cached + T - 1; the keys are positions "
+                  "0 .. S_cached + T - 1."),
+        Case("a chunk longer than the cache", (6, 2)),
+        Case("one query, nothing cached", (1, 0)),
     ]
 
 
-def _attend_cases(g: torch.Generator) -> list[Case]:
-    def case(B, H, S, d, lengths):
-        mask = torch.arange(S)[None] >= (S - torch.tensor(lengths))[:, None]  # (B, S): left padding
-        return (randn(g, B, H, 1, d), randn(g, B, H, S, d), randn(g, B, H, S, d), mask)
+def _step_cases(g: torch.Generator) -> list[Case]:
+    def case(N, D, d, chunks):
+        return (randn(g, N, D), randn(g, D, d, scale=D ** -0.5), randn(g, D, d, scale=D ** -0.5),
+                randn(g, D, d, scale=D ** -0.5), list(chunks))
 
     return [
-        Case("no padding", case(2, 2, 5, 4, [5, 5])),
-        Case("one cached key", case(1, 3, 1, 8, [1])),
-        Case("left padding", case(3, 2, 6, 4, [6, 2, 4]),
-             hint="Padding keys (key_mask False) must get weight exactly 0: set their scores to -inf "
-                  "before the softmax."),
-        Case("long cache, wide heads", case(2, 4, 40, 16, [40, 33]),
-             hint="Scale the scores by 1 / sqrt(d), d = the last dimension of q."),
+        Case("the whole sequence at once (empty cache)", case(6, 8, 4, [6]),
+             hint="One call with an empty cache (S = 0): a causal attention over the chunk."),
+        Case("prefill then one token at a time", case(7, 8, 4, [3, 1, 1, 1, 1])),
+        Case("one token at a time from the start", case(5, 6, 3, [1, 1, 1, 1, 1]),
+             hint="The first call gets a cache with 0 positions; each later one gets what the previous returned."),
+        Case("chunks after a cache", case(10, 8, 4, [4, 3, 2, 1]),
+             hint="A chunk of several new queries after cached positions: a query sees every cached key, "
+                  "the chunk's keys up to its own position, and none after it."),
+        Case("head_dim differs from the width", case(9, 12, 5, [2, 5, 1, 1])),
     ]
 
 
-def _bytes_cases(g: torch.Generator) -> list[Case]:
+def _tiny_lm(g: torch.Generator, V: int, D: int, d: int, L: int) -> tuple[torch.Tensor, ...]:
+    """Weights of ``drivers``' tiny model: (wte, wpe, w_q, w_k, w_v, w_o, w_u)."""
+    return (randn(g, V, D), randn(g, L, D), randn(g, D, d, scale=D ** -0.5), randn(g, D, d, scale=D ** -0.5),
+            randn(g, D, d, scale=D ** -0.5), randn(g, d, D, scale=d ** -0.5), randn(g, D, V, scale=2 * D ** -0.5))
+
+
+def _tokens(g: torch.Generator, V: int, n: int) -> list[int]:
+    return torch.randint(0, V, (n,), generator=g).tolist()
+
+
+def _ring_cases(g: torch.Generator) -> list[Case]:
+    V, D, d = 11, 16, 4
+
+    def case(window, chunks, steps, slope=0.3):
+        L = sum(chunks) + steps
+        return (_tiny_lm(g, V, D, d, L), slope, window, [_tokens(g, V, n) for n in chunks], steps)
+
     return [
-        Case("GPT-2 small, 1024 tokens, float16", (12, 12, 64, 1024, 1, 2)),
-        Case("Llama-3-8B, 8192 tokens, batch 4", (32, 8, 128, 8192, 4, 2)),
-        Case("float32", (2, 4, 8, 10, 3, 4), hint="dtype_bytes is the size of one number: 4 for float32."),
-        Case("no tokens yet", (4, 2, 16, 0, 2, 2)),
-        Case("Llama-3-70B, 128k tokens", (80, 8, 128, 131072, 1, 2),
-             hint="2 (one K and one V) x layers x kv_heads x head_dim x tokens x batch x dtype_bytes."),
+        Case("window larger than the sequence", case(16, [5], 6),
+             hint="The ring never fills here: it works as a growing cache."),
+        Case("window 4, prompt 6, 5 steps", case(4, [6], 5),
+             hint="The prompt is longer than the window: its first queries need keys that the ring "
+                  "cannot keep afterwards."),
+        Case("window equal to the prompt", case(5, [5], 4),
+             hint="The ring is exactly full after the prompt: the first decoded position goes to slot 0."),
+        Case("wrapping several times", case(3, [2], 12),
+             hint="The positions wrap around the ring several times: each key must be reported with the "
+                  "position it holds, which the slot alone does not tell."),
+        Case("a prompt in chunks across the wrap", case(5, [3, 4], 5),
+             hint="The second chunk of the prompt (several new positions) arrives when the ring is partly "
+                  "full and does not fit in what is left."),
+        Case("window 1", case(1, [3], 4)),
     ]
 
 
-def _repeat_cases(g: torch.Generator) -> list[Case]:
+def _paged_cases(g: torch.Generator) -> list[Case]:
+    V, D, d = 11, 16, 4
+
+    def case(block_size, num_blocks, program, L=32, slope=0.2):
+        return (_tiny_lm(g, V, D, d, L), slope, block_size, num_blocks, program)
+
+    def two() -> tuple[list[int], list[int]]:  # two different first tokens: the branches write different keys
+        a, shift = _tokens(g, V, 1)[0], _tokens(g, V - 1, 1)[0] + 1
+        return [a], [(a + shift) % V]
+
+    b1, b2 = two()
+    c1, c2 = two()
+    e1, e2 = two()
+    f1, f2 = two()
     return [
-        Case("2 KV heads, 4 query heads", (randn(g, 2, 2, 5, 4), 2)),
-        Case("MQA: 1 KV head, 6 query heads", (randn(g, 1, 1, 3, 8), 6)),
-        Case("MHA: n_rep = 1", (randn(g, 2, 4, 3, 2), 1)),
-        Case("order of the copies", (randn(g, 1, 3, 2, 2), 3),
-             hint="Output head j is input head j // n_rep: each KV head is copied n_rep times in a row "
-                  "(0, 0, 0, 1, 1, 1, ...), not the whole set n_rep times (0, 1, 2, 0, 1, 2, ...)."),
+        Case("one sequence, block 4, prompt 6", case(4, 8, [("feed", 0, _tokens(g, V, 6)), ("decode", 0, 7)]),
+             hint="One sequence: the lengths (6, then up to 13) are not multiples of the block size."),
+        Case("fork inside a block", case(4, 8, [("feed", 0, _tokens(g, V, 6)), ("fork", 0), ("feed", 1, b2),
+                                                ("feed", 0, b1), ("decode", 0, 3), ("decode", 1, 3)]),
+             hint="The fork happens after 6 positions with blocks of 4: both sequences then write into the "
+                  "block they share."),
+        Case("fork at a block boundary", case(3, 8, [("feed", 0, _tokens(g, V, 6)), ("fork", 0), ("feed", 0, c1),
+                                                     ("feed", 1, c2), ("decode", 1, 2), ("decode", 0, 2)]),
+             hint="The fork happens after 6 positions with blocks of 3: every shared block is full."),
+        Case("a chunk after the fork", case(5, 10, [("feed", 0, _tokens(g, V, 7)), ("fork", 0),
+                                                    ("feed", 1, e2 + _tokens(g, V, 6)), ("feed", 0, e1),
+                                                    ("decode", 0, 4), ("decode", 1, 2)]),
+             hint="After the fork one sequence appends 7 positions in one call, across blocks."),
+        Case("a fork of a fork", case(2, 24, [("feed", 0, _tokens(g, V, 5)), ("fork", 0), ("feed", 1, f2),
+                                              ("fork", 1), ("feed", 2, _tokens(g, V, 3)), ("feed", 0, f1),
+                                              ("decode", 1, 2), ("decode", 2, 2), ("decode", 0, 2)]),
+             hint="Three sequences: some blocks are shared by all three, some by two."),
     ]
 
 
@@ -139,24 +267,33 @@ EXERCISE = Exercise(
     tasks=(
         Task("top_p_filter", _top_p_reference, _top_p_cases, points=2, arg_names=("logits", "p"),
              forbidden=("attn_course.decoding.top_p_filter", "attn_course.decoding.sampling_distribution"),
-             hint="probs = softmax of the sorted logits; mass_before = cumsum(probs) - probs; drop a token when "
-                  "mass_before >= p; scatter the decisions back and set the dropped logits to -inf."),
-        Task("cache_append", cache_append_reference, _append_cases, points=1,
-             arg_names=("cache_k", "cache_v", "k", "v"),
-             forbidden=("attn_course.kv_cache.KVCache.update",),
-             hint="torch.cat along dim 2 (the sequence axis of (B, H, S, d)); return new tensors, "
-                  "the inputs unchanged."),
-        Task("attend_one_query", attend_one_query_reference, _attend_cases, points=2,
-             arg_names=("q", "k_cache", "v_cache", "key_mask"), forbidden=_ATTENTIONS,
-             hint="scores = q @ k_cache^T / sqrt(d): (B, H, 1, S); -inf where key_mask is False "
-                  "(key_mask[:, None, None, :]); softmax over S; weights @ v_cache: (B, H, 1, d)."),
-        Task("kv_cache_bytes", _bytes_reference, _bytes_cases, points=1,
-             arg_names=("num_layers", "num_kv_heads", "head_dim", "tokens", "batch", "dtype_bytes"),
-             forbidden=("attn_course.kv_cache.kv_cache_bytes", "attn_course.kv_cache.ModelShape.kv_bytes"),
-             hint="2 (one K and one V) x num_layers x num_kv_heads x head_dim x tokens x batch x dtype_bytes, an int."),
-        Task("repeat_kv", _repeat_reference, _repeat_cases, points=1, arg_names=("x", "n_rep"),
-             forbidden=("attn_course.gqa.repeat_kv",),
-             hint="(B, H_kv, S, d) -> (B, H_kv * n_rep, S, d): x.repeat_interleave(n_rep, dim=1), or "
-                  "x[:, :, None].expand(B, H_kv, n_rep, S, d).reshape(B, H_kv * n_rep, S, d)."),
+             hint="Work on the tokens ranked by probability (torch.sort gives the ranking and where each "
+                  "token came from). For each ranked token, what matters is the probability of the tokens "
+                  "ranked *above* it: a cumulative sum gives it."),
+        Task("offset_causal_mask", offset_causal_mask_reference, _mask_cases, points=1,
+             arg_names=("T", "S_cached"),
+             forbidden=("attn_course.masking.causal_mask", "torch.nn.attention.bias.causal_lower_right"),
+             hint="Write the absolute position of each new query (a column vector) and of each key (a row "
+                  "vector); the mask compares the two."),
+        Task("cached_attention_step", cached_attention_step_reference, _step_cases, points=2,
+             arg_names=("x", "w_q", "w_k", "w_v", "chunks"), forbidden=_ATTENTIONS, driver="chunked_attention",
+             hint="Only the new positions need projecting. Append their keys and values to the cache before "
+                  "attending (a query sees itself), and mask with the mask of offset_causal_mask."),
+        Task("RingCache", RingCacheReference, _ring_cases, points=3,
+             arg_names=("weights", "slope", "window", "prompt_chunks", "steps"),
+             forbidden=("attn_course.kv_cache.SlidingWindowCache", "attn_course.kv_cache.StaticCache"),
+             driver="ring_generate",  # its memory rule: drivers.ring_generate counts what the cache holds
+             hint="Keep two (window, head_dim) buffers and the number of positions seen. For one new token "
+                  "with a full ring, the oldest slot is the one to overwrite; the position a slot holds "
+                  "follows from the newest position and the slot. A chunk that does not fit: attend over "
+                  "what the ring held (oldest first) plus the whole chunk, then keep the chunk's last "
+                  "`window` positions."),
+        Task("PagedCache", PagedCacheReference, _paged_cases, points=3,
+             arg_names=("weights", "slope", "block_size", "num_blocks", "program"),
+             forbidden=("attn_course.kv_cache.PagedCache",), driver="paged_generate",
+             hint="Before writing, two things: if the sequence's last block is partly filled and another "
+                  "sequence still uses it (its reference count), give this sequence its own copy; then add "
+                  "blocks until the table covers the new length. Then turn each position into a row of the "
+                  "pool through the block table."),
     ),
 )

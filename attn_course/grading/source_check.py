@@ -201,7 +201,8 @@ def forbidden_in_source(sources: list[str], task: Task) -> str | None:
                 top.setdefault(name, []).append(stmt)
     rules = _Rules(task)
     name = task.name
-    defs = [s for s in top.get(name, []) if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    # A task is a function or, graded through a driver, a class (ex08's caches).
+    defs = [s for s in top.get(name, []) if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
     if not defs:
         return f"no `def {name}` in a code cell the grader can parse"
     # Python keeps the last def; statements that change the function afterwards count too.

@@ -14,7 +14,8 @@ from attn_course.grading.catalog import load_exercises
 POINTS = {
     "ex04_decoder_step": {"additive_context": 2, "bahdanau_step": 3},
     "ex05_transformer_block": {"pre_norm_block": 3, "mask_for_mlm": 2, "next_token_batch": 1, "greedy_generate": 2},
-    "ex08_kv_cache": {"top_p_filter": 2, "cache_append": 1, "attend_one_query": 2, "kv_cache_bytes": 1, "repeat_kv": 1},
+    "ex08_kv_cache": {"top_p_filter": 2, "offset_causal_mask": 1, "cached_attention_step": 2, "RingCache": 3,
+                      "PagedCache": 3},
     "ex09_efficient_attention": {
         "attention_flops": 1, "sliding_window_mask": 1, "block_layout": 2, "linear_attention": 1,
         "linear_attention_step": 2},
