@@ -118,15 +118,16 @@ def call_local(fn: Any, case: Case, forbidden: tuple[str, ...] = (), rule: str =
 
 
 def lookup_function(namespace: dict[str, Any], name: str) -> tuple[Any, str | None]:
-    """The learner's function, or a message saying why it can't be graded."""
+    """The learner's function (or class, for a task with a driver), or a message saying why it can't be graded."""
     if name not in namespace:
-        return None, f"no function named `{name}` is defined in the notebook"
+        return None, f"no function or class named `{name}` is defined in the notebook"
     fn = namespace[name]
     if not callable(fn):
         return None, f"`{name}` is a {type(fn).__name__}, not a function"
     module = getattr(fn, "__module__", None)
     if module != "__main__":
-        return None, (f"`{name}` must be defined in the notebook with `def {name}(...)`; "
+        how = f"class {name}:" if isinstance(fn, type) else f"def {name}(...)"
+        return None, (f"`{name}` must be defined in the notebook with `{how}`; "
                       f"it comes from module `{module}`")
     return fn, None
 

@@ -204,7 +204,7 @@ EXPECTED = {
     # In the sandbox the library's masked_softmax cannot even be imported; without it, the
     # imported function is refused because it is not defined in the notebook.
     "ex01_uses_library": {"softmax": ("missing", "must be defined in the notebook")} if SANDBOX == "none"
-    else {"softmax": ("missing", "no function named `softmax`"),
+    else {"softmax": ("missing", "no function or class named `softmax`"),
           "attend": ("error", "NameError: name 'softmax' is not defined")},
     "ex01_kills_kernel": {"attend": ("error", "killed the kernel")},
 }
