@@ -33,6 +33,7 @@ Stages, each tested against ``torch.nn.functional.scaled_dot_product_attention``
 
 * ``decode_reference``      softmax(q k^T * scale) v with GQA, in float32: the reference.
 * ``split_bounds``          the key range ``[start, end)`` of each split.
+* ``choose_num_splits``     enough splits to give every SM a program, none shorter than a minimum.
 * ``split_k_partials``      the ``(m, l, acc)`` of every split, stacked.
 * ``merge_splits``          the partials merged with ``merge_partials`` and normalised.
 * ``split_k_decode``        the two together: FlashDecoding in torch.
@@ -59,6 +60,7 @@ __all__ = [
     "check_decode_qkv",
     "decode_reference",
     "split_bounds",
+    "choose_num_splits",
     "split_k_partials",
     "merge_splits",
     "split_k_decode",
@@ -148,6 +150,22 @@ def split_bounds(num_keys: int, num_splits: int) -> list[tuple[int, int]]:
     n = require_int(num_splits, "num_splits")
     chunk = math.ceil(S / n)
     return [(min(i * chunk, S), min((i + 1) * chunk, S)) for i in range(n)]
+
+
+def choose_num_splits(programs: int, num_keys: int, num_sms: int, min_keys: int = 256) -> int:
+    """How many splits a split-K launch uses: enough that ``programs * n`` covers ``num_sms``.
+
+    ``programs`` is what one split per row gives (``B * H_kv``: one program per sequence and KV
+    head). More splits than ``ceil(num_sms / programs)`` add partials without adding busy SMs; a
+    split shorter than ``min_keys`` keys costs more in launch and merge than it saves. So
+    ``n = max(1, min(ceil(num_sms / programs), num_keys // min_keys))``. (FlashAttention's own
+    heuristic also weighs how full the last wave is; the idea is the same.)
+    """
+    P = require_int(programs, "programs")
+    S = require_int(num_keys, "num_keys")
+    sms = require_int(num_sms, "num_sms")
+    require_int(min_keys, "min_keys")
+    return max(1, min(math.ceil(sms / P), S // min_keys))
 
 
 def split_k_partials(
