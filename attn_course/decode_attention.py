@@ -33,7 +33,7 @@ Stages, each tested against ``torch.nn.functional.scaled_dot_product_attention``
 
 * ``decode_reference``      softmax(q k^T * scale) v with GQA, in float32: the reference.
 * ``split_bounds``          the key range ``[start, end)`` of each split.
-* ``choose_num_splits``     enough splits to give every SM a program, none shorter than a minimum.
+* ``choose_num_splits``     as many splits as fit in one wave of programs, none shorter than a minimum.
 * ``split_k_partials``      the ``(m, l, acc)`` of every split, stacked.
 * ``merge_splits``          the partials merged with ``merge_partials`` and normalised.
 * ``split_k_decode``        the two together: FlashDecoding in torch.
@@ -153,19 +153,19 @@ def split_bounds(num_keys: int, num_splits: int) -> list[tuple[int, int]]:
 
 
 def choose_num_splits(programs: int, num_keys: int, num_sms: int, min_keys: int = 256) -> int:
-    """How many splits a split-K launch uses: enough that ``programs * n`` covers ``num_sms``.
+    """How many splits a split-K launch uses: the most that still fit ``programs * n`` in one wave.
 
     ``programs`` is what one split per row gives (``B * H_kv``: one program per sequence and KV
-    head). More splits than ``ceil(num_sms / programs)`` add partials without adding busy SMs; a
-    split shorter than ``min_keys`` keys costs more in launch and merge than it saves. So
-    ``n = max(1, min(ceil(num_sms / programs), num_keys // min_keys))``. (FlashAttention's own
-    heuristic also weighs how full the last wave is; the idea is the same.)
+    head). ``n = num_sms // programs`` gives every SM a program without starting a second, nearly
+    empty, wave; a split shorter than ``min_keys`` keys costs more in launch and merge than it
+    saves. So ``n = max(1, min(num_sms // programs, num_keys // min_keys))``. (FlashAttention's own
+    heuristic weighs the fullness of every wave; the idea is the same.)
     """
     P = require_int(programs, "programs")
     S = require_int(num_keys, "num_keys")
     sms = require_int(num_sms, "num_sms")
     require_int(min_keys, "min_keys")
-    return max(1, min(math.ceil(sms / P), S // min_keys))
+    return max(1, min(sms // P, S // min_keys))
 
 
 def split_k_partials(
@@ -185,32 +185,32 @@ def split_k_partials(
     for start, end in split_bounds(k.shape[2], num_splits):
         if start == end:  # an empty split: nothing seen, the merge's identity
             m = torch.full(qg.shape[:3], float("-inf"), device=q.device)  # (B, H_kv, n_rep L)
-            l, acc = torch.zeros_like(m), torch.zeros(*qg.shape[:3], v.shape[3], device=q.device)
+            lsum, acc = torch.zeros_like(m), torch.zeros(*qg.shape[:3], v.shape[3], device=q.device)
         else:
             kc = k[:, :, start:end].float()  # (B, H_kv, chunk, d): this split's keys only
             vc = v[:, :, start:end].float()  # (B, H_kv, chunk, d_v)
-            m, l, acc = block_partial(qg, kc, vc, scale=sc)  # (B, H_kv, n_rep L), ..., (B, H_kv, n_rep L, d_v)
+            m, lsum, acc = block_partial(qg, kc, vc, scale=sc)  # (B, H_kv, n_rep L), ..., (B, H_kv, n_rep L, d_v)
         ms.append(_ungrouped(m, H))
-        ls.append(_ungrouped(l, H))
+        ls.append(_ungrouped(lsum, H))
         accs.append(_ungrouped(acc, H))
     return torch.stack(ms), torch.stack(ls), torch.stack(accs)  # (n, B, H, L), (n, B, H, L), (n, B, H, L, d_v)
 
 
-def merge_splits(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+def merge_splits(m: torch.Tensor, lsum: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     """Merge the stacked partials of ``split_k_partials`` and normalise: ``(B, H, L, d_v)`` in float32.
 
     The reduce step of FlashDecoding: ``merge_partials`` (chapter 21, the rule ring attention
-    uses too) folds the splits in one by one; the result is ``acc / l`` of the merged partial.
+    uses too) folds the splits in one by one; the result is ``acc / l`` (``lsum`` here) of the merged partial.
     """
-    for x, name, pattern in ((m, "m", "(n, B, H, L)"), (l, "l", "(n, B, H, L)"), (acc, "acc", "(n, B, H, L, d_v)")):
+    for x, name, pattern in ((m, "m", "(n, B, H, L)"), (lsum, "lsum", "(n, B, H, L)"), (acc, "acc", "(n, B, H, L, d_v)")):
         require_tensor(x, name)
         if x.dim() != len(pattern.split(",")):
             raise shape_error(name, x, pattern)
-    if m.shape != l.shape or tuple(acc.shape[:-1]) != tuple(m.shape) or m.shape[0] == 0:
-        raise shape_error("acc", acc, f"{fmt_shape(m.shape)} + (d_v,), with m and l of the same shape {fmt_shape(m.shape)}")
-    state = (m[0], l[0], acc[0])
+    if m.shape != lsum.shape or tuple(acc.shape[:-1]) != tuple(m.shape) or m.shape[0] == 0:
+        raise shape_error("acc", acc, f"{fmt_shape(m.shape)} + (d_v,), with m and lsum of the same shape {fmt_shape(m.shape)}")
+    state = (m[0], lsum[0], acc[0])
     for i in range(1, m.shape[0]):
-        state = merge_partials(*state, m[i], l[i], acc[i])
+        state = merge_partials(*state, m[i], lsum[i], acc[i])
     return state[2] / state[1].unsqueeze(-1)  # (B, H, L, d_v)
 
 
@@ -230,8 +230,8 @@ def split_k_decode(
         ``(B, H, L, d_v)`` in ``q``'s dtype, equal to ``decode_reference`` to rounding for every
         ``num_splits``.
     """
-    m, l, acc = split_k_partials(q, k, v, num_splits, scale)
-    return merge_splits(m, l, acc).to(q.dtype)
+    m, lsum, acc = split_k_partials(q, k, v, num_splits, scale)
+    return merge_splits(m, lsum, acc).to(q.dtype)
 
 
 # --------------------------------------------------------------------------- paged
@@ -374,7 +374,7 @@ def paged_decode(
     qg = _grouped(q.float(), n_rep)  # (B, H_kv, R = n_rep L, d)
     R = qg.shape[2]
     m = torch.full((B, H // n_rep, R), float("-inf"), device=q.device)  # (B, H_kv, R)
-    l = torch.zeros_like(m)
+    lsum = torch.zeros_like(m)
     acc = torch.zeros(B, H // n_rep, R, v_pool.shape[3], device=q.device)  # (B, H_kv, R, d_v)
     n_used = (seq_lens.long() + P - 1) // P  # (B,) blocks each sequence uses
     offsets = torch.arange(P, device=q.device)  # (P,)
@@ -386,5 +386,5 @@ def paged_decode(
         scores = (qg @ kb) * sc  # (B, H_kv, R, d) @ (B, H_kv, d, P) -> (B, H_kv, R, P)
         keep = (j * P + offsets)[None, :] < seq_lens[:, None]  # (B, P): slots holding a position
         scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
-        m, l, acc = online_softmax_update(m, l, acc, scores, vb)
-    return _ungrouped(acc / l.unsqueeze(-1), H).to(q.dtype)  # (B, H, L, d_v)
+        m, lsum, acc = online_softmax_update(m, lsum, acc, scores, vb)
+    return _ungrouped(acc / lsum.unsqueeze(-1), H).to(q.dtype)  # (B, H, L, d_v)

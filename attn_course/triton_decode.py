@@ -201,11 +201,11 @@ if TRITON_AVAILABLE:
         offs_d = tl.arange(0, HEAD_DIM)
         base = row.to(tl.int64) * NUM_SPLITS
         m = tl.load(M + base + offs_s, mask=ok, other=float("-inf"))  # (SPLITS,)
-        l = tl.load(Lsum + base + offs_s, mask=ok, other=0.0)
+        lsum = tl.load(Lsum + base + offs_s, mask=ok, other=0.0)
         acc = tl.load(Acc + (base + offs_s)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0)
         m_all = tl.max(m, 0)  # finite: at least one split saw a key
         w = tl.exp(m - m_all)  # (SPLITS,) each split's rescaling; exp(-inf) = 0 for empty splits
-        out = tl.sum(w[:, None] * acc, 0) / tl.sum(w * l, 0)  # (d,)
+        out = tl.sum(w[:, None] * acc, 0) / tl.sum(w * lsum, 0)  # (d,)
         tl.store(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_d * stride_od,
                  out.to(Out.dtype.element_ty))
 
@@ -259,13 +259,13 @@ def _partials(B: int, H: int, n: int, d: int, device) -> tuple[torch.Tensor, tor
             torch.empty(B, H, n, d, device=device))
 
 
-def _reduce(q: torch.Tensor, m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+def _reduce(q: torch.Tensor, m: torch.Tensor, lsum: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     """Launch the reduce kernel: ``(B, H, 1, d)`` in ``q``'s dtype."""
     B, H, _, d = q.shape
     n = m.shape[2]
     out = torch.empty(B, H, 1, d, dtype=q.dtype, device=q.device)
     _reduce_kernel[(B * H,)](
-        m, l, acc, out, out.stride(0), out.stride(1), out.stride(3), H, n,
+        m, lsum, acc, out, out.stride(0), out.stride(1), out.stride(3), H, n,
         HEAD_DIM=d, SPLITS=max(2, triton.next_power_of_2(n)),
     )
     return out
@@ -291,16 +291,16 @@ def split_k_partials_triton(
     B, H, _, d = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     chunk = math.ceil(S / n)
-    m, l, acc = _partials(B, H, n, d, q.device)
+    m, lsum, acc = _partials(B, H, n, d, q.device)
     block_n = 16 if INTERPRETED else max(16, min(128, triton.next_power_of_2(max(1, 8192 // (_group(n_rep) * d)))))
     _split_k_kernel[(B * H_kv, n)](
-        q, k, v, m, l, acc, default_scale(d, scale),  #
+        q, k, v, m, lsum, acc, default_scale(d, scale),  #
         q.stride(0), q.stride(1), q.stride(3),  #
         *k.stride(), *v.stride(),  #
         H_kv, n_rep, S, chunk, n,  #
         HEAD_DIM=d, GROUP=_group(n_rep), BLOCK_N=block_n,
     )
-    return m, l, acc
+    return m, lsum, acc
 
 
 def split_k_decode_triton(
@@ -322,8 +322,8 @@ def split_k_decode_triton(
     check_decode_qkv(q, k, v)
     _check_kernel_shapes(q, v.shape[3], "split_k_decode_triton")
     n = _resolve_splits(num_splits, q, q.shape[0] * k.shape[1], k.shape[2])
-    m, l, acc = split_k_partials_triton(q, k, v, n, scale)
-    return _reduce(q, m, l, acc)
+    m, lsum, acc = split_k_partials_triton(q, k, v, n, scale)
+    return _reduce(q, m, lsum, acc)
 
 
 def paged_decode_triton(
@@ -359,14 +359,14 @@ def paged_decode_triton(
     B, H, _, d = q.shape
     H_kv = k_pool.shape[2]
     blocks_per_split = math.ceil(block_table.shape[1] / n)
-    m, l, acc = _partials(B, H, n, d, q.device)
+    m, lsum, acc = _partials(B, H, n, d, q.device)
     lens = seq_lens.to(torch.int32).contiguous()
     _paged_kernel[(B * H_kv, n)](
-        q, k_pool, v_pool, block_table, lens, m, l, acc, default_scale(d, scale),  #
+        q, k_pool, v_pool, block_table, lens, m, lsum, acc, default_scale(d, scale),  #
         q.stride(0), q.stride(1), q.stride(3),  #
         *k_pool.stride(), *v_pool.stride(),  #
         block_table.stride(0), block_table.stride(1),  #
         H_kv, n_rep, blocks_per_split, n,  #
         HEAD_DIM=d, GROUP=_group(n_rep), P=P,
     )
-    return _reduce(q, m, l, acc)
+    return _reduce(q, m, lsum, acc)

@@ -70,10 +70,10 @@ def test_split_k_kernel_equals_sdpa(B, H, H_kv, S, d, n, dtype):
 
 def test_split_k_partials_equal_the_torch_partials():
     q, k, v = make(1, 4, 2, 21, 16)
-    m, l, acc = td.split_k_partials_triton(q, k, v, 3)  # (B, H, n), (B, H, n), (B, H, n, d)
+    m, lsum, acc = td.split_k_partials_triton(q, k, v, 3)  # (B, H, n), (B, H, n), (B, H, n, d)
     mt, lt, at = split_k_partials(q.cpu().float(), k.cpu().float(), v.cpu().float(), 3)  # (n, B, H, 1), ...
     torch.testing.assert_close(m.cpu().permute(2, 0, 1).unsqueeze(-1), mt, atol=1e-5, rtol=0)
-    torch.testing.assert_close(l.cpu().permute(2, 0, 1).unsqueeze(-1), lt, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(lsum.cpu().permute(2, 0, 1).unsqueeze(-1), lt, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(acc.cpu().permute(2, 0, 1, 3).unsqueeze(-2), at, atol=1e-4, rtol=1e-5)
 
 
