@@ -324,7 +324,8 @@ def draw_split_k(num_splits: int = 4, keys_per_split: int = 4) -> Figure:
     total = n * per
     x0 = (10.0 - total * cell - (n - 1) * 0.15) / 2
     box(ax, 5.0, 4.2, 2.6, 0.42, "query q (one new token)", COLORS["query"], size=9.5)
-    label(ax, 5.0, 3.72, f"keys and values of the cache: S = {total} positions, {n} splits of {per}", size=9, color=INK)
+    label(ax, 0.2, 4.2, f"the cache: S = {total} keys and values,\n{n} splits of {per}, one program each", size=9,
+          color=INK, ha="left")
     centres = []
     for i in range(n):
         c = _SPLIT_COLORS[i % len(_SPLIT_COLORS)]
@@ -336,7 +337,7 @@ def draw_split_k(num_splits: int = 4, keys_per_split: int = 4) -> Figure:
         centres.append(cx)
         arrow(ax, (5.0, 3.99), (cx, 3.5), COLORS["query"], lw=0.8, mutation_scale=8)
         arrow(ax, (cx, 3.08), (cx, 2.45), c, lw=1.1)
-        box(ax, cx, 2.05, 1.75, 0.78, f"program {i}\nm{i}, l{i}, acc{i}", c, size=8.5)
+        box(ax, cx, 2.05, min(1.45, per * cell + 0.05), 0.78, f"program {i}\nm{i}, l{i}, acc{i}", c, size=8.5)
         arrow(ax, (cx, 1.66), (5.0, 1.02), c, lw=1.1)
     box(ax, 5.0, 0.7, 5.6, 0.62, "reduce: M = max m_i;  out = Σ e^(m_i − M) acc_i / Σ e^(m_i − M) l_i",
         COLORS["context"], size=9)
@@ -361,10 +362,12 @@ def draw_block_table(block_size: int = 4, table: tuple[int, ...] = (7, 2, 9, 4),
     label(ax, 7.7, 4.75, f"the pool: {num_blocks} physical blocks of {P}", size=9.5, color=INK, weight="bold")
     pool_y = {b: 4.3 - b * 0.4 for b in range(num_blocks)}
     others = {0: MUTED, 3: MUTED, 5: MUTED, 8: MUTED}  # blocks of other sequences
+    fill = {t: min(P, length - j * P) for j, t in enumerate(table)}  # our last block is partly filled
     for b, y in pool_y.items():
         c = colours.get(b, others.get(b))
         for s in range(P):
-            rect(ax, 6.9 + s * slot, y - 0.15, slot * 0.92, 0.3, c or "#bbbbbb", amount=0.55 if c else 0.9)
+            used = c is not None and s < fill.get(b, P)
+            rect(ax, 6.9 + s * slot, y - 0.15, slot * 0.92, 0.3, c or "#bbbbbb", amount=0.55 if used else 0.9)
         who = "ours" if b in colours else ("another sequence" if b in others else "free")
         label(ax, 6.75, y, f"#{b}", size=8, color=INK, ha="right")
         label(ax, 6.95 + P * slot, y, who, size=7.5, ha="left")
@@ -386,6 +389,6 @@ def draw_block_table(block_size: int = 4, table: tuple[int, ...] = (7, 2, 9, 4),
         for s in range(P):
             rect(ax, 0.3 + (j * P + s) * slot * 0.8, 0.45, slot * 0.74, 0.3, colours[t], amount=0.55)
     label(ax, 0.3, 0.18, "a contiguous (S, d) buffer: written once, then read again", size=8, ha="left")
-    label(ax, 9.9, 0.75, "paged decode: step j loads block table[j]\nwhere it lies; nothing is copied",
-          size=9, color=INK, ha="right")
+    label(ax, 5.15, 0.6, "paged decode: step j loads\nblock table[j] where it lies;\nnothing is copied",
+          size=9, color=INK)
     return fig
