@@ -14,6 +14,8 @@ The mechanisms are ``attn_course.decode_attention`` (torch) and ``attn_course.tr
 * ``decode_bytes``            bytes moved by a paged decode and by gather-then-attend, counted.
 * ``time_paged_vs_gather``    CPU seconds of ``paged_decode`` and ``gather_then_attend``.
 * ``decode_comparison``       the chapter's headline numbers as a dict (for ``benchmarks/serving.py``).
+* ``time_decode_kernels_gpu`` GPU milliseconds of the Triton decode kernels against SDPA (CUDA only;
+                              ``benchmarks/decode_gpu_quick.py`` and the chapter's GPU cell call it).
 * ``draw_split_k``, ``draw_block_table``   the chapter's diagrams (``ALT`` holds their alt text).
 
 Hardware numbers are stated, not measured here: ``H200`` (NVIDIA's datasheet, from
@@ -31,7 +33,6 @@ from collections.abc import Sequence
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from attn_course._validation import require_int, require_positive_number
 from attn_course.decode_attention import choose_num_splits, gather_kv, gather_then_attend, paged_decode
@@ -54,6 +55,7 @@ __all__ = [
     "decode_bytes",
     "time_paged_vs_gather",
     "decode_comparison",
+    "time_decode_kernels_gpu",
     "draw_split_k",
     "draw_block_table",
 ]
@@ -81,8 +83,9 @@ ALT = {
 SPLIT_FRAME_ALT = (
     "Left: a grid of 132 squares, the SMs of an H200; the ones given a program in the first wave of a "
     "split-K decode launch at batch 1 with 8 KV heads are coloured. Right: the modelled time of the "
-    "launch against the number of splits, falling as more SMs are used until all 132 are busy, then "
-    "rising slowly as the merge of more partials costs more; the current number of splits is marked."
+    "launch against the number of splits, falling as more SMs are used until 128 of the 132 are busy "
+    "at 16 splits, then flat: more splits only fill further waves and add a little merge work; the "
+    "current number of splits is marked."
 )
 
 
@@ -178,30 +181,30 @@ def plot_split_speedup(num_keys: Sequence[int], splits: Sequence[int], batch: in
 
 def split_k_frame(fig: Figure, num_splits: float, *, batch: int = 1, kv_heads: int = 8, heads: int = 32,
                   num_keys: int = 32768, head_dim: int = 128,
-                  splits: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)) -> None:
+                  splits: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> None:
     """One frame of the slider: which SMs the first wave uses, and the modelled time, for ``num_splits``."""
     n = int(num_splits)
     model = split_k_model(batch, kv_heads, heads, num_keys, head_dim, n)
     left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
-    cols, rows = 12, 11  # 132 SMs
+    cols, rows = 12, 11  # 132 SMs, drawn as one image (a patch per SM is slow to render for every frame)
     busy_now = min(model["programs"], HOPPER_SMS)
-    for i in range(HOPPER_SMS):
-        r, c = divmod(i, cols)
-        colour = COLORS["key"] if i < busy_now else "#dddddd"
-        left.add_patch(Rectangle((c, rows - 1 - r), 0.9, 0.9, facecolor=light(colour, 0.3) if i < busy_now else colour,
-                                 edgecolor="white"))
-    left.set_xlim(0, cols)
-    left.set_ylim(0, rows)
-    left.set_aspect("equal")
-    left.set_axis_off()
+    busy_rgb, idle_rgb = light(COLORS["key"], 0.3), light("#999999", 0.7)
+    grid = [[busy_rgb if r * cols + c < busy_now else idle_rgb for c in range(cols)] for r in range(rows)]
+    left.imshow(grid, interpolation="nearest")
+    left.set_xticks([x - 0.5 for x in range(1, cols)], minor=True)
+    left.set_yticks([y - 0.5 for y in range(1, rows)], minor=True)
+    left.grid(which="minor", color="white", lw=1.5)
+    left.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
     left.set_title(f"{busy_now} of {HOPPER_SMS} SMs busy\n{model['programs']} programs, "
                    f"{math.ceil(num_keys / n):,} keys each", fontsize=10)
     times = [split_k_model(batch, kv_heads, heads, num_keys, head_dim, s)["seconds"] * 1e6 for s in splits]
-    right.plot(list(splits), times, marker="o", color=COLORS["query"])
-    right.plot([n], [model["seconds"] * 1e6], marker="o", ms=12, color=COLORS["context"], ls="none")
+    xs = list(range(len(splits)))  # evenly spaced, labelled with n (log scales are slow to draw per frame)
+    right.plot(xs, times, marker="o", color=COLORS["query"])
+    if n in splits:
+        right.plot([splits.index(n)], [model["seconds"] * 1e6], marker="o", ms=12, color=COLORS["context"], ls="none")
     right.axhline(model["ideal_s"] * 1e6, color="0.5", ls="--", lw=1, label="all SMs streaming")
-    right.set_xscale("log", base=2)
-    right.set_yscale("log")
+    right.set_xticks(xs, [str(x) for x in splits])
+    right.set_ylim(0, max(times) * 1.08)
     right.set_xlabel("splits n")
     right.set_ylabel("modelled time (µs)")
     right.set_title(f"n = {n}: {model['seconds'] * 1e6:.0f} µs (S = {num_keys:,})", fontsize=10)
@@ -308,6 +311,56 @@ def decode_comparison(batch: int = 4, heads: int = 16, kv_heads: int = 4, head_d
         "split_k_splits": float(n_fill),
         "split_k_modelled_speedup": one["seconds"] / split["seconds"],
     }
+
+
+def time_decode_kernels_gpu(batch: int = 1, heads: int = 32, kv_heads: int = 8, num_keys: int = 32768,
+                            head_dim: int = 128, block_size: int = 16, dtype: torch.dtype = torch.bfloat16,
+                            num_splits: Sequence[int] = (1, 4, 16), seed: int = 0) -> dict[str, float]:
+    """Milliseconds of one decode step's attention on a CUDA GPU (``triton.testing.do_bench``, median).
+
+    Contiguous cache ``(B, H_kv, S, d)``: torch's SDPA (``enable_gqa``) and the split-K kernel for each
+    of ``num_splits`` and for ``num_splits=None`` (``choose_num_splits``). Paged cache (the same keys,
+    shuffled blocks of ``block_size``): the paged kernel with 1 split and with the automatic count, and
+    ``gather_then_attend``. Also ``max_error``: the largest difference of any kernel from SDPA.
+    Needs CUDA and a compiled (not interpreted) ``attn_course.triton_decode``.
+    """
+    import triton.testing
+
+    import attn_course.triton_decode as td
+
+    if not torch.cuda.is_available() or td.INTERPRETED:
+        raise RuntimeError("time_decode_kernels_gpu needs a CUDA GPU and TRITON_INTERPRET unset")
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dev = "cuda"
+    q = torch.randn(batch, heads, 1, head_dim, device=dev, dtype=dtype, generator=g)
+    k = torch.randn(batch, kv_heads, num_keys, head_dim, device=dev, dtype=dtype, generator=g)
+    v = torch.randn(batch, kv_heads, num_keys, head_dim, device=dev, dtype=dtype, generator=g)
+    P = block_size
+    T = math.ceil(num_keys / P)
+    perm = torch.randperm(batch * T, device=dev, generator=g)
+    table = perm.view(batch, T)  # (B, T): every block of every sequence somewhere in the pool
+    k_pad = torch.nn.functional.pad(k, (0, 0, 0, T * P - num_keys))  # (B, H_kv, T P, d)
+    v_pad = torch.nn.functional.pad(v, (0, 0, 0, T * P - num_keys))
+    k_pool = torch.empty(batch * T, P, kv_heads, head_dim, device=dev, dtype=dtype)
+    v_pool = torch.empty_like(k_pool)
+    k_pool[table.reshape(-1)] = k_pad.transpose(1, 2).reshape(batch * T, P, kv_heads, head_dim)
+    v_pool[table.reshape(-1)] = v_pad.transpose(1, 2).reshape(batch * T, P, kv_heads, head_dim)
+    lens = torch.full((batch,), num_keys, device=dev)
+    auto = choose_num_splits(batch * kv_heads, num_keys, torch.cuda.get_device_properties(0).multi_processor_count)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    runs = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)}
+    for n in num_splits:
+        runs[f"split_k n={n}"] = lambda n=n: td.split_k_decode_triton(q, k, v, num_splits=n)
+    runs[f"split_k n=auto ({auto})"] = lambda: td.split_k_decode_triton(q, k, v)
+    runs["paged n=1"] = lambda: td.paged_decode_triton(q, k_pool, v_pool, table, lens)
+    runs[f"paged n={auto}"] = lambda: td.paged_decode_triton(q, k_pool, v_pool, table, lens, num_splits=auto)
+    runs["gather_then_attend"] = lambda: gather_then_attend(q, k_pool, v_pool, table, lens)
+    out, worst = {}, 0.0
+    for name, fn in runs.items():
+        worst = max(worst, (fn().float() - ref.float()).abs().max().item())
+        out[name] = float(triton.testing.do_bench(fn))
+    out["max_error"] = worst
+    return out
 
 
 # --------------------------------------------------------------------------- diagrams
