@@ -244,6 +244,7 @@ def check_paged(
     block_table: object,
     seq_lens: object,
     block_size: int | None = None,
+    check_values: bool = True,
 ) -> tuple[int, int]:
     """Check a paged decode's inputs; return ``(n_rep, P)``.
 
@@ -251,6 +252,8 @@ def check_paged(
     ``block_table (B, T)`` integer, ``seq_lens (B,)`` integer in ``[1, T * P]``; every block id that
     a sequence uses (the first ``ceil(seq_lens[b] / P)`` entries of its row) must lie in
     ``[0, N_blk)``. Entries past a sequence's last block are never read (use any value, e.g. -1).
+    ``check_values=False`` checks shapes, dtypes and devices only: the value checks read the
+    tensors, which on a GPU waits for the device (a timing loop over a trusted table skips them).
     """
     require_floating(q, "q")
     if q.dim() != 4:
@@ -282,20 +285,24 @@ def check_paged(
             raise shape_error(name, x, f"{pattern}: one row per sequence of q")
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device}; expected q's device {q.device}")
+    if not check_values:
+        return n_rep, P
     T = block_table.shape[1]
-    lens = seq_lens.tolist()
-    for b, n in enumerate(lens):
-        if n < 1:
-            raise ValueError(f"seq_lens[{b}] = {n}: every sequence needs at least one cached position")
-        if n > T * P:
-            raise ValueError(f"seq_lens[{b}] = {n} but block_table has shape {fmt_shape(block_table.shape)}: "
-                             f"{T} blocks of P = {P} cover at most {T * P} positions")
-        used = block_table[b, : math.ceil(n / P)]
-        bad = (used < 0) | (used >= num_blocks)
-        if bad.any():
-            j = int(bad.nonzero()[0, 0])
-            raise ValueError(f"block_table[{b}, {j}] = {int(used[j])} points outside the pool: k_pool has "
-                             f"{num_blocks} blocks (ids 0 .. {num_blocks - 1})")
+    # the values, all sequences at once (each check below is one synchronisation on a GPU)
+    short, long = seq_lens < 1, seq_lens > T * P  # (B,)
+    if short.any():
+        b = int(short.nonzero()[0, 0])
+        raise ValueError(f"seq_lens[{b}] = {int(seq_lens[b])}: every sequence needs at least one cached position")
+    if long.any():
+        b = int(long.nonzero()[0, 0])
+        raise ValueError(f"seq_lens[{b}] = {int(seq_lens[b])} but block_table has shape {fmt_shape(block_table.shape)}: "
+                         f"{T} blocks of P = {P} cover at most {T * P} positions")
+    used = torch.arange(T, device=q.device)[None, :] < ((seq_lens + P - 1) // P)[:, None]  # (B, T) entries read
+    bad = used & ((block_table < 0) | (block_table >= num_blocks))  # (B, T)
+    if bad.any():
+        b, j = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"block_table[{b}, {j}] = {int(block_table[b, j])} points outside the pool: k_pool has "
+                         f"{num_blocks} blocks (ids 0 .. {num_blocks - 1})")
     return n_rep, P
 
 

@@ -335,6 +335,7 @@ def paged_decode_triton(
     block_size: int | None = None,
     num_splits: int = 1,
     scale: float | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Paged attention in Triton: K/V blocks read in place through the block table.
 
@@ -346,12 +347,14 @@ def paged_decode_triton(
         num_splits: splits of each sequence's blocks (1: one program per (sequence, KV head),
             PagedAttention v1; more: v2, the split-K idea on a paged cache).
         scale: score multiplier, default ``1 / sqrt(d)``.
+        check_values: validate the block ids and lengths (``check_paged``); ``False`` skips these
+            reads of the table, each a wait for the GPU, when timing steps over a trusted table.
 
     Returns:
         ``(B, H, 1, d)`` in ``q``'s dtype, equal to ``attn_course.decode_attention.paged_decode``.
         Nothing is copied: the only tensors written are the partials and the output.
     """
-    n_rep, P = check_paged(q, k_pool, v_pool, block_table, seq_lens, block_size)
+    n_rep, P = check_paged(q, k_pool, v_pool, block_table, seq_lens, block_size, check_values)
     _check_kernel_shapes(q, v_pool.shape[3], "paged_decode_triton")
     if P & (P - 1):
         raise ValueError(f"k_pool has blocks of P = {P} slots; paged_decode_triton needs a power of two (8, 16, 32, ...)")
