@@ -171,3 +171,22 @@ def test_split_k_errors():
         split_k_decode(q, k, v[:, :, :5], 2)
     with pytest.raises(ValueError, match="at least one key"):
         split_k_decode(q, k[:, :, :0], v[:, :, :0], 2)
+
+
+def test_paged_decode_on_forked_sequences_sharing_prompt_blocks():
+    """Sequences forked from one prompt share its blocks (PagedCache.fork): read in place, shared or not."""
+    q, k, v = make(3, 4, 2, 1, 14, 8)
+    cache = PagedCache(1, 2, 8, batch_size=1, block_size=4, num_blocks=16)
+    cache.update(0, k[:1, :, :9], v[:1, :, :9])  # one prompt of 9 positions: blocks 0, 1, 2
+    cache.fork(0)
+    cache.fork(0)
+    for t in range(9, 14):  # three continuations, each its own keys
+        cache.update(0, k[:, :, t : t + 1], v[:, :, t : t + 1])
+    table = torch.tensor(cache.block_tables)
+    assert table[0, 0] == table[1, 0] == table[2, 0] and table[0, 1] == table[2, 1]  # full prompt blocks shared
+    lens = torch.full((3,), cache.seq_len)
+    out = paged_decode(q, cache.key_pool[0], cache.value_pool[0], table, lens)
+    for b in range(3):
+        keys = torch.cat([k[:1, :, :9], k[b : b + 1, :, 9:14]], dim=2)
+        values = torch.cat([v[:1, :, :9], v[b : b + 1, :, 9:14]], dim=2)
+        torch.testing.assert_close(out[b : b + 1], sdpa(q[b : b + 1], keys, values), atol=1e-5, rtol=0)

@@ -115,3 +115,17 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
     monkeypatch.setattr(td, "INTERPRETED", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         td.split_k_decode_triton(q, k, v, 2)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="long caches only where the kernels are compiled")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_kernels_on_a_long_cache(dtype):
+    q, k, v = make(2, 32, 8, 5000, 128, dtype)
+    want = sdpa32(q, k, v)
+    for n in (1, 7, None):
+        torch.testing.assert_close(td.split_k_decode_triton(q, k, v, num_splits=n).float(), want, atol=TOL[dtype], rtol=0)
+    k_pool, v_pool, table, lens = paged_copy(k.cpu().float(), v.cpu().float(), 16, [5000, 5000])
+    k_pool, v_pool, table, lens = (x.to(DEVICE) for x in (k_pool.to(dtype), v_pool.to(dtype), table, lens))
+    for n in (1, 8):
+        torch.testing.assert_close(td.paged_decode_triton(q, k_pool, v_pool, table, lens, num_splits=n).float(), want,
+                                   atol=TOL[dtype], rtol=0)
