@@ -89,6 +89,11 @@ MECHANISMS = [
     ("22_flash_attention_triton", "ta._attn_bwd_dkdv", None),
     ("22_flash_attention_triton", "FlashAttentionFunction", None),
     ("23_ring_attention", "ring_attention", "ex10_flash_attention"),
+    ("25_decode_attention", "split_k_partials", None),
+    ("25_decode_attention", "merge_splits", None),
+    ("25_decode_attention", "paged_decode", None),
+    ("25_decode_attention", "td._split_k_kernel", None),
+    ("25_decode_attention", "td._paged_kernel", None),
 ]
 
 
