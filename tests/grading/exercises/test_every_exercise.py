@@ -14,6 +14,9 @@ from attn_course.grading.catalog import load_exercises
 POINTS = {
     "ex04_decoder_step": {"additive_context": 2, "bahdanau_step": 3},
     "ex05_transformer_block": {"pre_norm_block": 3, "mask_for_mlm": 2, "next_token_batch": 1, "greedy_generate": 2},
+    "ex07_attention_across_fields": {
+        "attention_pooling": 1, "sentence_weights": 2, "patch_embedding": 1, "query_readout": 1, "detr_cost": 2,
+        "detr_match": 1, "gat_coefficient": 1, "gatv2_coefficient": 1},
     "ex08_kv_cache": {"top_p_filter": 2, "cache_append": 1, "attend_one_query": 2, "kv_cache_bytes": 1, "repeat_kv": 1},
     "ex09_efficient_attention": {
         "attention_flops": 1, "sliding_window_mask": 1, "block_layout": 2, "linear_attention": 1,
