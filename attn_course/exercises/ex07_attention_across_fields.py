@@ -133,10 +133,10 @@ def _readout_cases(g: torch.Generator) -> list[Case]:
                 randn(g, d, E, scale=E ** -0.5), randn(g, d, E, scale=E ** -0.5))
 
     return [
-        Case("4 queries over a 4x4 grid", args(2, 4, 16, 8, 6, 16)),
-        Case("one query", args(3, 1, 9, 5, 12, 3)),
         Case("three different widths", args(1, 3, 5, 12, 3, 6),
              hint="D (queries) = 12, E (memory) = 3 and d (after the projections) = 6 all differ here."),
+        Case("4 queries over a 4x4 grid", args(2, 4, 16, 8, 6, 16)),
+        Case("one query", args(3, 1, 9, 5, 12, 3)),
         Case("one memory position", args(2, 3, 1, 6, 5, 4),
              hint="One key: every query's weight on it is 1, so it reads that value."),
     ]
@@ -279,7 +279,8 @@ def _gat_cases(g: torch.Generator) -> list[Case]:
     h4, W4, a_s4, a_d4, adj4 = _gat_draw(g, 6, 3, 5, 1)
     return [
         Case("a neighbour", (h, W, a_s, a_d, adj, 0, 2),
-             hint="Node 0 reads nodes whose scores fall on both sides of zero here."),
+             hint="Node 0 reads several nodes here but not all (not node 4; adj is not symmetric), and their "
+                  "scores before the LeakyReLU fall on both sides of zero."),
         Case("a node with only itself", (h2, W2, a_s2, a_d2, adj2, 2, 2),
              hint="Its only neighbour is itself: the softmax over one score is 1."),
         Case("not a neighbour", (h3, W3, a_s3, a_d3, adj3, 3, 0),
@@ -310,7 +311,8 @@ def _gatv2_cases(g: torch.Generator) -> list[Case]:
     adj4[4] = False  # node 4 reads nobody, not even itself
     return [
         Case("a neighbour", (h, Ws, Wd, a, adj, 0, 1),
-             hint="Node 0 reads node 1 here, and node 1 does not read node 0."),
+             hint="Node 0 reads several nodes here but not all (node 1 does not read node 0 back), and what goes "
+                  "into the LeakyReLU has both signs."),
         Case("a node with only itself", (h2, Ws2, Wd2, a2, adj2, 3, 3),
              hint="Its only neighbour is itself: the softmax over one score is 1."),
         Case("not a neighbour", (h3, Ws3, Wd3, a3, adj3, 2, 6),

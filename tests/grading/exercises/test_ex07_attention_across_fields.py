@@ -43,8 +43,8 @@ def _wrong_variants() -> list:
     out = []
     for k, variant in enumerate(module.VARIANTS):
         for task, entry in variant.items():
-            source = entry if isinstance(entry, str) else entry[0]
-            out.append(pytest.param(f"{task}-{k + 1}", task, source, id=f"{task}-{k + 1}"))
+            source, words = (entry, "") if isinstance(entry, str) else entry
+            out.append(pytest.param(f"{task}-{k + 1}", task, source, words, id=f"{task}-{k + 1}"))
     return out
 
 
@@ -156,13 +156,14 @@ def test_each_reference_passes_every_draw(task):
         assert _grade(task, reference, seed, watch_forbidden=False).passed, (task, seed)
 
 
-@pytest.mark.parametrize(("name", "task", "source"), _wrong_variants())
-def test_every_wrong_submission_fails_every_draw(name, task, source):
+@pytest.mark.parametrize(("name", "task", "source", "words"), _wrong_variants())
+def test_every_wrong_submission_fails_every_draw(name, task, source, words):
     namespace: dict = {}
-    exec(source, namespace)  # noqa: S102 - our own test submissions
+    exec(source, namespace)  # our own test submissions
     for seed in SEEDS:
         result = _grade(task, namespace[task], seed)
         assert result.points == 0, (name, seed, result.message)
+        assert words in result.message, (name, seed, result.message)  # the case that says what is wrong
 
 
 def test_greedy_matching_is_told_what_is_special_about_the_case(check):
