@@ -47,7 +47,7 @@ MECHANISMS = [
     ("13_speech_recsys_graphs", "SASRec.forward", None),
     ("13_speech_recsys_graphs", "GATLayer.scores", "ex07_attention_across_fields"),
     ("13_speech_recsys_graphs", "GATLayer.forward", "ex07_attention_across_fields"),
-    ("13_speech_recsys_graphs", "GATv2Layer.scores", None),
+    ("13_speech_recsys_graphs", "GATv2Layer.scores", "ex07_attention_across_fields"),
     ("14_autoregressive_decoding", "Block.forward", None),
     ("14_autoregressive_decoding", "generate", None),
     ("14_autoregressive_decoding", "top_p_filter", "ex08_kv_cache"),

@@ -1,6 +1,7 @@
 """The grader's reading of the submitted source: every known way around the kernel's profile watch
 is flagged from the text, and no reference solution is."""
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def test_the_last_def_wins_and_a_task_without_forbidden_names_is_never_flagged()
     cheat = SOFTMAX_CHEATS["torch.softmax"]
     assert forbidden_in_source([SETUP, cheat, HONEST_SOFTMAX], SOFTMAX) is None
     assert forbidden_in_source([SETUP, HONEST_SOFTMAX, cheat], SOFTMAX)
-    gat = EXERCISES["ex07_attention_across_fields"].task("gat_coefficient")
+    # every exercise task now forbids something: a copy of one without its forbidden names
+    gat = dataclasses.replace(EXERCISES["ex07_attention_across_fields"].task("gat_coefficient"), forbidden=())
     assert forbidden_in_source([SETUP, "def gat_coefficient(x):\n    return eval('x')\n"], gat) is None
     assert "no `def softmax`" in forbidden_in_source([SETUP], SOFTMAX)
 

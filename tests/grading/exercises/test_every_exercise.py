@@ -14,6 +14,9 @@ from attn_course.grading.catalog import load_exercises
 POINTS = {
     "ex04_decoder_step": {"additive_context": 2, "bahdanau_step": 3},
     "ex05_transformer_block": {"pre_norm_block": 3, "mask_for_mlm": 2, "next_token_batch": 1, "greedy_generate": 2},
+    "ex07_attention_across_fields": {
+        "attention_pooling": 1, "sentence_weights": 2, "patch_embedding": 1, "query_readout": 1, "detr_cost": 2,
+        "detr_match": 1, "gat_coefficient": 1, "gatv2_coefficient": 1},
     "ex08_kv_cache": {"top_p_filter": 2, "offset_causal_mask": 1, "cached_attention_step": 2, "RingCache": 3,
                       "PagedCache": 3},
     "ex09_efficient_attention": {
