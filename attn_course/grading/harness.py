@@ -60,6 +60,10 @@ def resolve_forbidden(names: tuple[str, ...]) -> tuple[dict[Any, str], dict[str,
             break
         if obj is None:
             continue
+        # A decorated function (``@torch.no_grad()``, ``functools.wraps``): watch the function
+        # itself, not the decorator's wrapper that every decorated function shares.
+        while getattr(obj, "__wrapped__", None) is not None:
+            obj = obj.__wrapped__
         code = getattr(obj, "__code__", None)
         if code is not None:
             codes[code] = dotted

@@ -159,3 +159,15 @@ def test_memory_and_cpu_rules_hold_in_the_sandbox(tmp_path):
     memory, cpu = rows["wasteful"]["row_exp_sums"], rows["wasteful"]["first_rows"]
     assert memory.points == 0 and "1024 MiB" in memory.message and "no whole (L, S) score matrix" in memory.message, memory
     assert cpu.points == 0 and "s of CPU" in cpu.message and "only the rows asked for" in cpu.message, cpu
+
+
+def test_a_forbidden_decorated_function_is_watched_itself_not_its_decorator():
+    from attn_course.grading.harness import resolve_forbidden
+
+    @torch.no_grad()
+    def other(x):
+        return x + 1
+
+    codes, _ = resolve_forbidden(("attn_course.apps.vision.hungarian_match",))
+    assert list(codes.values()) == ["attn_course.apps.vision.hungarian_match"]
+    assert other.__code__ not in codes  # another no_grad function is not "hungarian_match"
