@@ -79,16 +79,16 @@ MECHANISMS = [
     ("21_online_softmax_tiling", "tiled_attention_numpy", "ex10_flash_attention"),
     ("21_online_softmax_tiling", "blockwise_attention", "ex10_flash_attention"),
     ("21_online_softmax_tiling", "flash._tiled_rows", "ex10_flash_attention"),
-    ("22_flash_attention_triton", "flash_attention", None),
-    ("22_flash_attention_triton", "ta._attn_fwd", None),
-    ("22_flash_attention_triton", "ta._attn_fwd_inner", None),
+    ("22_flash_attention_triton", "flash_attention", "ex11_triton_flash"),
+    ("22_flash_attention_triton", "ta._attn_fwd", "ex11_triton_flash"),
+    ("22_flash_attention_triton", "ta._attn_fwd_inner", "ex11_triton_flash"),
     ("22_flash_attention_triton", "tw.vector_add", None),
     ("22_flash_attention_triton", "tw._softmax_kernel", None),
     ("22_flash_attention_triton", "ta._attn_bwd_dkdv_inner", None),
     ("22_flash_attention_triton", "ta._attn_bwd_dq_inner", None),
     ("22_flash_attention_triton", "ta._attn_bwd_dkdv", None),
     ("22_flash_attention_triton", "FlashAttentionFunction", None),
-    ("23_ring_attention", "ring_attention", "ex10_flash_attention"),
+    ("23_ring_attention", "ring_attention", "ex12_ring_attention"),
 ]
 
 
