@@ -152,8 +152,8 @@ EXERCISE = Exercise(
                   "results over disjoint keys are merged in chapter 21."),
         Task("zigzag_chunks", zigzag_reference, _zigzag_cases, points=1, arg_names=("N", "world_size"),
              forbidden=_RING,
-             hint="Cut torch.arange(N) into 2P rows of N / (2P); rank r takes row r and the row that many places "
-                  "from the end."),
+             hint="Number the 2P chunks of torch.arange(N) 0 .. 2P - 1 first; a rank's two chunks sit "
+                  "symmetrically around the middle of that list."),
         Task("ring_attention_sim", _sim_reference, _sim_cases, points=3,
              arg_names=("q", "k", "v", "world_size", "causal"), forbidden=FORBIDDEN,
              rule="no whole (N, N) score matrix: each rank attends to one chunk at a time",
