@@ -14,8 +14,9 @@ References: ``attn_course.flash`` (``block_partial`` + ``merge_partials`` for th
 ``naive_attention`` for the whole ring: its output does not depend on the layout) and the
 zigzag layout of ``attn_course.labs.ring.causal_pairs_per_rank``.
 
-Rule of the simulated ring (measured in the call): no tensor larger than the inputs or one
-rank's tile (B, H, n, n): a whole (N, N) score matrix breaks it.
+Rule of the simulated ring (measured in the call): no tensor larger than K and V side by side
+or one rank's tile (B, H, n, n): a whole (N, N) score matrix breaks it, and so does a rank that
+attends to every key at once (n, N) in the case with N = 128 on P = 4 ranks.
 
 Dimension glossary: B batch, H heads, N sequence length, P processes (world size), n = N / P
 queries per rank, c keys per chunk, d query/key width, d_v value width.
@@ -121,15 +122,16 @@ def _sim_case(name: str, g: torch.Generator, B: int, H: int, N: int, d: int, d_v
               hint: str = "", scale: float = 1.0) -> Case:
     q, k, v = randn(g, B, H, N, d), randn(g, B, H, N, d, scale=scale), randn(g, B, H, N, d_v)
     n = N // P
-    # One rank's tile of scores (B, H, n, n), the inputs, the output, stacked states: not (N, N).
-    largest = 2 * max(B * H * N * max(d, d_v), B * H * n * n)
+    # One rank's tile of scores (B, H, n, n), or the inputs (K and V side by side, the output): not
+    # the whole (N, N) matrix, nor a rank's queries against every key at once (n, N) where N > 2 P d.
+    largest = B * H * max(N * (d + d_v), n * n)
     return Case(name, (q, k, v, P, causal), hint=hint, max_numel=largest)
 
 
 def _sim_cases(g: torch.Generator) -> list[Case]:
     return [
         _sim_case("not causal, N = 32 on P = 2", g, 1, 2, 32, 8, 8, 2, False),
-        _sim_case("causal, N = 64 on P = 4", g, 1, 1, 64, 8, 8, 4, True,
+        _sim_case("causal, N = 128 on P = 4", g, 1, 1, 128, 8, 8, 4, True,
                   hint="In the zigzag layout a later rank also holds an early chunk: which keys a query sees "
                        "follows from the positions, not from the ranks' order."),
         _sim_case("causal, N = 48 on P = 3, d = 8, d_v = 4", g, 2, 1, 48, 8, 4, 3, True),

@@ -81,6 +81,13 @@ _OFF_BY_ONE_SIM = '''        st = (torch.full((B, H, n), float("-inf")), torch.z
             st = _good_step(*st, q[:, :, pos[r]], k[:, :, pos[data]], v[:, :, pos[data]], pos[r], pos[src], causal)
         out[:, :, pos[r]] = st[2] / st[1][..., None]'''
 
+_ALL_KEYS_SIM = '''        all_pos = torch.arange(N)
+        sc = q[:, :, pos[r]] @ k.transpose(-2, -1) / math.sqrt(d)
+        if causal:
+            sc = sc.masked_fill(all_pos[None, :] > pos[r][:, None], float("-inf"))
+        w = torch.exp(sc - sc.amax(-1, keepdim=True))
+        out[:, :, pos[r]] = (w / w.sum(-1, keepdim=True)) @ v'''
+
 _WHOLE_MATRIX_SIM = _HEAD + '''
 def ring_attention_sim(q, k, v, world_size, causal):
     s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
@@ -123,8 +130,10 @@ VARIANTS = [
 ''',
         "ring_attention_sim": (_WHOLE_MATRIX_SIM, "no whole (N, N) score matrix"),
     },
-    {  # the max of -inf subtracted: rows with no visible key become NaN
+    {  # the max of -inf subtracted: rows with no visible key become NaN; no ring: each rank's queries
+       # against every key at once
         "ring_step": _HEAD + _STEP.replace("_good_step", "ring_step").replace(
             "torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)", "m_new"),
+        "ring_attention_sim": (_sim(_ALL_KEYS_SIM), "no whole (N, N) score matrix"),
     },
 ]
