@@ -24,19 +24,20 @@ pytest.importorskip("triton")
 SOURCE = Path(__file__).resolve().parents[3] / "exercises" / "source" / "ex11_triton_flash.ipynb"
 
 
-def _solution(**bent: str) -> dict:
-    """The source notebook's code cells (checks left out) run in a fresh namespace, with ``bent``
-    replacing text in them (``{"old": "new"}`` pairs given as old=new)."""
+def _solution(folder: Path, **bent: tuple[str, str]) -> dict:
+    """The source notebook's code cells (checks left out) run in a fresh namespace, each ``bent``
+    pair ``(old, new)`` replacing text in them; the code is written to a file in ``folder`` first
+    (triton reads a kernel's source from its file)."""
     cells = json.loads(SOURCE.read_text(encoding="utf-8"))["cells"]
     code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     code = "\n".join(line for line in code.split("\n") if not line.startswith(("check(", "get_ipython")))
     for old, new in bent.values():
         assert old in code, old
         code = code.replace(old, new)
-    path = f"/tmp/ex11_solution_{os.getpid()}_{abs(hash(code))}.py"  # triton reads a kernel's source from its file
-    Path(path).write_text(code)
+    path = folder / "ex11_solution.py"
+    path.write_text(code)
     ns: dict = {"__name__": "__main__"}
-    exec(compile(code, path, "exec"), ns)
+    exec(compile(code, str(path), "exec"), ns)
     return ns
 
 
@@ -52,21 +53,21 @@ def test_references_match_the_library():
         torch.testing.assert_close(lse, m + l.log())
 
 
-def test_the_solution_kernel_passes(check):
-    ns = _solution()
+def test_the_solution_kernel_passes(check, tmp_path):
+    ns = _solution(tmp_path)
     assert check("flash_forward", ns["flash_forward"], quiet=True).passed
     assert check("flash_lse", ns["flash_lse"], quiet=True).passed
 
 
-def test_an_unmasked_partial_block_fails_with_the_diagnosis(check):
-    ns = _solution(mask=("keep = col_ok[None, :]", "keep = offs_n[None, :] >= 0"))
+def test_an_unmasked_partial_block_fails_with_the_diagnosis(check, tmp_path):
+    ns = _solution(tmp_path, mask=("keep = col_ok[None, :]", "keep = offs_n[None, :] >= 0"))
     result = check("flash_forward", ns["flash_forward"], quiet=True)
     assert result.points == 0 and "partial" in result.message
     assert EXERCISE.task("flash_forward").hint not in result.message  # the task's hint only on request
 
 
-def test_lse_without_the_max_fails(check):
-    ns = _solution(lse=("m_i + tl.log(l_i)", "tl.log(l_i)"))
+def test_lse_without_the_max_fails(check, tmp_path):
+    ns = _solution(tmp_path, lse=("m_i + tl.log(l_i)", "tl.log(l_i)"))
     assert check("flash_lse", ns["flash_lse"], quiet=True).points == 0
 
 
