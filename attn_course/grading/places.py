@@ -25,6 +25,10 @@ from pathlib import Path
 # account and outside the usual subordinate-uid ranges; one per kernel (cycled).
 UID_BASE = 1_610_000_000
 UID_SPAN = 100_000
+# Each grading run takes a block of UID_SPAN uids of its own (``runner.grading_run``), so that two
+# graders on one machine never share a kernel uid (cleaning up one run kills its uids' processes).
+# Blocks 0 and 1 are the sandbox probe's.
+UID_BLOCKS = range(2, 42)
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REMOUNT, _MNT_DETACH = 1, 2, 4, 4096, 32, 2
 
 
@@ -331,7 +335,7 @@ def kill_uid(uid: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def make_place(limits: Limits, run_root: str, name: str, *, own_uid: bool, private_home: bool,
-               run_cgroups: dict[str, str], serial: int) -> Place:
+               run_cgroups: dict[str, str], serial: int, uid_base: int = UID_BASE) -> Place:
     """Folders, identity, work filesystem and cgroups of one kernel (its base folder: ``run_root/name``).
 
     ``own_uid`` (root only): an unprivileged uid of its own, a tmpfs work area, cgroups;
@@ -343,7 +347,7 @@ def make_place(limits: Limits, run_root: str, name: str, *, own_uid: bool, priva
     os.mkdir(inputs, 0o750)
     place = Place(base, work, inputs)
     if own_uid:
-        place.uid = place.gid = UID_BASE + serial % UID_SPAN
+        place.uid = place.gid = uid_base + serial % UID_SPAN
         os.chown(inputs, 0, place.gid)  # the kernel may read its inputs, never write them
         try:
             mount("tmpfs", work, "tmpfs", _MS_NOSUID | _MS_NODEV,

@@ -55,6 +55,9 @@ from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, case_generator, clone_inputs, evaluate
 from .fixtures import resolve as resolve_fixtures
 from .places import (
+    UID_BASE,
+    UID_BLOCKS,
+    UID_SPAN,
     Place,
     cgroup_procs,
     cpu_seconds_used,
@@ -117,6 +120,7 @@ class GradingRun:
     binds: dict[str, str] = field(default_factory=dict)
     prefix: str = "k"  # names of this process's kernels (a worker grading notebook n uses "n<n>-")
     serial_base: int = 0  # kernels' uids count from here
+    uid_base: int = UID_BASE  # this run's block of host uids (``places.UID_BLOCKS``)
     _count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -127,7 +131,7 @@ class GradingRun:
         name = f"{self.prefix}{n}"
         return make_place(self.sandbox.limits, self.root, name, own_uid=self.sandbox.as_root,
                           private_home=self.sandbox.kind != "bwrap", run_cgroups=self.cgroups,
-                          serial=self.serial_base + n)
+                          serial=self.serial_base + n, uid_base=self.uid_base)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -148,6 +152,8 @@ def grading_run(sandbox: Sandbox, seed: int | None = None):
     root = tempfile.mkdtemp(prefix=RUN_PREFIX, dir=parent)
     os.chmod(root, 0o711)  # kernels must reach their own subfolders; nobody may list them
     Path(root, "grader.pid").write_text(str(os.getpid()))  # a later run clears this one if we are killed
+    uid_base = _free_uid_block(parent, root)
+    Path(root, "uid-block").write_text(str(uid_base))
     cgroups = {}
     for parent, ctrls in sandbox.cgroups.items():
         made = new_cgroups({parent: ctrls}, os.path.basename(root), None)
@@ -169,7 +175,8 @@ def grading_run(sandbox: Sandbox, seed: int | None = None):
             binds, problems = stage_runtime(root, runtime_roots())
             if problems:
                 sandbox.missing.append("runtime folders an unprivileged uid cannot reach: " + ", ".join(problems))
-        yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroups, binds)
+        yield GradingRun(sandbox, root, package, secrets.randbits(62) if seed is None else seed, cgroups, binds,
+                         uid_base=uid_base)
     finally:
         end_run(root, list(cgroups))
 
@@ -197,6 +204,24 @@ def sweep_stale_runs(parent: str, cgroup_parents: dict[str, str]) -> list[str]:
         end_run(entry.path, [c for c in cgroups if os.path.isdir(c)])
         cleared.append(entry.path)
     return cleared
+
+
+def _free_uid_block(parent: str, root: str) -> int:
+    """The first uid of a block no other live run in ``parent`` uses (stale runs are swept first);
+    drawn at random among the free ones, so that two graders starting at once rarely collide."""
+    taken = set()
+    try:
+        for entry in os.scandir(parent):
+            if entry.name.startswith(RUN_PREFIX) and entry.path != root:
+                try:
+                    taken.add(int(Path(entry.path, "uid-block").read_text()))
+                except (OSError, ValueError):
+                    pass
+    except OSError:
+        pass
+    blocks = [UID_BASE + b * UID_SPAN for b in UID_BLOCKS]
+    free = [b for b in blocks if b not in taken]
+    return secrets.choice(free or blocks)
 
 
 def _run_parent(sandbox: Sandbox) -> str:
