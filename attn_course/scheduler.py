@@ -415,12 +415,19 @@ class PagedRunner:
         self.keys = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layer)]
         self.values = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layer)]
 
-    def _rows(self, rid: int, start: int, end: int) -> torch.Tensor:
-        """Flat pool rows of positions ``start .. end - 1`` of request ``rid``."""
-        P = self.allocator.block_size
-        table = torch.tensor(self.allocator.tables[rid], dtype=torch.long)
-        pos = torch.arange(start, end)
-        return table[pos // P] * P + pos % P
+    def _rows(self, rid: int, start: int, end: int) -> list[int]:
+        """Flat pool rows of positions ``start .. end - 1`` of request ``rid``: ``table[p // P] * P + p % P``."""
+        P, table = self.allocator.block_size, self.allocator.tables[rid]
+        return [table[p // P] * P + p % P for p in range(start, end)]
+
+    def _read_rows(self, rids: list[int], S: int, device) -> tuple[torch.Tensor, int]:
+        """Flat pool rows ``(len(rids), S)`` of positions ``0 .. S - 1`` of each request (past a
+        request's own blocks: block 0, masked out by the caller)."""
+        P, tables = self.allocator.block_size, [self.allocator.tables[r] for r in rids]
+        width = -(-S // P)
+        tab = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in tables], device=device)  # (R, blocks)
+        pos = torch.arange(S, device=device)
+        return tab[:, pos // P] * P + pos % P, S  # (R, S)
 
     @torch.no_grad()
     def step(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
@@ -430,25 +437,23 @@ class PagedRunner:
         H, H_kv, d = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         if any(c.start + len(c.tokens) > cfg.context_length for c in chunks):
             raise ValueError(f"a request runs past the model's context_length = {cfg.context_length}")
-        ids = torch.tensor([t for c in chunks for t in c.tokens], dtype=torch.long, device=device)  # (T,)
-        pos = torch.cat([torch.arange(c.start, c.start + len(c.tokens)) for c in chunks]).to(device)  # (T,)
-        write = torch.cat([self._rows(c.rid, c.start, c.start + len(c.tokens)) for c in chunks]).to(device)
+        # Index bookkeeping in plain Python, then one tensor each (small tensors cost more to build than to use).
+        ids = torch.tensor([t for c in chunks for t in c.tokens], device=device)  # (T,)
+        pos = torch.tensor([p for c in chunks for p in range(c.start, c.start + len(c.tokens))], device=device)
+        write = torch.tensor([r for c in chunks for r in self._rows(c.rid, c.start, c.start + len(c.tokens))],
+                             device=device)  # (T,): where the new keys and values go
         offsets = [0]
         for c in chunks:
             offsets.append(offsets[-1] + len(c.tokens))
         decodes = [i for i, c in enumerate(chunks) if len(c.tokens) == 1]
         prefills = [i for i, c in enumerate(chunks) if len(c.tokens) > 1]
-        if decodes:  # one padded batch: (Bd, S_max) rows to gather and which of them are real
-            lengths = [chunks[i].start + 1 for i in decodes]
-            S = max(lengths)
-            read = torch.zeros(len(decodes), S, dtype=torch.long)
-            for j, i in enumerate(decodes):
-                read[j, :lengths[j]] = self._rows(chunks[i].rid, 0, lengths[j])
-            read = read.to(device)
-            key_ok = (torch.arange(S)[None] < torch.tensor(lengths)[:, None]).to(device)  # (Bd, S)
-            dec_q = torch.tensor([offsets[i] for i in decodes], device=device)  # rows of x
-        prefill_reads = [self._rows(chunks[i].rid, 0, chunks[i].start + len(chunks[i].tokens)).to(device)
-                         for i in prefills]
+        if decodes:  # one padded batch: (Bd, S) rows to gather, and which of them are real keys
+            lengths = torch.tensor([chunks[i].start + 1 for i in decodes], device=device)  # (Bd,)
+            read, S = self._read_rows([chunks[i].rid for i in decodes], int(lengths.max()), device)  # (Bd, S)
+            key_ok = torch.arange(S, device=device)[None] < lengths[:, None]  # (Bd, S)
+            dec_q = torch.tensor([offsets[i] for i in decodes], device=device)  # their rows of x
+        prefill_reads = [self._read_rows([chunks[i].rid], chunks[i].start + len(chunks[i].tokens), device)[0][0]
+                         for i in prefills]  # (S,) each
 
         x = m.wte(ids) + m.wpe(pos)  # (T, D)
         for layer, block in enumerate(m.h):
