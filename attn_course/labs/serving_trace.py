@@ -306,8 +306,8 @@ def draw_sweep_frame(fig: Figure, value: float, swept: dict[float, dict[str, dic
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("arrival rate (requests per time unit)" if knob == "rate" else "token budget per step",
                       fontsize=9)
-        if knob == "rate":
-            ax.set_xscale("log")
-        if key != "tokens_per_unit":
-            ax.set_yscale("log")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(values, [f"{v:g}" for v in values], fontsize=8)
+        ax.minorticks_off()  # (log axes' minor labels make every frame slow to lay out)
+        ax.set_ylim(0, None)
     axes[0].legend(fontsize=7, frameon=False, loc="upper left")
