@@ -236,7 +236,8 @@ def plot_metrics(results: dict[str, dict]) -> Figure:
         ax.set_ylabel("model time units")
         ax.legend(frameon=False, fontsize=8)
     for ax in axes:
-        ax.set_xticks(list(xs), [POLICY_NAMES[p].replace(" + ", "\n+ ") for p in names], fontsize=8)
+        labels = [POLICY_NAMES[p].replace(" batching", "\nbatching").replace(" + ", "\n+ ") for p in names]
+        ax.set_xticks(list(xs), labels, fontsize=8)
     return fig
 
 
