@@ -17,7 +17,8 @@ The package has two layers, plus the exercise system:
   ``triton_attention`` (FlashAttention-2 forward and backward kernels in Triton, differentiable),
   ``flash_backward`` (the backward by recomputation, in torch), ``sparse``,
   ``linear``, ``ring_attention``. Part VI (in progress): ``speculative`` (draft and verify),
-  ``scheduler`` (static and continuous batching, chunked prefill, preemption over a block pool).
+  ``scheduler`` (static and continuous batching, chunked prefill, preemption over a block pool),
+  ``prefix_cache`` (a radix tree of cached prefixes, SGLang's RadixAttention).
   ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_validation`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``

@@ -38,6 +38,7 @@ lab                          chapter what it holds
 ``ring``                     23      ring schedule and its step-by-step simulation, torchrun-style processes, communication vs compute
 ``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention (chunkwise), GPU memory, tiles, the GPU running a kernel, the ring
 ``serving_trace``            24      a seeded trace served by static, continuous and chunked-prefill batching; metrics, Gantt charts, sweeps
+``prefix_sharing``           28      a chat-like trace with shared system prompts and multi-turn conversations; hit rate by capacity; the radix tree drawn
 ``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
 ===========================  ======  ==============================================================
 """
