@@ -89,6 +89,15 @@ MECHANISMS = [
     ("22_flash_attention_triton", "ta._attn_bwd_dkdv", None),
     ("22_flash_attention_triton", "FlashAttentionFunction", None),
     ("23_ring_attention", "ring_attention", "ex10_flash_attention"),
+    ("24_continuous_batching", "StaticScheduler.schedule", None),
+    ("24_continuous_batching", "ContinuousScheduler.schedule", None),
+    ("24_continuous_batching", "ContinuousScheduler._preempt_last", None),
+    ("24_continuous_batching", "BlockAllocator.grow", None),
+    ("24_continuous_batching", "PagedRunner.step", None),
+    ("28_prefix_caching", "RadixCache.match_prefix", None),
+    ("28_prefix_caching", "RadixCache.insert", None),
+    ("28_prefix_caching", "RadixCache.evict", None),
+    ("28_prefix_caching", "generate_with_prefix_cache", None),
 ]
 
 
