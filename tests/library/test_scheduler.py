@@ -3,6 +3,8 @@ memory pressure; steps respect their budget, slots and pool; bad input gets a cl
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attn_course.decoding import generate
 from attn_course.gpt import GPT, GPTConfig
@@ -120,3 +122,24 @@ def test_errors():
         serve([Request(0, (1,), 2)], "fifo")
     with pytest.raises(ValueError, match="distinct"):
         serve([Request(0, (1,), 2), Request(0, (2,), 2)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["static", "continuous", "chunked"]), st.integers(4, 40),
+       st.integers(1, 6), st.sampled_from([2, 4, 8]))
+def test_any_trace_completes_within_its_limits(seed, policy, num_blocks, max_num_seqs, block_size):
+    g = torch.Generator().manual_seed(seed)
+    reqs = []
+    for i in range(8):
+        T, new = int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 10, (1,), generator=g))
+        reqs.append(Request(i, tuple(range(T)), new, arrival=float(torch.rand(1, generator=g)) * 10))
+    if max(-(-r.max_positions // block_size) for r in reqs) > num_blocks:
+        return  # a request that cannot fit the pool is rejected (test_errors)
+    result = serve(reqs, policy, None, num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
+                   token_budget=24)
+    assert all(len(result.requests[r.rid].output) == r.max_new_tokens for r in reqs)
+    assert all(s.blocks_in_use <= num_blocks and len(s.chunks) <= max_num_seqs for s in result.steps)
+    assert policy == "static" or all(s.tokens <= 24 for s in result.steps)
+    assert all(result.requests[r.rid].first_token >= r.arrival for r in reqs)
+    if policy != "static" and result.preemptions == 0:
+        assert result.metrics["tokens_fed"] == sum(r.max_positions for r in reqs)  # every position fed once
