@@ -18,7 +18,9 @@ The package has two layers, plus the exercise system:
   ``flash_backward`` (the backward by recomputation, in torch), ``sparse``,
   ``linear``, ``ring_attention``. Part VI (in progress): ``speculative`` (draft and verify),
   ``decode_attention`` (split-K decoding, paged decode through the block table, in torch),
-  ``triton_decode`` (their Triton kernels).
+  ``triton_decode`` (their Triton kernels),
+  ``scheduler`` (static and continuous batching, chunked prefill, preemption over a block pool),
+  ``prefix_cache`` (a radix tree of cached prefixes, SGLang's RadixAttention).
   ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_validation`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``

@@ -37,7 +37,9 @@ lab                          chapter what it holds
 ``flash_benchmark``          22      the Triton kernels under the interpreter; SDPA backends on a GPU; the recorded H200 run; a tiny model trained with the kernel
 ``ring``                     23      ring schedule and its step-by-step simulation, torchrun-style processes, communication vs compute
 ``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention (chunkwise), GPU memory, tiles, the GPU running a kernel, the ring
+``serving_trace``            24      a seeded trace served by static, continuous and chunked-prefill batching; metrics, Gantt charts, sweeps
 ``decode_kernels``           25      decode vs prefill intensity, SM occupancy, split-K modelled, paged vs gather bytes and CPU times; diagrams
+``prefix_sharing``           28      a chat-like trace with shared system prompts and multi-turn conversations; hit rate by capacity; the radix tree drawn
 ``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
 ===========================  ======  ==============================================================
 """

@@ -94,6 +94,15 @@ MECHANISMS = [
     ("25_decode_attention", "paged_decode", None),
     ("25_decode_attention", "td._split_k_kernel", None),
     ("25_decode_attention", "td._paged_kernel", None),
+    ("24_continuous_batching", "StaticScheduler.schedule", None),
+    ("24_continuous_batching", "ContinuousScheduler.schedule", None),
+    ("24_continuous_batching", "ContinuousScheduler._preempt_last", None),
+    ("24_continuous_batching", "BlockAllocator.grow", None),
+    ("24_continuous_batching", "PagedRunner.step", None),
+    ("28_prefix_caching", "RadixCache.match_prefix", None),
+    ("28_prefix_caching", "RadixCache.insert", None),
+    ("28_prefix_caching", "RadixCache.evict", None),
+    ("28_prefix_caching", "generate_with_prefix_cache", None),
 ]
 
 
