@@ -44,10 +44,9 @@ def _merge_cases(g: torch.Generator) -> list[Case]:
 
 
 def _causal_cases(g: torch.Generator) -> list[Case]:
-    return [Case("T = 1", (1,)), Case("T = 2", (2,)),
-            Case("T = 4", (4,), hint="Row i is query i, column j key j: query 0 sees only key 0, and every "
-                                     "query sees itself."),
-            Case("T = 9", (9,))]
+    return [Case("T = 1", (1,), hint="One query and one key: a query always sees its own position."),
+            Case("T = 2", (2,), hint="Row i is query i, column j key j: query 0 sees only key 0, query 1 both."),
+            Case("T = 4", (4,)), Case("T = 9", (9,))]
 
 
 def _padding_cases(g: torch.Generator) -> list[Case]:
