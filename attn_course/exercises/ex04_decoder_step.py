@@ -104,10 +104,19 @@ def _additive_context_cases(g: torch.Generator) -> list[Case]:
         Case("a query that may attend to nothing", (randn(g, 2, 3, 4), randn(g, 2, 5, 4), randn(g, 2, 5, 3), dead,
                                                     *weights(6, 4, 4)),
              hint="A fully masked row gets all-zero weights (not NaN), so a zero context."),
-        Case("large scores", (randn(g, 1, 2, 4, scale=30.0), randn(g, 1, 6, 4, scale=30.0), randn(g, 1, 6, 2),
-                              _lengths_mask([4], 6)[:, None], randn(g, 3, 4), randn(g, 3, 4), randn(g, 3, scale=40.0)),
-             hint="v is 40 times larger here: scores in the hundreds overflow exp() in float32."),
+        Case("large scores", _large_score_args(g),
+             hint="v is scaled so that the first query scores 300 against the first key: exp(300) overflows "
+                  "float32."),
     ]
+
+
+def _large_score_args(g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Additive-context inputs whose score of query 0 against key 0 (allowed) is 300, whatever the draw."""
+    query, keys, values = randn(g, 1, 2, 4), randn(g, 1, 6, 4), randn(g, 1, 6, 2)
+    W_q, W_k = randn(g, 3, 4), randn(g, 3, 4)
+    hidden = torch.tanh(query[0, 0] @ W_q.T + keys[0, 0] @ W_k.T)  # (h,): the pair (query 0, key 0)
+    v = 300.0 * hidden / hidden.dot(hidden)  # v . hidden = 300
+    return query, keys, values, _lengths_mask([4], 6)[:, None], W_q, W_k, v
 
 
 def _step_args(g: torch.Generator, B: int, S: int, E: int, D: int, K: int, h: int, lengths: list[int],
