@@ -109,8 +109,9 @@ EXERCISE = Exercise(
                   "has variance d. Which factor brings the variance back to 1, and which of the shapes holds d?"),
         Task("context_vector", context_vector, _context_cases, arg_names=("weights", "values"),
              forbidden=("attn_course.attention.context_vector",),
-             hint="Row i of the result is sum over j of weights[i, j] * values[j]: write it for one row, "
-                  "then notice that it is a matrix product, and check its shapes (..., L, S), (..., S, d_v)."),
+             hint="Row i of the result is the sum over j of weights[i, j] * values[j]: write it for one row "
+                  "with a loop first, then ask which single operation computes every row at once, and check "
+                  "it on the shapes (..., L, S) and (..., S, d_v)."),
         Task("attend", _attend_reference, _attend_cases, points=2, arg_names=("query", "keys", "values"),
              forbidden=_ATTENTIONS,
              hint="Three steps, each one of your functions above: which one makes scores, which turns them "

@@ -161,8 +161,8 @@ EXERCISE = Exercise(
     tasks=(
         Task("additive_context", additive_context_reference, _additive_context_cases, points=2,
              arg_names=("query", "keys", "values", "mask", "W_q", "W_k", "v"), forbidden=_SHORTCUTS,
-             hint="Exercise 2's additive_score, masked_softmax and a weighted sum, in that order: which "
-                  "tensor do the weights average, the keys or the values? Return (context, weights)."),
+             hint="The three steps of exercise 2 (additive scores, a masked softmax, a weighted sum), written "
+                  "again in this notebook: which tensor do the weights average, the keys or the values?"),
         Task("bahdanau_step", bahdanau_step_reference, _bahdanau_cases, points=3,
              arg_names=("prev_emb", "s_prev", "enc_states", "src_mask", "W_q", "W_k", "v",
                         "W_ih", "W_hh", "b_ih", "b_hh"),
