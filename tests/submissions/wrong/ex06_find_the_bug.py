@@ -59,7 +59,7 @@ def leakage_test(attention):
     },
     {
         # Its own formula scales by 1/d instead of 1/sqrt(d): the correct functions disagree with it.
-        "leakage_test": ("""
+        "leakage_test": """
 import torch
 
 def leakage_test(attention):
