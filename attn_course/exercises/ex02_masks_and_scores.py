@@ -32,34 +32,50 @@ def _masked_softmax_cases(g: torch.Generator) -> list[Case]:
     one_dead = _bool(g, 4, 6)
     one_dead[2] = False
     one_dead[0, 0] = True
+    big_masked = _bool(g, 3, 7) | torch.eye(3, 7, dtype=torch.bool)
+    big_masked[:, -1] = False  # every row has a masked position, and its score is the row's largest
+    big_scores = randn(g, 3, 7, scale=3.0) + 200.0 * (~big_masked)  # (3, 7)
     return [
         Case("all allowed", (randn(g, 3, 5), torch.ones(3, 5, dtype=torch.bool))),
-        Case("random mask", (randn(g, 4, 6), _bool(g, 4, 6) | torch.eye(4, 6, dtype=torch.bool))),
+        Case("random mask", (randn(g, 4, 6), _bool(g, 4, 6) | torch.eye(4, 6, dtype=torch.bool)),
+             hint="Masked positions must get weight exactly 0 and the allowed ones must still sum to 1."),
         Case("causal mask", (randn(g, 5, 5), causal_mask(5))),
         Case("padding mask broadcast over rows", (randn(g, 2, 3, 6), padding_mask([4, 6])[:, 0]),
-             hint="A (B, 1, S) mask broadcasts over the L rows of (B, L, S) scores."),
+             hint="The mask is (B, 1, S) and the scores (B, L, S): one mask row serves all L rows."),
         Case("a fully masked row", (randn(g, 4, 6), one_dead),
-             hint="A row with no allowed position must give all zeros, not NaN: exp(-inf) sums to 0 and 0/0 is NaN."),
+             hint="Row 2 has no allowed position: its weights must be all zeros, not NaN (0/0) and not "
+                  "uniform."),
+        Case("the largest scores are masked", (big_scores, big_masked),
+             hint="In every row the masked scores are 200 above the allowed ones; if they take part in "
+                  "the row's shift, exp() of every allowed score underflows to 0."),
         Case("large logits", (randn(g, 3, 7, scale=1e4), _bool(g, 3, 7) | torch.eye(3, 7, dtype=torch.bool)),
-             hint="Subtract each row's max over the ALLOWED positions before exp()."),
+             hint="Logits of size 10^4: exp() of them overflows float32."),
     ]
 
 
 def _general_cases(g: torch.Generator) -> list[Case]:
     return [
-        Case("d_q == d_k", (randn(g, 3, 4), randn(g, 5, 4), randn(g, 4, 4))),
+        Case("d_q == d_k", (randn(g, 3, 4), randn(g, 5, 4), randn(g, 4, 4)),
+             hint="W is not symmetric: q^T W k and q^T W^T k differ."),
         Case("d_q != d_k", (randn(g, 2, 6), randn(g, 7, 3), randn(g, 6, 3)),
-             hint="W has shape (d_q, d_k): compute (query @ W) @ keys^T."),
-        Case("batched", (randn(g, 2, 3, 5), randn(g, 2, 4, 8), randn(g, 5, 8))),
+             hint="query is 6 wide, keys 3 wide, W is (d_q, d_k) = (6, 3): only one order of the products fits."),
+        Case("batched", (randn(g, 2, 3, 5), randn(g, 2, 4, 8), randn(g, 5, 8)),
+             hint="One W shared by the whole batch: queries and keys have a leading batch dimension, W does not."),
+        Case("batch and heads", (randn(g, 2, 2, 3, 5), randn(g, 2, 2, 6, 4), randn(g, 5, 4))),
     ]
 
 
 def _additive_cases(g: torch.Generator) -> list[Case]:
     return [
         Case("one query", (randn(g, 1, 4), randn(g, 5, 4), randn(g, 8, 4), randn(g, 8, 4), randn(g, 8))),
+        Case("square projections (h = d_q = d_k)", (randn(g, 3, 4), randn(g, 5, 4), randn(g, 4, 4), randn(g, 4, 4),
+                                                    randn(g, 4)),
+             hint="W_q and W_k are square here, so a projection with the weight the wrong way round has the "
+                  "right shape and the wrong values."),
         Case("d_q != d_k", (randn(g, 3, 6), randn(g, 4, 2), randn(g, 5, 6), randn(g, 5, 2), randn(g, 5)),
-             hint="W_q has shape (h, d_q) like nn.Linear's weight: project with query @ W_q.T."),
-        Case("batched", (randn(g, 2, 3, 4), randn(g, 2, 6, 4), randn(g, 7, 4), randn(g, 7, 4), randn(g, 7))),
+             hint="W_q is (h, d_q) = (5, 6) and W_k is (h, d_k) = (5, 2), as nn.Linear stores its weight."),
+        Case("batched, L != S", (randn(g, 2, 3, 4), randn(g, 2, 6, 4), randn(g, 7, 4), randn(g, 7, 4), randn(g, 7)),
+             hint="3 queries, 6 keys: score[i, j] pairs query i with key j, in that order."),
     ]
 
 
@@ -68,10 +84,13 @@ def _attention_cases(g: torch.Generator) -> list[Case]:
     dead[1, 3] = False
     return [
         Case("no mask needed (all True)", (randn(g, 3, 8), randn(g, 5, 8), randn(g, 5, 2),
-                                            torch.ones(3, 5, dtype=torch.bool))),
-        Case("causal", (randn(g, 2, 6, 8), randn(g, 2, 6, 8), randn(g, 2, 6, 3), causal_mask(6))),
+                                            torch.ones(3, 5, dtype=torch.bool)),
+             hint="Keys are d_k = 8 wide, values d_v = 2 wide: the scale belongs to the scores."),
+        Case("causal", (randn(g, 2, 6, 8), randn(g, 2, 6, 8), randn(g, 2, 6, 3), causal_mask(6)),
+             hint="True marks the positions a query MAY attend to; the weights of each row sum to 1 over them."),
         Case("padding, batch and heads", (randn(g, 2, 2, 4, 8), randn(g, 2, 2, 5, 8), randn(g, 2, 2, 5, 8),
-                                          padding_mask([3, 5]))),
+                                          padding_mask([3, 5])),
+             hint="The mask is (B, 1, 1, S): it broadcasts over the heads and the queries."),
         Case("a fully masked row", (randn(g, 2, 4, 8), randn(g, 2, 5, 8), randn(g, 2, 5, 4), dead),
              hint="A query that may attend to nothing gets zero weights, so a zero output."),
     ]
@@ -99,18 +118,21 @@ EXERCISE = Exercise(
     tasks=(
         Task("masked_softmax", masked_softmax, _masked_softmax_cases, points=2, arg_names=("scores", "mask"),
              forbidden=_SOFTMAXES,
-             hint="Set masked scores to -inf (or drop them from the max and the sum), subtract the row max, "
-                  "exponentiate, normalise; then make rows with no allowed position all zeros."),
+             hint="Start from your stable softmax and ask, at each step, which positions take part: in the "
+                  "row's maximum, in exp(), in the sum. Then decide what a row with no allowed position "
+                  "returns, before it divides by 0."),
         Task("general_score", _general_reference, _general_cases, arg_names=("query", "keys", "W"),
              forbidden=("attn_course.scoring.GeneralScore.forward",),
-             hint="score[i, j] = query[i] @ W @ keys[j]: project the queries with W, then take dot products."),
+             hint="Write q^T W k for one pair first, then for all pairs: bring each query into the keys' "
+                  "width with W, and the rest is the dot-product score you know."),
         Task("additive_score", _additive_reference, _additive_cases, points=2,
              arg_names=("query", "keys", "W_q", "W_k", "v"),
              forbidden=("attn_course.scoring.AdditiveScore.forward",),
-             hint="Project queries to (..., L, h) and keys to (..., S, h), add them pairwise by broadcasting "
-                  "to (..., L, S, h) (unsqueeze), apply tanh, then take the dot product with v."),
+             hint="Project the queries and the keys once each (how does nn.Linear apply a (h, d) weight?). "
+                  "Every (query, key) pair needs its own sum: add a size-1 axis to each so that they "
+                  "broadcast to (..., L, S, h)."),
         Task("masked_attention", scaled_dot_product_attention, _attention_cases, points=2,
              arg_names=("query", "keys", "values", "mask"), forbidden=_ATTENTIONS,
-             hint="Scaled dot-product scores -> your masked_softmax -> weights @ values; return (output, weights)."),
+             hint="Exercise 1's attend with one change: which of your functions knows what to do with a mask?"),
     ),
 )

@@ -93,7 +93,8 @@ def _additive_context_cases(g: torch.Generator) -> list[Case]:
     dead[1, 2] = False
     return [
         Case("one query, nothing masked", (randn(g, 1, 4), randn(g, 6, 4), randn(g, 6, 3),
-                                           torch.ones(1, 6, dtype=torch.bool), *weights(5, 4, 4))),
+                                           torch.ones(1, 6, dtype=torch.bool), *weights(5, 4, 4)),
+             hint="Nothing is masked here: only the scores (v, tanh, the two projections) can differ."),
         Case("batched, padding mask (B, 1, S)", (randn(g, 2, 3, 4), randn(g, 2, 5, 6), randn(g, 2, 5, 6),
                                                  padding_mask([5, 2])[:, 0], *weights(7, 4, 6)),
              hint="The mask (B, 1, S) broadcasts over the L queries; padded keys get weight exactly 0."),
@@ -103,10 +104,19 @@ def _additive_context_cases(g: torch.Generator) -> list[Case]:
         Case("a query that may attend to nothing", (randn(g, 2, 3, 4), randn(g, 2, 5, 4), randn(g, 2, 5, 3), dead,
                                                     *weights(6, 4, 4)),
              hint="A fully masked row gets all-zero weights (not NaN), so a zero context."),
-        Case("large scores", (randn(g, 1, 2, 4, scale=30.0), randn(g, 1, 6, 4, scale=30.0), randn(g, 1, 6, 2),
-                              _lengths_mask([4], 6)[:, None], randn(g, 3, 4), randn(g, 3, 4), randn(g, 3, scale=40.0)),
-             hint="Subtract the row maximum (over allowed keys) before exp()."),
+        Case("large scores", _large_score_args(g),
+             hint="v is scaled so that the first query scores 300 against the first key: exp(300) overflows "
+                  "float32."),
     ]
+
+
+def _large_score_args(g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Additive-context inputs whose score of query 0 against key 0 (allowed) is 300, whatever the draw."""
+    query, keys, values = randn(g, 1, 2, 4), randn(g, 1, 6, 4), randn(g, 1, 6, 2)
+    W_q, W_k = randn(g, 3, 4), randn(g, 3, 4)
+    hidden = torch.tanh(query[0, 0] @ W_q.T + keys[0, 0] @ W_k.T)  # (h,): the pair (query 0, key 0)
+    v = 300.0 * hidden / hidden.dot(hidden)  # v . hidden = 300
+    return query, keys, values, _lengths_mask([4], 6)[:, None], W_q, W_k, v
 
 
 def _step_args(g: torch.Generator, B: int, S: int, E: int, D: int, K: int, h: int, lengths: list[int],
@@ -131,7 +141,8 @@ def _step_args(g: torch.Generator, B: int, S: int, E: int, D: int, K: int, h: in
 
 def _bahdanau_cases(g: torch.Generator) -> list[Case]:
     return [
-        Case("one sequence, no padding", _step_args(g, 1, 5, 3, 4, 4, 6, [5])),
+        Case("one sequence, no padding", _step_args(g, 1, 5, 3, 4, 4, 6, [5]),
+             hint="No padding: the attention, the order of the GRU's input or its gates are what differ."),
         Case("a batch with padding", _step_args(g, 3, 6, 4, 5, 5, 7, [6, 2, 4]),
              hint="The source mask (B, S) must reach the softmax: padded positions get weight 0."),
         Case("padding that holds garbage", _step_args(g, 2, 5, 3, 4, 4, 4, [3, 5], pad_value=50.0),
@@ -139,8 +150,8 @@ def _bahdanau_cases(g: torch.Generator) -> list[Case]:
         Case("a source of length 1", _step_args(g, 2, 4, 2, 3, 3, 5, [1, 4]),
              hint="With one real source token its weight is 1 and the context is that token's state."),
         Case("encoder width != decoder width", _step_args(g, 2, 4, 3, 4, 6, 5, [4, 3]),
-             hint="W_k is (h, K) for the encoder states, W_q is (h, D) for s_prev; the GRU input is "
-                  "[prev_emb; context], E + K wide, in that order."),
+             hint="The encoder states are K = 6 wide, the decoder state D = 4: W_q (h, D) belongs to s_prev, "
+                  "W_k (h, K) to the encoder states, and the GRU input is E + K = 9 wide."),
     ]
 
 
@@ -150,18 +161,15 @@ EXERCISE = Exercise(
     tasks=(
         Task("additive_context", additive_context_reference, _additive_context_cases, points=2,
              arg_names=("query", "keys", "values", "mask", "W_q", "W_k", "v"), forbidden=_SHORTCUTS,
-             hint="scores[..., i, j] = v . tanh(W_q q_i + W_k k_j) (project with x @ W.T, broadcast to "
-                  "(..., L, S, h)); masked softmax over the keys; context = weights @ values. Return "
-                  "(context, weights)."),
+             hint="The three steps of exercise 2 (additive scores, a masked softmax, a weighted sum), written "
+                  "again in this notebook: which tensor do the weights average, the keys or the values?"),
         Task("bahdanau_step", bahdanau_step_reference, _bahdanau_cases, points=3,
              arg_names=("prev_emb", "s_prev", "enc_states", "src_mask", "W_q", "W_k", "v",
                         "W_ih", "W_hh", "b_ih", "b_hh"),
              forbidden=_SHORTCUTS + _GRU,
-             hint="The query is s_prev (B, D) -> (B, 1, D); weights = masked softmax of the additive scores "
-                  "(B, S); context = weights @ enc_states (B, K); then one GRU step on x = [prev_emb; context] "
-                  "from s_prev: r = sigmoid(x W_ir^T + b_ir + s W_hr^T + b_hr), z likewise, "
-                  "n = tanh(x W_in^T + b_in + r * (s W_hn^T + b_hn)), s_new = (1 - z) * n + z * s, "
-                  "with the (r, z, n) blocks of W_ih, W_hh, b_ih, b_hh in that order. "
-                  "Return (s_new, weights, context)."),
+             hint="Two halves. Attention first: which state is the query at step t, before the GRU has "
+                  "run, and how does a (B, D) query become one query of additive_context? Then one GRU step "
+                  "written from the chapter's equations: cut W_ih, W_hh and the biases into their three "
+                  "gate blocks (torch's order), and check which gate multiplies which term."),
     ),
 )

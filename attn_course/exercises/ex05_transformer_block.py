@@ -89,16 +89,17 @@ def random_params(g: torch.Generator, D: int, F_: int) -> dict[str, torch.Tensor
 
 def _block_cases(g: torch.Generator) -> list[Case]:
     return [
-        Case("one head, encoder", (randn(g, 2, 4, 8), random_params(g, 8, 32), 1, False)),
+        Case("one head, encoder", (randn(g, 2, 4, 8), random_params(g, 8, 32), 1, False),
+             hint="One head, no mask: the order of norm, attention and residual, or the MLP, differ."),
         Case("2 heads, decoder (causal)", (randn(g, 2, 5, 8), random_params(g, 8, 16), 2, True),
-             hint="Split D into H heads of d = D // H and scale the scores by 1 / sqrt(d), the head width; "
-                  "causal=True: token t attends to tokens 0 .. t only."),
+             hint="2 heads of width d = 4 in a model of width D = 8, and causal: token t may attend to "
+                  "tokens 0 .. t only."),
         Case("4 heads, encoder", (randn(g, 3, 6, 16), random_params(g, 16, 24), 4, False),
-             hint="Head h takes features h*d .. (h+1)*d - 1: reshape (B, T, D) to (B, T, H, d), then transpose."),
+             hint="4 heads: head h owns features h*d .. (h+1)*d - 1 of every token."),
         Case("one token, causal", (randn(g, 1, 1, 8), random_params(g, 8, 8), 2, True)),
         Case("inputs far from zero mean", (3 + randn(g, 2, 4, 8, scale=4.0), random_params(g, 8, 32), 2, True),
-             hint="LayerNorm: (x - mean) / sqrt(var + 1e-5) over the last dim with the biased variance, "
-                  "then * weight + bias; the residual adds the block's input x, not LN(x)."),
+             hint="Inputs with mean 3 and spread 4: LayerNorm's details (which variance, where eps goes) "
+                  "and which tensor the residual adds show here."),
     ]
 
 
@@ -115,16 +116,19 @@ def _mlm_cases(g: torch.Generator) -> list[Case]:
     tied = torch.full((2, 6), 0.5)
     tied[0, :3] = torch.tensor([0.1, 0.5, 0.9])
     return [
-        Case("rate 0.15", (tokens(3, 10), torch.ones(3, 10, dtype=torch.bool), 3, 0.15, uniform(3, 10))),
+        Case("rate 0.15", (tokens(3, 10), torch.ones(3, 10, dtype=torch.bool), 3, 0.15, uniform(3, 10)),
+             hint="Inputs: mask_id at the chosen positions. Targets: the original token there, -100 elsewhere."),
         Case("special tokens and padding are never masked", (tokens(2, 8), special, 3, 0.5,
                                                             uniform(2, 8) * 0.3),
-             hint="Only maskable positions may be chosen: chosen = maskable & (uniform < rate)."),
+             hint="[CLS], [SEP] and padding are not maskable: they keep their token and get target -100, "
+                  "whatever their draw."),
         Case("rate 1: every maskable token", (tokens(2, 5), torch.rand(2, 5, generator=g) < 0.7, 1, 1.0,
                                               uniform(2, 5))),
         Case("nothing maskable", (tokens(2, 4), torch.zeros(2, 4, dtype=torch.bool), 1, 0.5, uniform(2, 4)),
              hint="With nothing chosen, inputs == tokens and every target is IGNORE_INDEX (-100)."),
         Case("uniform equal to the rate", (tokens(2, 6), torch.ones(2, 6, dtype=torch.bool), 2, 0.5, tied),
-             hint="A position is chosen when uniform < rate, strictly."),
+             hint="Some draws equal the rate exactly: a position is chosen only when its draw is strictly "
+                  "below the rate."),
     ]
 
 
@@ -133,7 +137,8 @@ def _shift_cases(g: torch.Generator) -> list[Case]:
     padded[0, 5:] = 0
     padded[2, 3:] = 0
     return [
-        Case("no pad_id", (torch.randint(0, 9, (2, 6), generator=g), None)),
+        Case("no pad_id", (torch.randint(0, 9, (2, 6), generator=g), None),
+             hint="The target at position t is the token at t + 1: both results are one token shorter."),
         Case("padded targets are ignored", (padded, 0),
              hint="Targets equal to pad_id become IGNORE_INDEX (-100); the inputs keep their pad tokens."),
         Case("T = 2", (torch.randint(1, 9, (4, 2), generator=g), 0)),
@@ -151,10 +156,11 @@ def _generate_cases(g: torch.Generator) -> list[Case]:
         return torch.randint(0, V, (B, T), generator=g)
 
     return [
-        Case("one sequence", (_lm(g, 7, 12), prompt(1, 3, 7), 4)),
+        Case("one sequence", (_lm(g, 7, 12), prompt(1, 3, 7), 4),
+             hint="This model's next-token logits depend on the whole prefix and its positions, not only "
+                  "on the last token."),
         Case("a batch", (_lm(g, 9, 12), prompt(3, 2, 9), 6),
-             hint="Every step, call the model on the whole batch so far (it uses the prefix and the "
-                  "positions) and take each row's arg-max at the LAST position."),
+             hint="3 rows generated together: each row picks its own next token, from its own logits."),
         Case("a one-token prompt", (_lm(g, 5, 8), prompt(2, 1, 5), 5)),
         Case("no new tokens", (_lm(g, 6, 8), prompt(2, 4, 6), 0), hint="max_new_tokens = 0 returns the prompt."),
         Case("up to max_len", (_lm(g, 6, 6), prompt(2, 2, 6), 4),
@@ -168,23 +174,23 @@ EXERCISE = Exercise(
     tasks=(
         Task("pre_norm_block", pre_norm_block_reference, _block_cases, points=3,
              arg_names=("x", "params", "num_heads", "causal"), forbidden=_ATTENTIONS,
-             hint="h = x + MHA(LN1(x)) with q/k/v = LN1(x) @ W.T + b, split into heads, softmax(q k^T / sqrt(d)) "
-                  "(causal mask if asked), merge, out_proj; then y = h + fc2(gelu(fc1(LN2(h)))) with the exact "
-                  "gelu (torch.nn.functional.gelu)."),
+             hint="Draw the pre-norm block from the chapter: two sub-layers, each 'normalise, transform, add "
+                  "back'. Write LayerNorm, the multi-head attention of exercise 3 (with biases, and the "
+                  "causal mask when asked) and the MLP as small functions of params, then chain them; "
+                  "params' keys name which weight goes where."),
         Task("mask_for_mlm", mask_for_mlm_reference, _mlm_cases, points=2,
              arg_names=("tokens", "maskable", "mask_id", "rate", "uniform"),
              forbidden=("attn_course.transformer.mask_for_mlm",),
-             hint="chosen = maskable & (uniform < rate); inputs: tokens with mask_id where chosen; "
-                  "targets: the original token where chosen, IGNORE_INDEX (-100) elsewhere."),
+             hint="First one boolean (N, T) tensor: which positions are chosen (two conditions). Then both "
+                  "results follow from it, each a copy of tokens with some positions replaced."),
         Task("next_token_batch", next_token_batch_reference, _shift_cases, points=1,
              arg_names=("tokens", "pad_id"), forbidden=("attn_course.transformer.next_token_batch",),
-             hint="inputs = tokens[:, :-1], targets = tokens[:, 1:], with targets == pad_id set to -100 "
-                  "(out of place) when pad_id is not None."),
+             hint="Write the pair for one sequence of 4 tokens by hand: which slice is the input, which the "
+                  "target? Then the targets that are padding: replace them without writing into tokens."),
         Task("greedy_generate", greedy_generate_reference, _generate_cases, points=2,
              arg_names=("model", "prompt", "max_new_tokens"),
              forbidden=("attn_course.transformer.TransformerDecoder.generate",),
-             hint="Repeat max_new_tokens times: logits = model(tokens so far) (B, T, V), the whole prefix every "
-                  "step; next = logits[:, -1].argmax(-1); append it as a new column. Return the prompt "
-                  "followed by the new tokens."),
+             hint="A loop of max_new_tokens steps; in each: what does the model see, which position's logits "
+                  "predict the next token, and how does the new token join the sequence?"),
     ),
 )

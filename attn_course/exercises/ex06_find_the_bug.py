@@ -74,21 +74,23 @@ def _cases(g: torch.Generator) -> list[Case]:
 
     first, second = torch.randperm(3, generator=g)[:2].tolist()  # two of the three correct implementations
     diagonal, scale_power = 1 + draw(2), (0, 2)[draw(2)]
-    allclose = "Compare floats with a tolerance (torch.allclose), not ==, and only where the contract says what to expect."
+    allclose = ("Correct implementations round differently from your own formula, in the last bits: exact "
+                "equality tells them apart, and so does a check of something the contract does not promise.")
     cases = [
         Case(f"a correct attention, {_HOW[first]}", planted(loop=first), points=1, required=True,
-             hint=f"A correct attention must pass, or nothing counts. {allclose}"),
+             hint=f"Your test called a correct attention buggy, and then nothing counts. {allclose}"),
         Case(f"a correct attention, {_HOW[second]}", planted(loop=second), required=True,
-             hint=f"Two correct implementations round differently. {allclose}"),
+             hint=f"Your test called a correct attention buggy. {allclose}"),
         Case(f"bug: the causal mask lets position t see t + {diagonal}", planted(diagonal=diagonal), points=1,
-             hint="Change the tokens after position t and check that the outputs at 0 .. t stay the same "
-                  "(or that the weights above the diagonal are 0), for every t."),
+             hint="This attention lets position t see a later token: the outputs at 0 .. t change when the "
+                  "tokens after t change."),
         Case("bug: heads split without the transpose", planted(split=1), points=1,
-             hint="Some bugs only show with several heads: test on (B, H, T, d) inputs with H >= 2, and check "
-                  "the outputs, not only the weights."),
+             hint="This attention mixes the heads: with one head it is correct, and its weights look causal; "
+                  "only the outputs of several heads show it."),
         Case(f"bug: the default scale is {('1', '', '1/d')[scale_power]} instead of 1/sqrt(d)",
              planted(scale_power=scale_power), points=1,
-             hint="Compare the weights with softmax(q k^T / sqrt(d)) that you compute yourself, with d > 1."),
+             hint="This attention scales the scores wrongly by default: with d = 1 the wrong scale and 1/sqrt(d) "
+                  "agree, and it never leaks the future."),
     ]
     return [cases[i] for i in torch.randperm(len(cases), generator=g).tolist()]  # points travel with their case
 
@@ -104,8 +106,8 @@ EXERCISE = Exercise(
                         "attn_course.labs.mask_leakage.causal_leakage", "attn_course.labs.mask_leakage.position_changes",
                         "attn_course.labs.mask_leakage.padding_leakage",
                         "attn_course.grading.planted_bugs.planted_attention", "attn_course.grading.fixtures.resolve"),
-             hint="Return True only if (1) the weights and outputs equal softmax(q k^T / sqrt(d)) with the future "
-                  "masked, and v weighted by them, and (2) changing tokens after t never changes the outputs at "
-                  "0 .. t; use several heads, d > 1 and torch.allclose."),
+             hint="List what a correct causal attention promises (the chapter names two kinds of promise: "
+                  "what it computes, and what it never looks at), then write one check per promise on inputs "
+                  "where every bug you can imagine would show (how many heads? which d?)."),
     ),
 )

@@ -52,6 +52,40 @@ def test_unstable_softmax_names_the_case_and_gives_the_hint(check, capsys):
     assert "large logits" in printed and "NaN" in printed and "Hint:" in printed and "overflows" in printed
 
 
+def test_task_hint_is_printed_on_request_only(check, capsys):
+    def softmax(scores):
+        e = scores.exp()
+        return e / e.sum(-1, keepdim=True)
+
+    task_hint = load_exercises()["ex01_softmax_attention"].task("softmax").hint
+    result, printed = run(check, "softmax", softmax, capsys)
+    assert task_hint and task_hint not in result.message and task_hint not in printed
+    assert "check.hint('softmax')" in printed  # where to ask for it
+    assert check.hint("softmax") == task_hint
+    assert capsys.readouterr().out == f"💡 softmax: {task_hint}\n"
+
+
+def test_a_passing_check_does_not_point_at_the_hint(check, capsys):
+    _, printed = run(check, "softmax", good_softmax, capsys)
+    assert "check.hint" not in printed
+
+
+def test_hint_for_an_unknown_task_names_the_tasks(check, capsys):
+    assert check.hint("sofmax") is None
+    out = capsys.readouterr().out
+    assert "no task 'sofmax'" in out and "attend" in out
+
+
+@pytest.mark.parametrize("exercise_id", ["ex01_softmax_attention", "ex02_masks_and_scores", "ex03_multihead_positions",
+                                         "ex04_decoder_step", "ex05_transformer_block", "ex06_find_the_bug"])
+def test_no_failure_message_carries_a_task_hint(exercise_id):
+    """A function that returns garbage fails every task; none of the messages quotes the task's hint."""
+    check = Checker(exercise_id)
+    for task in load_exercises()[exercise_id].tasks:
+        result = check(task.name, lambda *args, **kwargs: torch.zeros(1), quiet=True)
+        assert result.points == 0 and task.hint not in result.message, task.name
+
+
 def test_exception_in_learner_code_is_summarised_with_its_line(check, capsys):
     def dot_scores(query, keys):
         return query @ keys  # forgot the transpose

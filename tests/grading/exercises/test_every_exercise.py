@@ -12,8 +12,14 @@ import torch
 from attn_course.grading.catalog import load_exercises
 
 POINTS = {
+    "ex01_softmax_attention": {"softmax": 2, "dot_scores": 1, "scaled_dot_scores": 1, "context_vector": 1, "attend": 2},
+    "ex02_masks_and_scores": {"masked_softmax": 2, "general_score": 1, "additive_score": 2, "masked_attention": 2},
+    "ex03_multihead_positions": {
+        "split_heads": 1, "merge_heads": 1, "causal_mask": 1, "padding_mask": 1, "multi_head_self_attention": 2,
+        "sinusoidal_encoding": 1, "apply_rope": 2},
     "ex04_decoder_step": {"additive_context": 2, "bahdanau_step": 3},
     "ex05_transformer_block": {"pre_norm_block": 3, "mask_for_mlm": 2, "next_token_batch": 1, "greedy_generate": 2},
+    "ex06_find_the_bug": {"leakage_test": 4},
     "ex07_attention_across_fields": {
         "attention_pooling": 1, "sentence_weights": 2, "patch_embedding": 1, "query_readout": 1, "detr_cost": 2,
         "detr_match": 1, "gat_coefficient": 1, "gatv2_coefficient": 1},

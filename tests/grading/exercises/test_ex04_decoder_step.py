@@ -8,6 +8,7 @@ tests/grading/test_grading.py.
 import torch
 
 from attn_course.exercises.ex04_decoder_step import (
+    EXERCISE,
     additive_context_reference,
     additive_module,
     bahdanau_step_reference,
@@ -74,7 +75,9 @@ def test_context_first_in_the_gru_input_fails_on_values(check):
 
     result = check("bahdanau_step", bahdanau_step, quiet=True)
     assert result.points == 0 and result.status == "failed"
-    assert "result[0] has wrong values" in result.message and "Hint:" in result.message
+    assert "result[0] has wrong values" in result.message and "case 'one sequence, no padding'" in result.message
+    assert "order of the GRU's input" in result.message  # the case's diagnosis, not the task's hint
+    assert EXERCISE.task("bahdanau_step").hint not in result.message
 
 
 def test_forgotten_source_mask_is_caught_on_the_padded_case(check):

@@ -93,7 +93,8 @@ def test_plausible_block_mistakes_fail_with_the_case(check, mistake, case):
 
     result = check("pre_norm_block", pre_norm_block, quiet=True)
     assert result.points == 0 and result.status == "failed"
-    assert f"case '{case}'" in result.message and "Hint:" in result.message
+    assert f"case '{case}'" in result.message and "Hint:" in result.message  # the case's diagnosis
+    assert EXERCISE.task("pre_norm_block").hint not in result.message  # the task's hint only on request
 
 
 def test_block_with_torch_attention_is_refused(check):
