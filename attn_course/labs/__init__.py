@@ -37,6 +37,7 @@ lab                          chapter what it holds
 ``flash_benchmark``          22      the Triton kernels under the interpreter; SDPA backends on a GPU; the recorded H200 run; a tiny model trained with the kernel
 ``ring``                     23      ring schedule and its step-by-step simulation, torchrun-style processes, communication vs compute
 ``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention (chunkwise), GPU memory, tiles, the GPU running a kernel, the ring
+``draft_and_verify``         26      a target and a 1-layer draft on a bracket stream; greedy and sampled sweeps over k; tokens per target call; the round's diagram
 ``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
 ===========================  ======  ==============================================================
 """
