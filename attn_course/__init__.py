@@ -16,7 +16,8 @@ The package has two layers, plus the exercise system:
   traffic), ``triton_warmup`` (two first Triton kernels: vector add, fused row softmax),
   ``triton_attention`` (FlashAttention-2 forward and backward kernels in Triton, differentiable),
   ``flash_backward`` (the backward by recomputation, in torch), ``sparse``,
-  ``linear``, ``ring_attention``. Part VI (in progress): ``speculative`` (draft and verify).
+  ``linear``, ``ring_attention``. Part VI (in progress): ``speculative`` (draft and verify), ``mla`` (multi-head latent
+  attention), ``kv_quant`` (int8 and int4 KV caches), ``attention_sinks`` (StreamingLLM's cache).
   ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_validation`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``

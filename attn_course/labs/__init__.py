@@ -38,6 +38,7 @@ lab                          chapter what it holds
 ``ring``                     23      ring schedule and its step-by-step simulation, torchrun-style processes, communication vs compute
 ``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention (chunkwise), GPU memory, tiles, the GPU running a kernel, the ring
 ``draft_and_verify``         26      a target and a 1-layer draft on a bracket stream; greedy and sampled sweeps over k; tokens per target call; the round's diagram
+``cache_compression``        27      bytes per token by scheme for real shapes; int8/int4 caches on a trained GPT; key groups; sinks vs window; diagrams
 ``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
 ===========================  ======  ==============================================================
 """

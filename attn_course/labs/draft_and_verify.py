@@ -101,11 +101,12 @@ def draft_config(context: int = 32) -> GPTConfig:
 
 
 def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_size: int = 16, lr: float = 1e-2,
-                       seed: int = 0, progress: bool = True, desc: str = "GPT") -> TrainHistory:
+                       seed: int = 0, progress: bool = True, desc: str = "GPT", bos_first: bool = False) -> TrainHistory:
     """Train ``model`` in place to predict each next token of random windows of ``data``.
 
-    A batch is ``batch_size`` windows of ``context_length + 1`` tokens at random offsets; AdamW
-    with a one-cycle schedule, one thread (tiny tensors).
+    A batch is ``batch_size`` windows of ``context_length + 1`` tokens at random offsets (with
+    ``bos_first``, each window's first token is replaced by ``<bos>``); AdamW with a one-cycle
+    schedule, one thread (tiny tensors).
     """
     require_int(steps, "steps")
     T = model.config.context_length
@@ -115,6 +116,8 @@ def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_s
     def loss_for_step(i: int) -> torch.Tensor:
         start = torch.randint(0, len(data) - T - 1, (batch_size,), generator=g)
         x = data[start[:, None] + offsets].to(model.wte.weight.device)  # (B, T + 1)
+        if bos_first:
+            x[:, 0] = BOS
         logits = model(x[:, :-1])  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
 
