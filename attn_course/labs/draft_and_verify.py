@@ -124,7 +124,10 @@ def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_s
     begin = time.perf_counter()
     with utils.num_threads(1):
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+        if steps >= 20:
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+        else:  # too few steps for a warm-up phase (OneCycleLR divides by its length)
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
         losses = run_steps(model, loss_for_step, optimizer, schedule, steps, grad_clip=1.0, progress=progress,
                            desc=desc, postfix_every=20)
     return TrainHistory(losses=losses, seconds=time.perf_counter() - begin)

@@ -40,3 +40,10 @@ def test_the_figures_draw():
     dv.plot_tokens_per_call(fig2, 4, 0.7, {1: 1.7})
     assert len(fig2.axes) == 2
     plt.close("all")
+
+
+def test_the_serving_benchmarks_headline_is_a_dict_of_numbers():
+    r = dv.speculative_comparison(k=3, new_tokens=8, num_prompts=2, context=16, target_steps=10, draft_steps=5)
+    assert r["identical"] and r["tokens"] == 16 and r["target_calls"] <= r["target_calls_alone"] == 16
+    assert r["tokens_per_s_target"] > 0 and r["tokens_per_s_speculative"] > 0 and r["speedup"] > 0
+    assert r["tokens_per_target_call"] == 16 / r["target_calls"]
