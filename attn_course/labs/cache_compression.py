@@ -13,6 +13,8 @@
 * ``group_errors``         int4 error of keys and values for per-channel and per-token groups.
 * ``windowed_perplexity``  perplexity beyond the window: full cache, window only, sinks + window.
 * ``attention_on_first``   how much attention each head puts on the first positions (is there a sink?).
+* ``recall_batch``, ``train_recall_lm``   a language where most tokens need no memory, and a GPT
+                           trained on it: its heads park their attention on ``<bos>`` (a sink).
 * ``plot_group_size``      the slider's frame: int4 bytes per token and error against the group size.
 * ``draw_latent_attention``, ``draw_quant_groups``, ``draw_sink_cache``, ``ALT``   the diagrams.
 
@@ -21,6 +23,7 @@ Shapes: token batches ``(B, T)``; logits ``(B, T - 1, V)``; keys ``(B, H_kv, T, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -29,12 +32,12 @@ from matplotlib.figure import Figure
 
 from attn_course.attention_sinks import SinkCache
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, rect
-from attn_course.gpt import GPT
+from attn_course.gpt import GPT, GPTConfig
 from attn_course.kv_cache import PUBLISHED_SHAPES, DynamicCache, KVCache, SlidingWindowCache, kv_cache_bytes
 from attn_course.kv_quant import dequantize_groups, quantize_groups, quantized_bytes_per_token
 from attn_course.labs.bracket_language import BOS
 from attn_course.labs.draft_and_verify import bracket_stream, target_config, train_stream_model
-from attn_course.labs.training import TrainHistory
+from attn_course.labs.training import TrainHistory, run_steps
 from attn_course.mla import MLA_SHAPES
 
 __all__ = [
@@ -48,6 +51,9 @@ __all__ = [
     "group_errors",
     "windowed_perplexity",
     "attention_on_first",
+    "RECALL_VOCAB",
+    "recall_batch",
+    "train_recall_lm",
     "plot_group_size",
     "draw_latent_attention",
     "draw_quant_groups",
@@ -139,9 +145,12 @@ def teacher_forced(model: GPT, tokens: torch.Tensor, cache: KVCache) -> torch.Te
     return torch.stack(out, dim=1)
 
 
-def _perplexity(logits: torch.Tensor, tokens: torch.Tensor, start: int = 0) -> float:
-    nll = F.cross_entropy(logits[:, start:].flatten(0, 1), tokens[:, 1 + start:].flatten())
-    return float(nll.exp())
+def _perplexity(logits: torch.Tensor, tokens: torch.Tensor, start: int = 0, scored: torch.Tensor | None = None) -> float:
+    """exp(mean NLL) of the targets ``tokens[:, 1 + start:]`` (only where ``scored (B, T - 1)`` is True, if given)."""
+    nll = F.cross_entropy(logits[:, start:].flatten(0, 1), tokens[:, 1 + start:].flatten(), reduction="none")
+    if scored is not None:
+        nll = nll[scored[:, start:].flatten()]
+    return float(nll.mean().exp())
 
 
 def cache_quality(model: GPT, tokens: torch.Tensor, caches: dict[str, Callable[[], KVCache]]) -> dict[str, dict]:
@@ -188,11 +197,12 @@ def group_errors(keys: torch.Tensor, values: torch.Tensor, group_size: int) -> d
 
 
 def windowed_perplexity(model: GPT, tokens: torch.Tensor, window: int, num_sinks: int = 4,
-                        start: int | None = None) -> dict[str, float]:
+                        start: int | None = None, scored: torch.Tensor | None = None) -> dict[str, float]:
     """Perplexity of the positions beyond ``window + num_sinks`` with three caches of the same budget or more.
 
     ``full``: every position; ``window``: a ``SlidingWindowCache`` of ``window + num_sinks``
     positions; ``sinks``: a ``SinkCache`` of ``num_sinks`` first positions and the last ``window``.
+    ``scored (B, T - 1)``: count only the targets where it is True.
     """
     cfg = model.config
     shape = (cfg.n_layer, cfg.n_kv_head, cfg.head_dim)
@@ -200,7 +210,56 @@ def windowed_perplexity(model: GPT, tokens: torch.Tensor, window: int, num_sinks
     caches = {"full": DynamicCache(*shape),
               "window": SlidingWindowCache(*shape, batch_size=tokens.shape[0], window=window + num_sinks),
               "sinks": SinkCache(*shape, num_sinks=num_sinks, window=window)}
-    return {name: _perplexity(teacher_forced(model, tokens, c), tokens, start) for name, c in caches.items()}
+    return {name: _perplexity(teacher_forced(model, tokens, c), tokens, start, scored) for name, c in caches.items()}
+
+
+# --------------------------------------------------------------------------- a language that needs a sink
+
+RECALL_VOCAB = ("<bos>", "?", "a", "b", "c", "d", "e", "f", "g", "h")
+"""Token ids of the recall language: ``0 <bos>``, ``1 ?``, letters ``2 .. 9``."""
+
+
+def recall_batch(batch: int, length: int = 64, p_query: float = 0.1, seed: int | torch.Generator = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences of the recall language and where the answers are: ``(tokens (B, T), answer (B, T))``.
+
+    ``<bos>``, then uniformly random letters; with probability ``p_query`` a position (from 2 on,
+    never two in a row) is ``?``, and the token after ``?`` is the letter at position 1. Every
+    other token is unpredictable: a head that reads the past has nothing to do there.
+    """
+    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    x = torch.randint(2, len(RECALL_VOCAB), (batch, length), generator=g)
+    query = torch.rand(batch, length, generator=g) < p_query
+    query[:, :2] = False
+    query[:, -1] = False
+    query[:, 1:] &= ~query[:, :-1].clone()  # no '?' right after a '?'
+    x[query] = 1
+    answer = torch.zeros_like(query)
+    answer[:, 1:] = query[:, :-1]
+    x = torch.where(answer, x[:, 1:2].expand(-1, length), x)
+    x[:, 0] = 0
+    return x, answer
+
+
+def train_recall_lm(steps: int = 200, length: int = 64, seed: int = 0, progress: bool = True) -> tuple[GPT, TrainHistory]:
+    """A 1-layer, 2-head GPT (32 wide) trained with full attention on fresh recall batches."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=len(RECALL_VOCAB), context_length=length, n_layer=1, n_head=2, n_embd=32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    if steps >= 20:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=steps, pct_start=0.1)
+    else:  # too few steps for a warm-up phase
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    g = torch.Generator().manual_seed(seed)
+
+    def loss_for_step(i: int) -> torch.Tensor:
+        x, _ = recall_batch(16, length, seed=g)  # a fresh batch every step
+        return F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+
+    begin = time.perf_counter()
+    losses = run_steps(model, loss_for_step, optimizer, schedule, steps, grad_clip=1.0, progress=progress,
+                       desc="recall GPT", postfix_every=20)
+    return model.eval(), TrainHistory(losses=losses, seconds=time.perf_counter() - begin)
 
 
 # --------------------------------------------------------------------------- figures

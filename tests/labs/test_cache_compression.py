@@ -58,3 +58,12 @@ def test_the_slider_frame_draws():
                                                    "values_per_channel"), 0.2)})
     assert len(fig.axes) == 2
     plt.close(fig)
+
+
+def test_the_recall_language_and_its_model():
+    x, answer = cc.recall_batch(4, 32, seed=0)
+    assert x.shape == answer.shape == (4, 32) and bool((x[:, 0] == 0).all())
+    assert bool((x[:, 1:][answer[:, 1:]] == x[:, 1:2].expand(-1, 31)[answer[:, 1:]]).all())  # the answer: position 1
+    assert bool((x[:, :-1][answer[:, 1:]] == 1).all())  # every answer follows a '?'
+    model, hist = cc.train_recall_lm(steps=3, length=32, progress=False)
+    assert len(hist.losses) == 3 and model.config.vocab_size == len(cc.RECALL_VOCAB)
