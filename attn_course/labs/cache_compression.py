@@ -15,6 +15,8 @@
 * ``attention_on_first``   how much attention each head puts on the first positions (is there a sink?).
 * ``recall_batch``, ``train_recall_lm``   a language where most tokens need no memory, and a GPT
                            trained on it: its heads park their attention on ``<bos>`` (a sink).
+* ``latent_gpt``, ``compare_attention_caches``   GPTs whose attention is MHA, MQA or MLA (a latent
+                           cache), trained alike: held-out loss against cache numbers per token.
 * ``plot_group_size``      the slider's frame: int4 bytes per token and error against the group size.
 * ``draw_latent_attention``, ``draw_quant_groups``, ``draw_sink_cache``, ``ALT``   the diagrams.
 
@@ -29,6 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from torch import nn
 
 from attn_course.attention_sinks import SinkCache
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, rect
@@ -38,7 +41,7 @@ from attn_course.kv_quant import dequantize_groups, quantize_groups, quantized_b
 from attn_course.labs.bracket_language import BOS
 from attn_course.labs.draft_and_verify import bracket_stream, target_config, train_stream_model
 from attn_course.labs.training import TrainHistory, run_steps
-from attn_course.mla import MLA_SHAPES
+from attn_course.mla import MLA_SHAPES, MultiHeadLatentAttention
 
 __all__ = [
     "ALT",
@@ -51,6 +54,8 @@ __all__ = [
     "group_errors",
     "windowed_perplexity",
     "attention_on_first",
+    "latent_gpt",
+    "compare_attention_caches",
     "RECALL_VOCAB",
     "recall_batch",
     "train_recall_lm",
@@ -411,3 +416,62 @@ def _first_weights(model: GPT, inputs: dict, T: int, first: int, from_position: 
         p = torch.softmax((q @ k.transpose(-1, -2) / d ** 0.5).masked_fill(~causal, float("-inf")), dim=-1)
         weights.append(p[:, :, from_position:, :first].sum(-1).mean((0, 2)))  # (H,)
     return torch.stack(weights).detach()
+
+
+# --------------------------------------------------------------------------- MLA in a GPT, for training
+
+
+class _LatentAttention(nn.Module):
+    """``MultiHeadLatentAttention`` behind the GPT block's attention call (training: causal, no cache)."""
+
+    def __init__(self, d_model: int, n_head: int, latent_dim: int) -> None:
+        super().__init__()
+        self.mla = MultiHeadLatentAttention(d_model, n_head, d_model // n_head, latent_dim, rope_dim=0)
+
+    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0):
+        if cache is not None or mask is not None:
+            raise ValueError("this adapter trains and scores full sequences; decode with MultiHeadLatentAttention")
+        return self.mla(x)
+
+
+def latent_gpt(config: GPTConfig, latent_dim: int) -> GPT:
+    """A ``GPT`` whose every attention layer is MLA with a latent of ``latent_dim`` (no rotary part:
+    GPT adds learned positions to its inputs)."""
+    model = GPT(config)
+    for block in model.h:
+        block.attn = _LatentAttention(config.n_embd, config.n_head, latent_dim)
+    return model
+
+
+def compare_attention_caches(steps: int = 150, context: int = 32, seed: int = 0, workers: int = 2,
+                             progress: bool = True) -> dict[str, dict]:
+    """Train MHA, MQA and MLA variants of ``draft_and_verify.target_config`` alike; held-out loss and cache size.
+
+    ``result[name]``: ``cache_numbers`` (per token and layer), ``parameters``, ``loss`` (held-out,
+    64 windows of the bracket stream the models never saw).
+    """
+    from functools import partial
+
+    from attn_course.labs.training import train_side_by_side
+
+    base = target_config(context)  # 2 layers, 2 heads of 16
+    d = base.head_dim
+    torch.manual_seed(seed)
+    variants = {
+        "MHA (2 KV heads)": (GPT(base), 2 * base.n_head * d),
+        "MQA (1 KV head)": (GPT(GPTConfig(**{**base.__dict__, "n_kv_head": 1})), 2 * d),
+        "MLA, d_c = 16": (latent_gpt(base, 16), 16),
+        "MLA, d_c = 8": (latent_gpt(base, 8), 8),
+    }
+    data = bracket_stream(60_000, seed=seed)
+    jobs = {name: (m, partial(train_stream_model, m, data, steps, seed=seed, progress=progress, desc=name))
+            for name, (m, _) in variants.items()}
+    train_side_by_side(jobs, workers=workers, progress=progress)
+    test = bracket_stream(64 * (context + 1) + 1, seed=seed + 30_000)[1:].view(64, context + 1)
+    out = {}
+    for name, (m, numbers) in variants.items():
+        m.eval()
+        with torch.no_grad():
+            loss = F.cross_entropy(m(test[:, :-1]).flatten(0, 1), test[:, 1:].flatten())
+        out[name] = {"cache_numbers": numbers, "parameters": m.num_parameters(), "loss": float(loss)}
+    return out
