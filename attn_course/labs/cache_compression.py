@@ -13,7 +13,7 @@
 * ``group_errors``         int4 error of keys and values for per-channel and per-token groups.
 * ``windowed_perplexity``  perplexity beyond the window: full cache, window only, sinks + window.
 * ``attention_on_first``   how much attention each head puts on the first positions (is there a sink?).
-* ``recall_batch``, ``train_recall_lm``   a language where most tokens need no memory, and a GPT
+* ``recall_batch``, ``train_recall_lm``, ``train_recall_seeds``   a language where most tokens need no memory, and a GPT
                            trained on it: its heads park their attention on ``<bos>`` (a sink).
 * ``latent_gpt``, ``compare_attention_caches``   GPTs whose attention is MHA, MQA or MLA (a latent
                            cache), trained alike: held-out loss against cache numbers per token.
@@ -58,7 +58,9 @@ __all__ = [
     "compare_attention_caches",
     "RECALL_VOCAB",
     "recall_batch",
+    "recall_config",
     "train_recall_lm",
+    "train_recall_seeds",
     "plot_group_size",
     "draw_latent_attention",
     "draw_quant_groups",
@@ -246,10 +248,13 @@ def recall_batch(batch: int, length: int = 64, p_query: float = 0.1, seed: int |
     return x, answer
 
 
-def train_recall_lm(steps: int = 200, length: int = 64, seed: int = 0, progress: bool = True) -> tuple[GPT, TrainHistory]:
-    """A 1-layer, 2-head GPT (32 wide) trained with full attention on fresh recall batches."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=len(RECALL_VOCAB), context_length=length, n_layer=1, n_head=2, n_embd=32))
+def recall_config(length: int = 64) -> GPTConfig:
+    """A 1-layer, 2-head GPT, 32 wide, for the recall language."""
+    return GPTConfig(vocab_size=len(RECALL_VOCAB), context_length=length, n_layer=1, n_head=2, n_embd=32)
+
+
+def _train_recall(model: GPT, steps: int, seed: int, progress: bool) -> TrainHistory:
+    length = model.config.context_length
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
     if steps >= 20:
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=steps, pct_start=0.1)
@@ -263,8 +268,32 @@ def train_recall_lm(steps: int = 200, length: int = 64, seed: int = 0, progress:
 
     begin = time.perf_counter()
     losses = run_steps(model, loss_for_step, optimizer, schedule, steps, grad_clip=1.0, progress=progress,
-                       desc="recall GPT", postfix_every=20)
-    return model.eval(), TrainHistory(losses=losses, seconds=time.perf_counter() - begin)
+                       desc=f"recall GPT, seed {seed}", postfix_every=20)
+    return TrainHistory(losses=losses, seconds=time.perf_counter() - begin)
+
+
+def train_recall_lm(steps: int = 200, length: int = 64, seed: int = 0, progress: bool = True) -> tuple[GPT, TrainHistory]:
+    """A ``recall_config`` GPT trained with full attention on fresh recall batches (seeded by ``seed``)."""
+    torch.manual_seed(seed)
+    model = GPT(recall_config(length))
+    history = _train_recall(model, steps, seed, progress)
+    return model.eval(), history
+
+
+def train_recall_seeds(seeds, steps: int = 200, length: int = 64, workers: int = 2,
+                       progress: bool = True) -> dict[int, GPT]:
+    """``train_recall_lm`` for each seed, ``workers`` at a time (``labs.training.train_side_by_side``); same models."""
+    from functools import partial
+
+    from attn_course.labs.training import train_side_by_side
+
+    models = {}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models[seed] = GPT(recall_config(length))
+    jobs = {seed: (m, partial(_train_recall, m, steps, seed, progress)) for seed, m in models.items()}
+    train_side_by_side(jobs, workers=workers, progress=progress)
+    return {seed: m.eval() for seed, m in models.items()}
 
 
 # --------------------------------------------------------------------------- figures
