@@ -306,7 +306,7 @@ def plot_group_size(fig: Figure, group_size: float, errors: dict[int, dict[str, 
     left, right = fig.subplots(1, 2)
     s = PUBLISHED_SHAPES["llama3-8b"]
     sizes = sorted(errors)
-    grid = [g for g in (8, 16, 32, 64, 128) if g <= s.head_dim]
+    grid = [g for g in (4, 8, 16, 32, 64, 128) if g <= s.head_dim]
     kib = [quantized_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, "int4", g) / 1024 for g in grid]
     left.plot(grid, kib, "o-", color=COLORS["value"], label="int4 (KIVI)")
     left.axhline(kv_cache_bytes(s.num_layers, s.num_kv_heads, s.head_dim, 1) / 1024, color=MUTED, ls=":",
@@ -319,6 +319,7 @@ def plot_group_size(fig: Figure, group_size: float, errors: dict[int, dict[str, 
     left.set(xscale="log", xlabel="group size G", ylabel="KiB per token", ylim=(0, 140),
              title="Llama-3-8B: cache per token")
     left.set_xticks(grid, [str(g) for g in grid])
+    left.minorticks_off()
     left.legend(fontsize=8)
     for key, color, name in (("keys_per_channel", COLORS["key"], "keys, per channel"),
                              ("values_per_token", COLORS["value"], "values, per token"),
@@ -329,6 +330,7 @@ def plot_group_size(fig: Figure, group_size: float, errors: dict[int, dict[str, 
     right.set(xscale="log", xlabel="group size G", ylabel="relative error |x - x~| / |x|",
               title=f"int4 error of our model's cache (G = {G})")
     right.set_xticks(sizes, [str(g) for g in sizes])
+    right.minorticks_off()
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
     return fig
