@@ -143,7 +143,8 @@ class QuantizedCache(KVCache):
 
     ``update`` stores the new keys/values and returns every key and value *dequantised* (in the
     dtype of the input), so any model attends over it unchanged (a fused kernel would dequantise
-    tiles on the fly instead). int4 keeps the newest ``< group_size`` tokens in full precision
+    tiles on the fly instead; for speed this one also keeps the dequantised copies it returned,
+    which ``allocated_bytes`` does not count: it counts what a quantised cache stores). int4 keeps the newest ``< group_size`` tokens in full precision
     until their per-channel group fills (``residual_len``); values use the same residual, so
     keys and values are quantised together.
 

@@ -17,6 +17,8 @@
                            trained on it: its heads park their attention on ``<bos>`` (a sink).
 * ``latent_gpt``, ``compare_attention_caches``   GPTs whose attention is MHA, MQA or MLA (a latent
                            cache), trained alike: held-out loss against cache numbers per token.
+* ``compression_headline`` the chapter's headline for ``benchmarks/serving.py``: bytes per token by
+                           scheme (Llama-3-8B, DeepSeek-V2) and the int8 / int4 caches' quality.
 * ``plot_group_size``      the slider's frame: int4 bytes per token and error against the group size.
 * ``draw_latent_attention``, ``draw_quant_groups``, ``draw_sink_cache``, ``ALT``   the diagrams.
 
@@ -37,7 +39,7 @@ from attn_course.attention_sinks import SinkCache
 from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label, rect
 from attn_course.gpt import GPT, GPTConfig
 from attn_course.kv_cache import PUBLISHED_SHAPES, DynamicCache, KVCache, SlidingWindowCache, kv_cache_bytes
-from attn_course.kv_quant import dequantize_groups, quantize_groups, quantized_bytes_per_token
+from attn_course.kv_quant import QuantizedCache, dequantize_groups, quantize_groups, quantized_bytes_per_token
 from attn_course.labs.bracket_language import BOS
 from attn_course.labs.draft_and_verify import bracket_stream, target_config, train_stream_model
 from attn_course.labs.training import TrainHistory, run_steps
@@ -56,6 +58,7 @@ __all__ = [
     "attention_on_first",
     "latent_gpt",
     "compare_attention_caches",
+    "compression_headline",
     "RECALL_VOCAB",
     "recall_batch",
     "recall_config",
@@ -506,3 +509,28 @@ def compare_attention_caches(steps: int = 150, context: int = 32, seed: int = 0,
             loss = F.cross_entropy(m(test[:, :-1]).flatten(0, 1), test[:, 1:].flatten())
         out[name] = {"cache_numbers": numbers, "parameters": m.num_parameters(), "loss": float(loss)}
     return out
+
+
+def compression_headline(steps: int = 150, seed: int = 0, progress: bool = False) -> dict:
+    """Bytes per token by scheme for real shapes, and what int8 / int4 (G = 16) caches cost a trained model.
+
+    Returns ``llama3_8b_bytes`` (``{"float16", "int8", "int4"}``, int4 with groups of 128),
+    ``deepseek_v2_bytes`` (``{"mha", "mla"}``), and for the bracket-stream GPT of ``train_stream_lm``
+    decoding 16 held-out sequences: ``agreement`` and ``perplexity_ratio`` (against float32) per scheme.
+    """
+    rows = {r["key"]: r for r in bytes_table(group_size=128)}
+    model, _ = train_stream_lm(context=64, steps=steps, seed=seed, progress=progress)
+    cfg = model.config
+    shape = (cfg.n_layer, cfg.n_kv_head, cfg.head_dim)
+    quality = cache_quality(model, heldout_batch(16, 64), {
+        "int8": lambda: QuantizedCache(*shape, scheme="int8"),
+        "int4": lambda: QuantizedCache(*shape, scheme="int4", group_size=16),
+    })
+    ref = quality["float32"]["perplexity"]
+    return {
+        "llama3_8b_bytes": {"float16": rows["llama3-8b"]["gqa"], "int8": rows["llama3-8b"]["int8"],
+                            "int4": rows["llama3-8b"]["int4"]},
+        "deepseek_v2_bytes": {"mha": rows["deepseek-v2"]["mha"], "mla": rows["deepseek-v2"]["mla"]},
+        "agreement": {k: quality[k]["agreement"] for k in ("int8", "int4")},
+        "perplexity_ratio": {k: quality[k]["perplexity"] / ref for k in ("int8", "int4")},
+    }

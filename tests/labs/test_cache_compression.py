@@ -67,3 +67,10 @@ def test_the_recall_language_and_its_model():
     assert bool((x[:, :-1][answer[:, 1:]] == 1).all())  # every answer follows a '?'
     model, hist = cc.train_recall_lm(steps=3, length=32, progress=False)
     assert len(hist.losses) == 3 and model.config.vocab_size == len(cc.RECALL_VOCAB)
+
+
+def test_the_serving_benchmarks_headline():
+    r = cc.compression_headline(steps=3)
+    assert r["llama3_8b_bytes"]["float16"] == 131_072 and r["deepseek_v2_bytes"]["mla"] == 69_120
+    assert set(r["agreement"]) == set(r["perplexity_ratio"]) == {"int8", "int4"}
+    assert 0 <= r["agreement"]["int8"] <= 1 and r["perplexity_ratio"]["int8"] > 0
