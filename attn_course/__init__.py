@@ -16,11 +16,12 @@ The package has two layers, plus the exercise system:
   traffic), ``triton_warmup`` (two first Triton kernels: vector add, fused row softmax),
   ``triton_attention`` (FlashAttention-2 forward and backward kernels in Triton, differentiable),
   ``flash_backward`` (the backward by recomputation, in torch), ``sparse``,
-  ``linear``, ``ring_attention``. Part VI (in progress): ``speculative`` (draft and verify),
-  ``decode_attention`` (split-K decoding, paged decode through the block table, in torch),
-  ``triton_decode`` (their Triton kernels),
-  ``scheduler`` (static and continuous batching, chunked prefill, preemption over a block pool),
-  ``prefix_cache`` (a radix tree of cached prefixes, SGLang's RadixAttention).
+  ``linear``, ``ring_attention``. Part VI: ``scheduler`` (static and continuous batching, chunked
+  prefill, preemption over a block pool), ``decode_attention`` (split-K decoding, paged decode
+  through the block table, in torch), ``triton_decode`` (their Triton kernels), ``speculative``
+  (draft and verify), ``mla`` (multi-head latent attention), ``kv_quant`` (int8 and int4 KV
+  caches), ``attention_sinks`` (StreamingLLM's cache), ``prefix_cache`` (a radix tree of cached
+  prefixes, SGLang's RadixAttention).
   ``apps/`` holds Part III's application models,
   one module per field (text, vision, speech, recsys, graphs). Helpers: ``_validation`` (input
   validation, public names), ``plotting`` (figure helpers several chapters share), ``diagrams``

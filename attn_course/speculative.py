@@ -17,6 +17,18 @@ exactly); ``verify`` applies the rule to ``k`` drafted tokens; ``speculative_gen
 loop (one sequence), greedy (``temperature=0``: accept while the draft's token is the target's
 arg-max, so the output equals the target's own greedy output token for token) or sampled.
 
+Beyond one token: ``output_distribution`` enumerates every way the loop can run (which drafts,
+which accepted, which residual samples) and returns the exact probability of each sequence of
+``m`` new tokens; ``target_output_distribution`` is the target's own. On a small vocabulary the
+two can be compared entry by entry.
+
+How many tokens per target call? If each draft is accepted with probability ``a``,
+independently (Leviathan et al.'s simplification), a round of ``k`` drafts emits
+``1 + a + a^2 + ... + a^k = (1 - a^(k+1)) / (1 - a)`` tokens on average
+(``expected_tokens_per_call``); with a draft costing ``c`` target calls, the time per token
+shrinks by that over ``c k + 1`` (``expected_speedup``). ``SpeculativeStats.alpha`` estimates
+``a`` from a run: accepted drafts over accepted drafts plus rejections.
+
 Dimension glossary: V vocabulary, k drafted tokens per round, T prompt length.
 """
 
@@ -31,7 +43,17 @@ from attn_course.decoding import sampling_distribution
 from attn_course.gpt import GPT
 from attn_course.kv_cache import DynamicCache
 
-__all__ = ["residual_distribution", "emitted_distribution", "verify", "SpeculativeStats", "speculative_generate"]
+__all__ = [
+    "residual_distribution",
+    "emitted_distribution",
+    "verify",
+    "SpeculativeStats",
+    "speculative_generate",
+    "expected_tokens_per_call",
+    "expected_speedup",
+    "output_distribution",
+    "target_output_distribution",
+]
 
 
 def _check_distributions(p: torch.Tensor, q: torch.Tensor) -> None:
@@ -100,16 +122,32 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, generator: t
 
 @dataclass
 class SpeculativeStats:
-    """What a run did: ``rounds`` of drafting, ``drafted`` and ``accepted`` tokens, target calls."""
+    """What a run did: ``rounds`` of drafting, ``drafted`` and ``accepted`` tokens, target and draft calls.
+
+    ``rejections`` counts the rounds that ended at a rejected draft (the others accepted all of theirs).
+    """
 
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
     target_calls: int = 0
+    draft_calls: int = 0
+    rejections: int = 0
 
     @property
     def acceptance_rate(self) -> float:
+        """Accepted over drafted (drafts after a rejection count as drafted, never as accepted)."""
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def alpha(self) -> float:
+        """The per-draft acceptance probability ``a``: accepted / (accepted + rejections).
+
+        Each draft that was *tested* was either accepted or was the round's one rejection; drafts
+        after a rejection were never tested. (The estimate of a geometric law's parameter.)
+        """
+        tested = self.accepted + self.rejections
+        return self.accepted / tested if tested else 0.0
 
     @property
     def tokens_per_target_call(self) -> float:
@@ -165,11 +203,12 @@ def speculative_generate(target: GPT, draft: GPT, idx: torch.Tensor, max_new_tok
                 n = min(k, total - len(tokens) - 1)  # the round also emits one token of its own
                 drafted, q_rows = [], []
                 for _ in range(n):
-                    seen = d_cache.seq_len
-                    logits = draft(torch.tensor([tokens[seen:] + drafted]), d_cache, last_only=True)[0, -1]
+                    seen = d_cache.seq_len  # the draft has not seen (tokens + drafted)[seen:]
+                    logits = draft(torch.tensor([(tokens + drafted)[seen:]]), d_cache, last_only=True)[0, -1]
                     q = _distribution(logits, temperature)  # (V,)
                     drafted.append(int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=generator)))
                     q_rows.append(q)
+                    stats.draft_calls += 1
                 seen = t_cache.seq_len
                 feed = torch.tensor([tokens[seen:] + drafted])  # (1, new + n): every draft checked at once
                 logits = target(feed, t_cache)[0, -(n + 1):]  # (n + 1, V)
@@ -181,9 +220,133 @@ def speculative_generate(target: GPT, draft: GPT, idx: torch.Tensor, max_new_tok
                 stats.rounds += 1
                 stats.drafted += n
                 stats.accepted += accepted
+                stats.rejections += accepted < n
                 # Keep the keys of every token but the newest (it is fed next round).
                 for _, cache in pairs:
                     cache.crop(min(cache.seq_len, len(tokens) - 1))
     finally:
         target.train(was[0]), draft.train(was[1])
     return torch.tensor([tokens[:total]], device=idx.device), stats
+
+
+# --------------------------------------------------------------------------- how much it saves
+
+
+def expected_tokens_per_call(alpha: float, k: int) -> float:
+    """``(1 - alpha^(k+1)) / (1 - alpha)``: tokens a round of ``k`` drafts emits on average.
+
+    Draft ``i`` survives with probability ``alpha^i`` (all before it accepted), and the round always
+    emits one token of its own: ``1 + alpha + ... + alpha^k`` (Leviathan et al. 2023, eq. 1).
+    """
+    require_int(k, "k", minimum=0)
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a probability in [0, 1], got {alpha!r}")
+    if alpha == 1:
+        return float(k + 1)
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def expected_speedup(alpha: float, k: int, cost_ratio: float) -> float:
+    """Time per token of the target alone over speculative decoding's: tokens per round / (c k + 1).
+
+    A round costs ``k`` draft calls (``cost_ratio`` = c = one draft call's time over one target
+    call's) and one target call; it emits ``expected_tokens_per_call(alpha, k)`` tokens.
+    """
+    if cost_ratio < 0:
+        raise ValueError(f"cost_ratio must be >= 0, got {cost_ratio!r}")
+    return expected_tokens_per_call(alpha, k) / (cost_ratio * k + 1)
+
+
+# --------------------------------------------------------------------------- the exact output law
+
+
+def _next_token_tables(model: GPT, idx: torch.Tensor, depth: int, temperature: float) -> list[torch.Tensor]:
+    """``tables[L]``: ``(V,) * L + (V,)``, the float64 next-token distribution after every ``L`` new tokens."""
+    V = model.config.vocab_size
+    tables = []
+    with torch.no_grad():
+        for L in range(depth + 1):
+            grid = torch.cartesian_prod(*[torch.arange(V)] * L).reshape(-1, L) if L else torch.zeros(1, 0, dtype=torch.long)
+            feed = torch.cat([idx.expand(grid.shape[0], -1), grid.to(idx.device)], dim=1)  # (V^L, T + L)
+            logits = model(feed, last_only=True)[:, -1].double()  # (V^L, V)
+            tables.append(sampling_distribution(logits, temperature).reshape((V,) * L + (V,)).cpu())
+    return tables
+
+
+def _check_enumeration(target: GPT, draft: GPT | None, idx: torch.Tensor, new_tokens: int, temperature: float) -> None:
+    require_tensor(idx, "idx")
+    if idx.dim() != 2 or idx.shape[0] != 1:
+        raise shape_error("idx", idx, "(1, T): one sequence")
+    require_int(new_tokens, "new_tokens")
+    V = target.config.vocab_size
+    if draft is not None and draft.config.vocab_size != V:
+        raise ValueError(f"the draft's vocabulary has {draft.config.vocab_size} tokens, the target's {V}")
+    if V ** new_tokens > 100_000:
+        raise ValueError(f"{V}^{new_tokens} sequences to enumerate: use a smaller vocabulary or fewer new_tokens")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (sampling), got {temperature!r}")
+
+
+def target_output_distribution(target: GPT, idx: torch.Tensor, new_tokens: int,
+                               temperature: float = 1.0) -> torch.Tensor:
+    """The target's own law of its next ``new_tokens`` tokens: ``(V,) * new_tokens`` probabilities (float64).
+
+    Entry ``(y_1, .., y_m)`` = ``p(y_1) p(y_2 | y_1) ... p(y_m | y_1..y_{m-1})``.
+    """
+    _check_enumeration(target, None, idx, new_tokens, temperature)
+    tables = _next_token_tables(target, idx, new_tokens - 1, temperature)
+    V = target.config.vocab_size
+    out = torch.ones(())
+    for L, table in enumerate(tables):  # multiply in p(y_{L+1} | y_1..y_L)
+        out = out.reshape(out.shape + (1,)) * table.reshape((V,) * L + (V,))
+    return out
+
+
+def output_distribution(target: GPT, draft: GPT, idx: torch.Tensor, new_tokens: int, k: int,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """The exact law of the ``new_tokens`` tokens ``speculative_generate`` emits: ``(V,) * new_tokens``, float64.
+
+    Enumerates every run of the loop, with its rounds as ``speculative_generate`` cuts them
+    (``min(k, left - 1)`` drafts, then one token of the target's own): draft ``y`` is proposed with
+    probability ``q(y)`` and kept with probability ``min(1, p(y) / q(y))``; the first rejection
+    (probability ``1 - sum_x q(x) min(1, p(x) / q(x))``) emits a sample of
+    ``residual_distribution(p, q)`` and ends the round; a round with every draft kept ends with a
+    sample of the target's next distribution. Compare with ``target_output_distribution``.
+    """
+    _check_enumeration(target, draft, idx, new_tokens, temperature)
+    require_int(k, "k")
+    V = target.config.vocab_size
+    P = _next_token_tables(target, idx, new_tokens - 1, temperature)
+    Q = _next_token_tables(draft, idx, new_tokens - 1, temperature)
+    out = torch.zeros((V,) * new_tokens, dtype=torch.float64)
+
+    def rounds_from(prefix: tuple[int, ...], weight: float) -> None:
+        """Add, to ``out``, every continuation of ``prefix`` (reached with probability ``weight``)."""
+        left = new_tokens - len(prefix)
+        if left == 0:
+            out[prefix] += weight
+            return
+        n = min(k, left - 1)  # drafts this round
+
+        def walk(path: tuple[int, ...], w: float) -> None:  # ``path``: drafts accepted so far
+            at = prefix + path
+            p = P[len(at)][at]  # (V,): the target's distribution here
+            if len(path) == n:  # all drafts kept: one sample of p
+                for y in range(V):
+                    if p[y] > 0:
+                        rounds_from(at + (y,), w * float(p[y]))
+                return
+            q = Q[len(at)][at]  # (V,)
+            keep = torch.minimum(torch.ones_like(p), p / q.clamp_min(torch.finfo(p.dtype).tiny))  # (V,)
+            reject = 1 - float((q * keep).sum())
+            residual = residual_distribution(p, q)
+            for y in range(V):
+                if q[y] * keep[y] > 0:
+                    walk(path + (y,), w * float(q[y] * keep[y]))
+                if reject > 0 and residual[y] > 0:
+                    rounds_from(at + (y,), w * reject * float(residual[y]))
+
+        walk((), weight)
+
+    rounds_from((), 1.0)
+    return out

@@ -39,6 +39,8 @@ lab                          chapter what it holds
 ``efficiency_diagrams``      18-23   Part V's diagrams: sparse patterns, block skipping, linear attention (chunkwise), GPU memory, tiles, the GPU running a kernel, the ring
 ``serving_trace``            24      a seeded trace served by static, continuous and chunked-prefill batching; metrics, Gantt charts, sweeps
 ``decode_kernels``           25      decode vs prefill intensity, SM occupancy, split-K modelled, paged vs gather bytes and CPU times; diagrams
+``draft_and_verify``         26      a target and a 1-layer draft on a bracket stream; greedy and sampled sweeps over k; tokens per target call; the round's diagram
+``cache_compression``        27      bytes per token by scheme for real shapes; int8/int4 caches on a trained GPT; key groups; sinks vs window; diagrams
 ``prefix_sharing``           28      a chat-like trace with shared system prompts and multi-turn conversations; hit rate by capacity; the radix tree drawn
 ``training``                 all     the optimisation loop the training runs share; ``fit``, its Part III form
 ===========================  ======  ==============================================================

@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 from attn_course.decoding import generate
 from attn_course.gpt import GPT, GPTConfig
 from attn_course.kv_cache import DynamicCache
-from attn_course.speculative import emitted_distribution, residual_distribution, speculative_generate, verify
+from attn_course.speculative import (
+    emitted_distribution,
+    expected_speedup,
+    expected_tokens_per_call,
+    output_distribution,
+    residual_distribution,
+    speculative_generate,
+    target_output_distribution,
+    verify,
+)
 
 
 def _model(seed, n_layer=2, vocab=11):
@@ -92,3 +101,41 @@ def test_crop_forgets_the_rejected_positions():
     assert cache.seq_len == 4 and cache.keys[1].shape == (1, 1, 4, 4)
     with pytest.raises(ValueError, match="length"):
         cache.crop(5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_the_whole_output_has_the_targets_law_exactly(k):
+    target, draft = _model(0, vocab=5), _model(1, n_layer=1, vocab=5)
+    prompt = torch.tensor([[3, 1]])
+    spec = output_distribution(target, draft, prompt, 3, k=k, temperature=1.0)
+    alone = target_output_distribution(target, prompt, 3, temperature=1.0)
+    assert spec.shape == (5, 5, 5) and alone.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(spec, alone, rtol=0, atol=1e-12)
+
+
+def test_a_long_run_near_the_context_keeps_both_caches_in_step():
+    """The draft's cache holds exactly the tokens so far: a draft that is the target is always
+    accepted, and a run up to the context length never feeds a position twice."""
+    target = _model(0)
+    prompt = torch.tensor([[2, 7, 1]])
+    fast, stats = speculative_generate(target, target, prompt, 61, k=8)
+    assert torch.equal(fast, generate(target, prompt, 61))
+    assert stats.alpha == 1.0 and stats.rejections == 0 and stats.draft_calls == stats.drafted
+
+
+def test_the_stats_count_rejections_and_estimate_alpha():
+    target, draft = _model(0), _model(1, n_layer=1)
+    _, stats = speculative_generate(target, draft, torch.tensor([[1, 2]]), 40, k=4, temperature=1.0, seed=0)
+    assert stats.rejections <= stats.rounds and stats.draft_calls == stats.drafted
+    assert stats.alpha == stats.accepted / (stats.accepted + stats.rejections)
+    assert stats.acceptance_rate <= stats.alpha  # untested drafts count as drafted
+
+
+def test_expected_tokens_per_call_is_the_geometric_sum():
+    assert expected_tokens_per_call(0.0, 5) == 1.0
+    assert expected_tokens_per_call(1.0, 5) == 6.0
+    assert expected_tokens_per_call(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_speedup(0.5, 2, 0.0) == pytest.approx(1.75)
+    assert expected_speedup(0.5, 2, 0.5) == pytest.approx(1.75 / 2)
+    with pytest.raises(ValueError, match="alpha"):
+        expected_tokens_per_call(1.5, 2)
