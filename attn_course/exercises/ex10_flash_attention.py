@@ -136,7 +136,7 @@ def _io_cases(g: torch.Generator) -> list[Case]:
         Case("N not a multiple of the block width", (1000, 64, 98304),
              hint="N = 1000 is not a multiple of the block width here: the last key block is shorter, and it is "
                   "still a pass over Q and O."),
-        Case("M not a multiple of 4d", (512, 48, 10000),
+        Case("M not a multiple of 4d", (530, 48, 10000),
              hint="M / (4 d) = 10000 / 192 is not a whole number here: a block cannot hold a fraction of a column."),
         Case("a tiny SRAM", (256, 16, 64)),
     ]
