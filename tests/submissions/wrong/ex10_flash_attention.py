@@ -72,8 +72,8 @@ def merge_partials(m_a, l_a, acc_a, m_b, l_b, acc_b):
     alpha, beta = torch.exp(m_a - shift), torch.exp(m_b - shift)
     return m, alpha * l_a + beta * l_b, acc_a + acc_b
 ''',
-        # a block of queries against every key at once: (block_size, S) scores, a row block of the
-        # whole matrix, not a tile; the rule allows two tiles
+        # a block of queries against every key it sees at once: up to (block_size, S) scores, a row
+        # block of the whole matrix, not a tile; the rule allows two tiles
         "tiled_attention": ('''
 def tiled_attention(q, k, v, causal, block_size):
     import math
@@ -83,11 +83,12 @@ def tiled_attention(q, k, v, causal, block_size):
     out = torch.empty(B, H, L, v.shape[3])
     for i0 in range(0, L, block_size):
         qi = q[:, :, i0:i0 + block_size]
-        s = qi @ k.transpose(-2, -1) / math.sqrt(d)  # (B, H, nq, S)
+        stop = min(S, i0 + qi.shape[2]) if causal else S  # causal: the keys up to the block's last query
+        s = qi @ k[:, :, :stop].transpose(-2, -1) / math.sqrt(d)  # (B, H, nq, stop): up to a whole row
         if causal:
-            s = s.masked_fill(torch.arange(S)[None, :] > torch.arange(i0, i0 + qi.shape[2])[:, None], float("-inf"))
+            s = s.masked_fill(torch.arange(stop)[None, :] > torch.arange(i0, i0 + qi.shape[2])[:, None], float("-inf"))
         p = torch.exp(s - s.amax(dim=-1, keepdim=True))
-        out[:, :, i0:i0 + qi.shape[2]] = (p @ v) / p.sum(dim=-1, keepdim=True)
+        out[:, :, i0:i0 + qi.shape[2]] = (p @ v[:, :, :stop]) / p.sum(dim=-1, keepdim=True)
     return out
 ''', _TILE_RULE),
         # T_c rounded down: the last, shorter key block is not a pass ("N not a multiple")
