@@ -25,6 +25,7 @@ Every failure becomes a row with 0 points and a message; nothing here raises pas
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -769,10 +770,11 @@ def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, source
         # holds counts, so a buffer allocated before the call cannot hide a whole score matrix.
         held = memory_usage(cgroups)
         if held is not None and held > task.memory_limit_bytes * 0.9:
+            named = f" ({task.rule})" if task.rule else ""
             return TaskResult(task.name, 0.0, task.points, "failed",
-                              f"`{task.name}` runs in a kernel of {task.memory_limit_bytes >> 20} MiB in all "
-                              f"({task.rule or 'this task'}s rule), but the notebook already held {held >> 20} MiB "
-                              "before it was called: free the large tensors your other cells keep")
+                              f"`{task.name}` runs in a kernel of {task.memory_limit_bytes >> 20} MiB in all{named}, "
+                              f"but the notebook already held {held >> 20} MiB before it was called: free the large "
+                              "tensors your other cells keep")
         limited = set_memory_limit(cgroups, task.memory_limit_bytes)
     ooms = oom_kills(cgroups) if limited else 0
 
@@ -824,8 +826,11 @@ def _cpu_rule(kernel: _Kernel, task: Task, k: int, call_timeout: float, sources:
         kwargs = resolve_fixtures(clone_inputs(case.kwargs))
         dense = cpu_seconds(lambda a=args, kw=kwargs: task.dense(*a, **kw))
         budget = case.cpu_fraction * dense + CPU_SLACK_SECONDS
+        # Timed without the in-kernel measurement (its values were checked in the graded pass):
+        # counting FLOPs costs a Python call per torch op, which a budget must not pay for.
+        timed = dataclasses.replace(case, max_numel=0, max_flops=0)
         before = cpu_seconds_used(cgroups)
-        outcomes, why, _status = _call_task(kernel, task, [case], k, call_timeout, sources, problems)
+        outcomes, why, _status = _call_task(kernel, task, [timed], k, call_timeout, sources, problems)
         after = cpu_seconds_used(cgroups)
         if why or not outcomes or before is None or after is None:
             return why or f"`{task.name}` did not answer when called again on {describe_case(task, case)}"
