@@ -73,7 +73,7 @@ MECHANISMS = [
     ("19_sparse_attention", "block_sparse_attention", "ex09_efficient_attention"),
     ("20_linear_attention", "linear_attention", "ex09_efficient_attention"),
     ("20_linear_attention", "linear_attention_step", "ex09_efficient_attention"),
-    ("20_linear_attention", "causal_linear_attention_chunkwise", None),
+    ("20_linear_attention", "causal_linear_attention_chunkwise", "ex09_efficient_attention"),
     ("21_online_softmax_tiling", "online_softmax_update", "ex10_flash_attention"),
     ("21_online_softmax_tiling", "merge_partials", "ex10_flash_attention"),
     ("21_online_softmax_tiling", "tiled_attention_numpy", "ex10_flash_attention"),
