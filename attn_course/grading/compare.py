@@ -268,7 +268,7 @@ def evaluate(task: Task, call: Callable[[list[Case]], list[Outcome]], seed: int 
             continue
         if status == "passed":
             status = case_status
-            if case.hint and case_status != "not_implemented":  # a stub has no mistake to hint at
+            if case.hint and case_status not in ("not_implemented", "timeout"):  # no mistake of this case to diagnose
                 hints.append(case.hint)
         failures.append(problem)
         if case_status in ("not_implemented", "timeout"):
