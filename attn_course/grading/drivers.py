@@ -213,7 +213,7 @@ def _decision(out: Any, t: int) -> tuple[list[tuple[int, int]], list[int]]:
         chunks = [(int(rid), int(n)) for rid, n in chunks]
         preempted = [int(rid) for rid in preempted]
     except (TypeError, ValueError) as e:
-        raise TypeError(f"step {t}: chunks must be a list of (rid, n) pairs and preempted a list of rids ({e})")
+        raise TypeError(f"step {t}: chunks must be a list of (rid, n) pairs and preempted a list of rids ({e})") from None
     return chunks, preempted
 
 
@@ -318,7 +318,7 @@ def radix_replay(tree_class: Callable[..., Any], operations: list[tuple[str, lis
         try:
             out = [tuple(int(x) for x in e) for e in out]
         except TypeError as e:
-            raise TypeError(f"after operation {i}: edges() must return a list of token sequences ({e})")
+            raise TypeError(f"after operation {i}: edges() must return a list of token sequences ({e})") from None
         if any(not e for e in out):
             raise ValueError(f"after operation {i}: edges() returned an empty edge; every edge holds tokens")
         return out
