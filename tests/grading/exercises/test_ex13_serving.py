@@ -207,6 +207,7 @@ def test_a_bent_acceptance_rule_fails(check, name, expected):
 @pytest.mark.parametrize("name, expected", [
     ("RADIX_TRIE", "Hint:"), ("RADIX_MATCH_NO_SPLIT", "splits it"),
     ("RADIX_MATCH_WHOLE_EDGES", "Hint:"), ("RADIX_INSERT_NO_SPLIT", "Hint:"),
+    ("RADIX_EXTENDS_LEAF", "many turns of one conversation"),
 ])
 def test_a_radix_tree_that_skips_the_split_or_the_compression_fails(check, name, expected):
     result = check("RadixTree", _defined(getattr(_wrong_variants(), name), "RadixTree"), quiet=True)

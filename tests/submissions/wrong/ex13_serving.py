@@ -261,6 +261,13 @@ RADIX_INSERT_NO_SPLIT = _bend(_RADIX, '''    def insert(self, tokens):
             if tokens[i:i + len(child["key"])] != child["key"]:
                 break
             node, i = child, i + len(child["key"])''')
+# an insert that ends on a leaf lengthens the leaf's edge (over-compressing: the cached prefix
+# that ended there no longer ends on a node)
+RADIX_EXTENDS_LEAF = _bend(_RADIX, '''        if i < len(tokens):
+            node["children"][tokens[i]] = {"key": tokens[i:], "children": {}}''', '''        if i < len(tokens) and node is not self.root and not node["children"]:
+            node["key"] = node["key"] + tokens[i:]
+        elif i < len(tokens):
+            node["children"][tokens[i]] = {"key": tokens[i:], "children": {}}''')
 
 VARIANTS = [
     {"schedule_step": SCHEDULE_PREEMPTS_OLDEST,
@@ -273,5 +280,5 @@ VARIANTS = [
     {"schedule_step": SCHEDULE_BLOCKS_PER_CHUNK, "paged_decode": PAGED_HEADS_INTERLEAVED,
      "speculative_table": SPEC_RESAMPLE_FROM_P, "RadixTree": RADIX_INSERT_NO_SPLIT},
     {"schedule_step": SCHEDULE_ADMISSION_FIRST, "paged_decode": PAGED_SCALE_BY_DV,
-     "speculative_table": SPEC_RESIDUAL_NAN, "RadixTree": RADIX_TRIE},
+     "speculative_table": SPEC_RESIDUAL_NAN, "RadixTree": RADIX_EXTENDS_LEAF},
 ]
