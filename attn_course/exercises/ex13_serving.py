@@ -1,4 +1,5 @@
-"""Exercise 13: serving (practises chapters 24, 25 and 28, and chapter 26's acceptance rule).
+"""Exercise 13: serving (practises chapters 24, 25 and 28, chapter 26's acceptance rule and, as a
+warm-up, chapter 27's int8 cache).
 
 Tasks:
     schedule_step(running, waiting, free_blocks, token_budget, block_size, max_num_seqs)
@@ -11,6 +12,9 @@ Tasks:
                                              blocks where they are (no gathered copy of a cache)
     speculative_table(p, q)                  -> (..., V, V): P(draft = x, emitted = y) for one
                                              drafted position under the acceptance rule
+    int8_per_token(x)                        -> (q int8 (..., d), x_hat (..., d)): a warm-up (1 point) for
+                                             chapter 27's smaller caches: symmetric int8 with one scale
+                                             per token (row), absmax / 127, and its dequantised row
     class RadixTree()                        ``match(tokens) -> int``, ``insert(tokens) -> int``,
                                              ``edges() -> list of token tuples``: a radix tree of
                                              cached prefixes; graded by replaying a trace (driver
@@ -20,7 +24,8 @@ References: ``schedule_step_reference`` is ``attn_course.scheduler.ContinuousSch
 with ``chunked_prefill=True`` on plain data (the tests check that driving it through a trace
 equals ``scheduler.serve``); ``attn_course.decode_attention.paged_decode``;
 ``attn_course.speculative`` (``residual_distribution`` and the acceptance probability of
-``emitted_distribution``: the table's columns sum to ``p``); ``attn_course.prefix_cache.RadixCache``.
+``emitted_distribution``: the table's columns sum to ``p``); ``attn_course.prefix_cache.RadixCache``; ``int8_per_token_reference`` is its own reference (the
+chapter's library is not in this branch yet).
 
 Rule of ``paged_decode`` (measured in the call): no tensor as large as a sequence's keys: a
 gather of the blocks into a contiguous cache, or any op on the whole pool, breaks it in the
@@ -49,6 +54,9 @@ _DECODE = tuple(f"attn_course.decode_attention.{n}" for n in (
 _SPECULATIVE = ("attn_course.speculative.residual_distribution", "attn_course.speculative.emitted_distribution",
                 "attn_course.speculative.verify")
 _RADIX = ("attn_course.prefix_cache.RadixCache",)
+_QUANT = ("torch.quantize_per_tensor", "torch.quantize_per_channel", "torch.quantize_per_tensor_dynamic",
+          "torch.ao.quantization.quantize_dynamic", "torch.fake_quantize_per_channel_affine",
+          "torch.fake_quantize_per_tensor_affine")
 
 
 # --------------------------------------------------------------------------- ch 24: one scheduler step
@@ -226,6 +234,40 @@ def _speculative_cases(g: torch.Generator) -> list[Case]:
     ]
 
 
+# --------------------------------------------------------------------------- ch 27: int8 per token (warm-up)
+
+
+def int8_per_token_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per row (token): ``scale = absmax / 127``; returns
+    ``(q int8 (..., d), q * scale (..., d))``; an all-zero row quantises to zeros."""
+    absmax = x.abs().amax(dim=-1, keepdim=True)  # (..., 1)
+    scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))  # a zero row: any scale gives 0
+    q = torch.round(x / scale).clamp(-127, 127).to(torch.int8)  # (..., d)
+    return q, q.to(x.dtype) * scale
+
+
+def _int8_cases(g: torch.Generator) -> list[Case]:
+    f64 = torch.float64  # no rounding tie that two correct formulas could break differently
+    sizes = torch.tensor([[0.01], [1.0], [30.0], [300.0]], dtype=f64)  # tokens of very different sizes
+    mixed = randn(g, 4, 8, dtype=f64) * sizes
+    zero = randn(g, 3, 6, dtype=f64)
+    zero[1] = 0.0
+    negative = randn(g, 2, 5, dtype=f64).abs()
+    negative[:, 2] = -3 * negative.amax(dim=-1)  # each row's largest magnitude is negative
+    return [
+        Case("one token", (randn(g, 1, 16, dtype=f64),)),
+        Case("tokens of very different sizes", (mixed,),
+             hint="The rows differ in size by a factor of 30,000: each token has a scale of its own, else the "
+                  "small ones round to 0."),
+        Case("an all-zero token", (zero,),
+             hint="Row 1 is all zeros: its absmax is 0, so x / (absmax / 127) is 0 / 0 there; it must "
+                  "quantise to zeros (no NaN)."),
+        Case("the largest magnitude is negative", (negative,),
+             hint="Each row's largest magnitude is a negative value: it must become -127 exactly (symmetric)."),
+        Case("batch, heads, positions", (randn(g, 2, 3, 5, 8, dtype=f64, scale=4.0),)),
+    ]
+
+
 # --------------------------------------------------------------------------- ch 28: a radix tree
 
 
@@ -299,6 +341,10 @@ EXERCISE = Exercise(
              hint="Two ways to emit y after drafting x: x is kept (only when y = x), or x is rejected and y is "
                   "resampled. Write the acceptance probability of each x and the residual distribution first; "
                   "the table is a diagonal part plus an outer product."),
+        Task("int8_per_token", int8_per_token_reference, _int8_cases, points=1, arg_names=("x",),
+             forbidden=_QUANT,
+             hint="Work on the last axis with keepdim=True so that the scale broadcasts over each row; round "
+                  "before converting to int8 (a conversion alone truncates towards 0)."),
         Task("RadixTree", RadixTreeReference, _radix_cases, points=3, arg_names=("operations",),
              forbidden=_RADIX, driver="radix_replay",
              hint="A node holds its edge's tokens and its children by first token. Walking down, compare the "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from attn_course.exercises.ex13_serving import (
     EXERCISE,
     RadixTreeReference,
+    int8_per_token_reference,
     paged_decode_reference,
     schedule_step_reference,
     speculative_table_reference,
@@ -110,6 +111,20 @@ def test_the_table_is_a_joint_distribution_whose_marginals_are_q_and_p(case):
     assert torch.allclose(table.sum(-2), emitted_distribution(p, q), atol=1e-12)
 
 
+# --------------------------------------------------------------------------- int8_per_token
+
+
+@pytest.mark.parametrize("case", _cases("int8_per_token"), ids=lambda c: c.name)
+def test_int8_reference_is_symmetric_per_token_within_half_a_step(case):
+    (x,) = case.args
+    q, x_hat = int8_per_token_reference(x)
+    assert q.dtype == torch.int8 and x_hat.dtype == x.dtype and not torch.isnan(x_hat).any()
+    absmax = x.abs().amax(dim=-1, keepdim=True)
+    step = absmax / 127
+    assert ((x_hat - x).abs() <= step / 2 + 1e-12).all()
+    assert torch.equal(q.abs().amax(dim=-1, keepdim=True) == 127, absmax > 0)  # the largest magnitude is +-127
+
+
 # --------------------------------------------------------------------------- RadixTree
 
 
@@ -201,6 +216,15 @@ def test_a_paged_decode_that_bends_the_idea_fails(check, name, expected):
 ])
 def test_a_bent_acceptance_rule_fails(check, name, expected):
     result = check("speculative_table", _defined(getattr(_wrong_variants(), name), "speculative_table"), quiet=True)
+    assert result.points == 0 and expected in result.message
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("INT8_PER_TENSOR", "tokens of very different sizes"), ("INT8_TRUNCATES", "differs"),
+    ("INT8_ZERO_ROW_NAN", "an all-zero token"), ("INT8_SCALE_128", "differs"), ("INT8_ASYMMETRIC", "differs"),
+])
+def test_a_bent_int8_quantisation_fails(check, name, expected):
+    result = check("int8_per_token", _defined(getattr(_wrong_variants(), name), "int8_per_token"), quiet=True)
     assert result.points == 0 and expected in result.message
 
 

@@ -189,6 +189,48 @@ SPEC_RESAMPLE_FROM_P = _bend(_SPEC, "rejected = (q * (1 - accept))[..., :, None]
 SPEC_RESIDUAL_NAN = _bend(_SPEC, '''    residual = torch.where(mass > 0, extra / torch.where(mass > 0, mass, torch.ones_like(mass)),
                            torch.zeros_like(extra))''', "    residual = extra / mass")
 
+# --------------------------------------------------------------------------- int8_per_token
+
+_INT8 = '''
+import torch
+
+
+def int8_per_token(x):
+    absmax = x.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))
+    q = torch.round(x / scale).clamp(-127, 127).to(torch.int8)
+    return q, q.to(x.dtype) * scale
+'''
+
+# one scale for the whole tensor: small tokens round to 0
+INT8_PER_TENSOR = _bend(_INT8, "absmax = x.abs().amax(dim=-1, keepdim=True)", "absmax = x.abs().amax()")
+# the conversion truncates towards 0 instead of rounding
+INT8_TRUNCATES = _bend(_INT8, "q = torch.round(x / scale).clamp(-127, 127)", "q = (x / scale).clamp(-127, 127)")
+# dequantised from the float division, and no guard for a zero row (0 / 0)
+INT8_ZERO_ROW_NAN = '''
+import torch
+
+
+def int8_per_token(x):
+    scale = x.abs().amax(dim=-1, keepdim=True) / 127
+    r = torch.round(x / scale)
+    return r.clamp(-127, 127).to(torch.int8), r * scale
+'''
+# 128 levels on each side: the largest magnitude saturates
+INT8_SCALE_128 = _bend(_INT8, "absmax / 127", "absmax / 128")
+# asymmetric: min..max over 255 levels with a zero point
+INT8_ASYMMETRIC = '''
+import torch
+
+
+def int8_per_token(x):
+    lo, hi = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
+    scale = torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
+    zero = torch.round(-lo / scale) - 128
+    q = (torch.round(x / scale) + zero).clamp(-128, 127).to(torch.int8)
+    return q, (q.to(x.dtype) - zero) * scale
+'''
+
 # --------------------------------------------------------------------------- RadixTree
 
 _RADIX = '''
@@ -272,13 +314,17 @@ RADIX_EXTENDS_LEAF = _bend(_RADIX, '''        if i < len(tokens):
 VARIANTS = [
     {"schedule_step": SCHEDULE_PREEMPTS_OLDEST,
      "paged_decode": (PAGED_GATHER, "no contiguous copy of a sequence's cache"),
-     "speculative_table": SPEC_NO_MIN, "RadixTree": RADIX_TRIE},
+     "speculative_table": SPEC_NO_MIN, "int8_per_token": INT8_PER_TENSOR, "RadixTree": RADIX_TRIE},
     {"schedule_step": SCHEDULE_WHOLE_PROMPTS, "paged_decode": PAGED_BLOCKS_IN_ORDER,
-     "speculative_table": SPEC_RESIDUAL_UNCLIPPED, "RadixTree": RADIX_MATCH_NO_SPLIT},
+     "speculative_table": SPEC_RESIDUAL_UNCLIPPED, "int8_per_token": INT8_TRUNCATES,
+     "RadixTree": RADIX_MATCH_NO_SPLIT},
     {"schedule_step": SCHEDULE_ADMITS_AFTER_PREEMPTION, "paged_decode": PAGED_STALE_SLOTS,
-     "speculative_table": SPEC_RESIDUAL_NOT_NORMALISED, "RadixTree": RADIX_MATCH_WHOLE_EDGES},
+     "speculative_table": SPEC_RESIDUAL_NOT_NORMALISED, "int8_per_token": INT8_ZERO_ROW_NAN,
+     "RadixTree": RADIX_MATCH_WHOLE_EDGES},
     {"schedule_step": SCHEDULE_BLOCKS_PER_CHUNK, "paged_decode": PAGED_HEADS_INTERLEAVED,
-     "speculative_table": SPEC_RESAMPLE_FROM_P, "RadixTree": RADIX_INSERT_NO_SPLIT},
+     "speculative_table": SPEC_RESAMPLE_FROM_P, "int8_per_token": INT8_SCALE_128,
+     "RadixTree": RADIX_INSERT_NO_SPLIT},
     {"schedule_step": SCHEDULE_ADMISSION_FIRST, "paged_decode": PAGED_SCALE_BY_DV,
-     "speculative_table": SPEC_RESIDUAL_NAN, "RadixTree": RADIX_EXTENDS_LEAF},
+     "speculative_table": SPEC_RESIDUAL_NAN, "int8_per_token": INT8_ASYMMETRIC,
+     "RadixTree": RADIX_EXTENDS_LEAF},
 ]
