@@ -201,8 +201,148 @@ def chunked_attention(step: Callable[..., Any], x: torch.Tensor, w_q: torch.Tens
     return torch.cat(outs), cache_k, cache_v
 
 
+# --------------------------------------------------------------------------- exercise 13: a scheduler step
+
+
+def _decision(out: Any, t: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """The learner's ``schedule_step`` result as (chunks [(rid, n)], preempted [rid])."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"step {t}: schedule_step must return (chunks, preempted), got {type(out).__name__}")
+    chunks, preempted = out
+    try:
+        chunks = [(int(rid), int(n)) for rid, n in chunks]
+        preempted = [int(rid) for rid in preempted]
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"step {t}: chunks must be a list of (rid, n) pairs and preempted a list of rids ({e})") from None
+    return chunks, preempted
+
+
+def schedule_trace(step: Callable[..., Any], requests: list[tuple[int, int, int]], num_blocks: int,
+                   block_size: int, token_budget: int, max_num_seqs: int, steps: int) -> tuple[torch.Tensor, ...]:
+    """Serve ``requests`` = ``[(prompt_len, max_new_tokens, arrival_step), ...]`` (request ``r`` is the
+    r-th) for ``steps`` steps, asking ``step`` what to run each step.
+
+    Before step ``t`` the requests arriving at ``t`` join the back of the queue (by arrival, then
+    rid). ``step(running, waiting, free_blocks, token_budget, block_size, max_num_seqs)`` gets
+    fresh dicts ``{"rid", "tokens", "fed", "blocks"}`` and returns ``(chunks, preempted)``; this
+    driver applies them: preempted requests lose their blocks and cache (``fed = 0``) and go to the
+    front of the queue (each in turn), chunks of waiting requests admit them (at the end of the
+    running list), every chunk takes the blocks its ``fed + n`` positions need. A chunk that reaches
+    the newest token emits one (the request's ``tokens`` grows by one); with its last token a request
+    retires and frees its blocks. Returns ``(fed (steps, R), preempted (steps, R))``: the tokens each
+    request fed at each step, and 1 where it was preempted.
+    """
+    P, R = block_size, len(requests)
+    prompt = [int(p) for p, _, _ in requests]
+    max_new = [int(m) for _, m, _ in requests]
+    tokens, fed, blocks, generated = list(prompt), [0] * R, [0] * R, [0] * R
+    arrivals = sorted(range(R), key=lambda r: (requests[r][2], r))
+    running: list[int] = []
+    waiting: list[int] = []
+    free, done = num_blocks, 0
+    fed_log = torch.zeros(steps, R, dtype=torch.long)
+    preempt_log = torch.zeros(steps, R, dtype=torch.long)
+
+    def view(r: int) -> dict:
+        return {"rid": r, "tokens": tokens[r], "fed": fed[r], "blocks": blocks[r]}
+
+    for t in range(steps):
+        while arrivals and requests[arrivals[0]][2] <= t:
+            waiting.append(arrivals.pop(0))
+        if done == R:
+            break
+        if not running and not waiting:
+            continue
+        chunks, preempted = _decision(step([view(r) for r in running], [view(r) for r in waiting], free,
+                                           token_budget, block_size, max_num_seqs), t)
+        for r in preempted:
+            if r not in running:
+                raise ValueError(f"step {t}: preempted request {r} is not running (running: {running})")
+            running.remove(r)
+            free += blocks[r]
+            blocks[r] = fed[r] = 0
+            waiting.insert(0, r)
+            preempt_log[t, r] = 1
+        if sum(n for _, n in chunks) > token_budget:
+            raise ValueError(f"step {t}: the chunks feed {sum(n for _, n in chunks)} tokens; token_budget = "
+                             f"{token_budget}")
+        if len({r for r, _ in chunks}) != len(chunks):
+            raise ValueError(f"step {t}: a request appears twice in the chunks {chunks}")
+        for r, n in chunks:
+            if r in waiting:
+                if r in preempted:
+                    raise ValueError(f"step {t}: request {r} is preempted and scheduled in the same step")
+                waiting.remove(r)
+                running.append(r)
+                if len(running) > max_num_seqs:
+                    raise ValueError(f"step {t}: admitting request {r} makes {len(running)} running requests; "
+                                     f"max_num_seqs = {max_num_seqs}")
+            elif r not in running:
+                raise ValueError(f"step {t}: chunk ({r}, {n}) names a request that is neither running nor waiting")
+            if not 1 <= n <= tokens[r] - fed[r]:
+                raise ValueError(f"step {t}: chunk ({r}, {n}): request {r} has {tokens[r] - fed[r]} tokens to feed")
+            need = -(-(fed[r] + n) // P) - blocks[r]  # blocks beyond those it holds
+            if need > free:
+                raise ValueError(f"step {t}: chunk ({r}, {n}) takes request {r} to {fed[r] + n} positions: "
+                                 f"{need} more blocks of {P}, but only {free} are free")
+            free -= max(need, 0)
+            blocks[r] += max(need, 0)
+        for r, n in chunks:  # the step ran: advance, emit, retire
+            fed[r] += n
+            fed_log[t, r] = n
+            if fed[r] == tokens[r]:
+                tokens[r] += 1
+                generated[r] += 1
+                if generated[r] == max_new[r]:
+                    running.remove(r)
+                    free += blocks[r]
+                    blocks[r] = 0
+                    done += 1
+    return fed_log, preempt_log
+
+
+# --------------------------------------------------------------------------- exercise 13: a radix tree
+
+
+def radix_replay(tree_class: Callable[..., Any], operations: list[tuple[str, list[int]]]) -> tuple[torch.Tensor, ...]:
+    """Replay ``("insert", tokens)`` / ``("match", tokens)`` on ``tree_class()``.
+
+    Returns ``(results (n_ops, 2), edges)``: per operation what it returned (tokens matched, or
+    new tokens inserted) and how many edges the tree has after it; then every edge's tokens, sorted.
+    """
+    tree = tree_class()
+    rows = []
+
+    def edges(i: int) -> list[tuple[int, ...]]:
+        out = tree.edges()
+        try:
+            out = [tuple(int(x) for x in e) for e in out]
+        except TypeError as e:
+            raise TypeError(f"after operation {i}: edges() must return a list of token sequences ({e})") from None
+        if any(not e for e in out):
+            raise ValueError(f"after operation {i}: edges() returned an empty edge; every edge holds tokens")
+        return out
+
+    for i, (op, tokens) in enumerate(operations):
+        if op == "insert":
+            got = tree.insert(list(tokens))
+        elif op == "match":
+            got = tree.match(list(tokens))
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if not isinstance(got, int) or isinstance(got, bool):
+            raise TypeError(f"operation {i} ({op}) must return an int, got {type(got).__name__}")
+        rows.append([got, len(edges(i))])
+    final = sorted(edges(len(operations)))
+    return torch.tensor(rows, dtype=torch.long), tuple(torch.tensor(e, dtype=torch.long) for e in final)
+
+
 DRIVERS: dict[str, Callable[..., Any]] = {
     "ring_generate": ring_generate,
     "paged_generate": paged_generate,
     "chunked_attention": chunked_attention,
+    "schedule_trace": schedule_trace,
+    "radix_replay": radix_replay,
 }

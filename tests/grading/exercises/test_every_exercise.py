@@ -31,6 +31,8 @@ POINTS = {
     "ex10_flash_attention": {"online_softmax_update": 2, "merge_partials": 1, "tiled_attention": 3, "flash_io": 1},
     "ex11_triton_flash": {"flash_forward": 4, "flash_lse": 2},
     "ex12_ring_attention": {"ring_step": 3, "zigzag_chunks": 1, "ring_attention_sim": 3},
+    "ex13_serving": {"schedule_step": 3, "paged_decode": 2, "speculative_table": 2, "int8_per_token": 1,
+                     "RadixTree": 3},
 }
 MIN_CASES: dict[str, int] = {}  # an exercise drawing fewer than 4 cases for a task (none now)
 
