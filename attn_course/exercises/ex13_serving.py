@@ -54,7 +54,7 @@ _DECODE = tuple(f"attn_course.decode_attention.{n}" for n in (
 _SPECULATIVE = ("attn_course.speculative.residual_distribution", "attn_course.speculative.emitted_distribution",
                 "attn_course.speculative.verify")
 _RADIX = ("attn_course.prefix_cache.RadixCache",)
-_QUANT = ("torch.quantize_per_tensor", "torch.quantize_per_channel", "torch.quantize_per_tensor_dynamic",
+_QUANT = ("attn_course.kv_quant.quantize_symmetric", "attn_course.kv_quant.quantize_groups", "torch.quantize_per_tensor", "torch.quantize_per_channel", "torch.quantize_per_tensor_dynamic",
           "torch.ao.quantization.quantize_dynamic", "torch.fake_quantize_per_channel_affine",
           "torch.fake_quantize_per_tensor_affine")
 
