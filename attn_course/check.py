@@ -22,6 +22,7 @@ from typing import Any
 from .grading.catalog import load_exercises
 from .grading.compare import TaskResult, evaluate
 from .grading.harness import call_local
+from .grading.tasks import Task
 
 CHECK_SEED = 0
 _ICONS = {"passed": "✅", "not_implemented": "⏳", "missing": "❓"}
@@ -43,15 +44,21 @@ class Checker:
             raise ValueError(f"unknown exercise {exercise!r}; known: {', '.join(sorted(exercises))}")
         self.exercise = exercises[exercise]
 
+    def _task(self, task_name: str) -> Task | None:
+        """The task, or None (after printing the exercise's task names) when there is none of that name."""
+        try:
+            return self.exercise.task(task_name)
+        except KeyError:
+            names = ", ".join(t.name for t in self.exercise.tasks)
+            print(f"❓ There is no task {task_name!r} in {self.exercise.id}; the tasks are: {names}")
+            return None
+
     def __call__(self, task_name: str, fn: Any = None, *, quiet: bool = False) -> TaskResult | None:
         if _grading() or self.exercise is None:
             # Under the grader the checks would only cost time: it calls the functions itself.
             return None
-        try:
-            task = self.exercise.task(task_name)
-        except KeyError:
-            names = ", ".join(t.name for t in self.exercise.tasks)
-            print(f"❓ There is no task {task_name!r} in {self.exercise.id}; the tasks are: {names}")
+        task = self._task(task_name)
+        if task is None:
             return None
         if fn is None or not callable(fn):
             result = TaskResult(task.name, 0.0, task.points, "missing",
@@ -70,11 +77,8 @@ class Checker:
         """Print the task's hint (what to compute, step by step; not the solution) and return it."""
         if _grading() or self.exercise is None:
             return None
-        try:
-            task = self.exercise.task(task_name)
-        except KeyError:
-            names = ", ".join(t.name for t in self.exercise.tasks)
-            print(f"❓ There is no task {task_name!r} in {self.exercise.id}; the tasks are: {names}")
+        task = self._task(task_name)
+        if task is None:
             return None
         text = task.hint or "this task has no hint beyond its description"
         print(f"💡 {task.name}: {text}")
