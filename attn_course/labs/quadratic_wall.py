@@ -146,12 +146,15 @@ def scaling_table(
 
 def memory_pass_ns(lengths: Sequence[int], B: int = 1, H: int = 2, repeats: int = 5, threads: int = 1,
                    seed: int = 0) -> list[dict]:
-    """Nanoseconds per score of one elementwise pass (``exp``) over a ``(B, H, N, N)`` float32 matrix.
+    """Nanoseconds per score of one scaling pass (``x * 0.125``) over a ``(B, H, N, N)`` float32 matrix.
 
-    Two versions for each ``N`` in ``lengths``: ``reused_ns`` writes into a preallocated buffer
-    (the cost of streaming the matrix through the memory hierarchy), ``fresh_ns`` returns a new
-    tensor, as ``naive_attention`` does for every ``N x N`` intermediate (add the cost of memory
-    the allocator must get from the operating system, page by page, when the tensor is large).
+    The pass ``naive_attention`` makes before its softmax, and the simplest there is: one multiply
+    per score, so its cost is the cost of moving the matrix (an ``exp`` would add arithmetic,
+    which on some processors costs as much as the memory traffic and hides it). Two versions for
+    each ``N`` in ``lengths``: ``reused_ns`` writes into a preallocated buffer (the cost of
+    streaming the matrix through the memory hierarchy), ``fresh_ns`` returns a new tensor, as
+    ``naive_attention`` does for every ``N x N`` intermediate (add the cost of memory the
+    allocator must get from the operating system, page by page, when the tensor is large).
     Best of ``repeats``, ``threads`` torch threads. Rows: ``N, matrix_bytes, reused_ns, fresh_ns``.
     """
     rows = []
@@ -162,8 +165,8 @@ def memory_pass_ns(lengths: Sequence[int], B: int = 1, H: int = 2, repeats: int 
             buffer = torch.empty_like(x)
             per_score = 1e9 / x.numel()
             rows.append(dict(N=N, matrix_bytes=x.numel() * x.element_size(),
-                             reused_ns=best_seconds(lambda x=x, b=buffer: torch.exp(x, out=b), repeats) * per_score,
-                             fresh_ns=best_seconds(lambda x=x: torch.exp(x), repeats) * per_score))
+                             reused_ns=best_seconds(lambda x=x, b=buffer: torch.mul(x, 0.125, out=b), repeats) * per_score,
+                             fresh_ns=best_seconds(lambda x=x: torch.mul(x, 0.125), repeats) * per_score))
             del x, buffer
     return rows
 
