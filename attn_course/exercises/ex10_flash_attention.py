@@ -163,7 +163,7 @@ EXERCISE = Exercise(
         Task("tiled_attention", _tiled_reference, _tiled_cases, points=3,
              arg_names=("q", "k", "v", "causal", "block_size"), forbidden=_FLASH + _ATTENTIONS + _SOFTMAXES,
              rule="only one tile of scores at a time, never the whole (L, S) matrix nor a block of rows of it",
-             memory_limit_bytes=1 << 30,
+             memory_limit_bytes=1 << 30, min_call_seconds=30,  # L = S = 16384: the case that cannot fit takes a while
              hint="Two loops: query blocks outside, key blocks inside. A query block keeps m, l, acc for its "
                   "own rows; each tile of scores (scaled by the query/key width) is folded in with your "
                   "online_softmax_update. When causal, which key blocks can a query block skip, and which "

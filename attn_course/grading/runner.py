@@ -702,9 +702,16 @@ def _call_task(kernel: _Kernel, task: Task, cases: list[Case], k: int, call_time
     return outcomes, None, None
 
 
+def task_call_timeout(task: Task, call_timeout: float) -> float:
+    """The seconds a task's calls get: ``--call-timeout``, or the task's own floor when its cases
+    are large on purpose (a score matrix that must not fit in memory takes a while to tile)."""
+    return max(call_timeout, task.min_call_seconds)
+
+
 def wall_clock_for(ex: Exercise, timeout: float, call_timeout: float) -> float:
     """The default hard wall clock of one notebook: its cells, every call, and room for two kernel starts."""
-    return timeout + call_timeout * (len(ex.tasks) + 1) + 2 * STARTUP_SECONDS
+    calls = sum(task_call_timeout(t, call_timeout) for t in ex.tasks)
+    return timeout + calls + call_timeout + 2 * STARTUP_SECONDS
 
 
 def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = None, timeout: float = 120.0,
@@ -763,6 +770,7 @@ def grade_notebook(path: str | Path, exercises: dict[str, Exercise] | None = Non
 def _grade_task(kernel: _Kernel, task: Task, k: int, call_timeout: float, sources: list[str],
                 problems: dict[int, tuple[str, str]], seed: int) -> TaskResult:
     missing: list[tuple[str, str]] = []
+    call_timeout = task_call_timeout(task, call_timeout)
     cgroups = list(kernel.place.cgroups) if kernel.place is not None else []
     limited = False
     if task.memory_limit_bytes and cgroups and kernel.alive:

@@ -67,6 +67,8 @@ class Task:
                 size a case so that what the idea avoids cannot fit while the idea does
     dense:      for ``Case.cpu_fraction``: the computation the idea avoids (e.g. every tile),
                 called on the case's inputs and timed in the grader
+    min_call_seconds: the least time the grader gives the task's calls, whatever its
+                ``--call-timeout`` (cases large on purpose, e.g. a score matrix that must not fit)
     driver:     a dotted name in ``grading.drivers``: when set, the call is
                 ``driver(learner_object, *args)`` instead of ``learner_object(*args)`` (a class the
                 learner writes, exercised by generating with it), and the expected value is
@@ -87,6 +89,7 @@ class Task:
     memory_limit_bytes: int = 0
     dense: Callable[..., Any] | None = None
     driver: str = ""
+    min_call_seconds: float = 0.0
 
 
 def partial_points(cases: list[Case], passed: list[bool]) -> float:

@@ -171,3 +171,14 @@ def test_a_forbidden_decorated_function_is_watched_itself_not_its_decorator():
     codes, _ = resolve_forbidden(("attn_course.apps.vision.hungarian_match",))
     assert list(codes.values()) == ["attn_course.apps.vision.hungarian_match"]
     assert other.__code__ not in codes  # another no_grad function is not "hungarian_match"
+
+
+def test_a_task_with_large_cases_gets_its_own_call_time_and_the_wall_clock_counts_it():
+    from attn_course.exercises.ex10_flash_attention import EXERCISE
+    from attn_course.grading.runner import task_call_timeout, wall_clock_for
+
+    tiled = EXERCISE.task("tiled_attention")
+    assert task_call_timeout(tiled, 8) == tiled.min_call_seconds >= 30 and task_call_timeout(tiled, 60) == 60
+    others = [t for t in EXERCISE.tasks if t is not tiled]
+    assert all(task_call_timeout(t, 8) == 8 for t in others)
+    assert wall_clock_for(EXERCISE, 20, 8) >= 20 + tiled.min_call_seconds + 8 * len(others)
