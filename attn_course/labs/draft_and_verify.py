@@ -267,8 +267,7 @@ def plot_tokens_per_call(fig: Figure, k: float, alpha: float, measured: dict[int
     right.set(xlabel="k", ylabel="tokens per target call", ylim=(0, 9.5), title="Expected tokens per target call")
     right.legend(fontsize=8, loc="upper left")
     right.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return fig  # the slider's figure lays itself out (constrained layout): no tight_layout here
 
 
 def draw_draft_and_verify() -> Figure:
