@@ -18,7 +18,6 @@ the report's sandbox line says so; the measured rules still do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["Watch", "watch", "broken_rule", "fmt_count", "cpu_seconds", "CPU_SLACK_SECONDS"]
+__all__ = ["Watch", "watch", "broken_rule", "fmt_count", "CPU_SLACK_SECONDS"]
 
 # What a call of one case costs besides the learner's work (reading the inputs, saving the
 # output, the round trip): added to every CPU budget.
@@ -86,21 +85,3 @@ def broken_rule(sizes: Watch | None, flops: FlopCounterMode | None, max_numel: i
             return (f"did {fmt_count(total)} FLOPs of matrix products; this case allows at most "
                     f"{fmt_count(max_flops)}{named}")
     return ""
-
-
-def cpu_seconds(fn: Callable[[], Any], repeats: int = 2) -> float:
-    """Best-of CPU time of ``fn()`` in this process on one thread (what the grader times a dense
-    computation with, to size a case's CPU budget)."""
-    import time
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.process_time()
-            fn()
-            best = min(best, time.process_time() - t0)
-        return best
-    finally:
-        torch.set_num_threads(threads)

@@ -10,7 +10,8 @@ import torch
 from attn_course.grading import places
 from attn_course.grading.compare import evaluate
 from attn_course.grading.harness import call_local
-from attn_course.grading.rules import broken_rule, cpu_seconds, watch
+from attn_course.grading.rules import broken_rule, watch
+from attn_course.grading.runner import cpu_seconds
 from attn_course.grading.tasks import Case, Task
 
 
