@@ -101,12 +101,13 @@ def draft_config(context: int = 32) -> GPTConfig:
 
 
 def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_size: int = 16, lr: float = 1e-2,
-                       seed: int = 0, progress: bool = True, desc: str = "GPT", bos_first: bool = False) -> TrainHistory:
+                       seed: int = 0, progress: bool = True, desc: str = "GPT", bos_first: bool = False,
+                       threads: int = 1, teacher: GPT | None = None) -> TrainHistory:
     """Train ``model`` in place to predict each next token of random windows of ``data``.
 
     A batch is ``batch_size`` windows of ``context_length + 1`` tokens at random offsets (with
     ``bos_first``, each window's first token is replaced by ``<bos>``); AdamW with a one-cycle
-    schedule, one thread (tiny tensors).
+    schedule, on ``threads`` threads (one for the chapter's tiny tensors).
     """
     require_int(steps, "steps")
     T = model.config.context_length
@@ -119,10 +120,14 @@ def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_s
         if bos_first:
             x[:, 0] = BOS
         logits = model(x[:, :-1])  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        if teacher is None:
+            return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        with torch.no_grad():  # distillation: the teacher's next-token distribution is the target
+            soft = F.softmax(teacher(x[:, :-1]), dim=-1)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), soft.flatten(0, 1))
 
     begin = time.perf_counter()
-    with utils.num_threads(1):
+    with utils.num_threads(threads):
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         if steps >= 20:
             schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -135,12 +140,20 @@ def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_s
 
 def train_pair(data: torch.Tensor, context: int = 32, target_steps: int = 200, draft_steps: int = 100,
                seed: int = 0, workers: int = 2, progress: bool = True,
-               target: GPTConfig | None = None, draft: GPTConfig | None = None) -> tuple[GPT, GPT, dict]:
-    """Build and train the target and the draft on ``data``, side by side; return ``(target, draft, histories)``."""
+               target: GPTConfig | None = None, draft: GPTConfig | None = None,
+               target_lr: float = 1e-2, threads: int = 1) -> tuple[GPT, GPT, dict]:
+    """Build and train the target and the draft on ``data``; return ``(target, draft, histories)``.
+
+    Side by side in ``workers`` processes of ``threads`` threads each (``workers=1``: one after
+    the other, e.g. with ``threads=2`` for a target too large for one core). The draft trains at
+    ``lr = 1e-2``, the target at ``target_lr`` (lower for a wide one).
+    """
     torch.manual_seed(seed)
     models = {"target": GPT(target or target_config(context)), "draft": GPT(draft or draft_config(context))}
     steps = {"target": target_steps, "draft": draft_steps}
-    jobs = {name: (m, partial(train_stream_model, m, data, steps[name], seed=seed + i, progress=progress, desc=name))
+    lrs = {"target": target_lr, "draft": 1e-2}
+    jobs = {name: (m, partial(train_stream_model, m, data, steps[name], lr=lrs[name], seed=seed + i,
+                              progress=progress, desc=name, threads=threads))
             for i, (name, m) in enumerate(models.items())}
     histories = train_side_by_side(jobs, workers=workers, progress=progress)
     return models["target"].eval(), models["draft"].eval(), histories
@@ -162,15 +175,17 @@ def _add(total: SpeculativeStats, s: SpeculativeStats) -> None:
 
 
 def sweep_drafts(target: GPT, draft: GPT, prompts: Sequence[torch.Tensor], ks: Sequence[int], new_tokens: int,
-                 temperature: float = 0.0, seed: int = 0, check_greedy: bool = True) -> dict[int, dict]:
+                 temperature: float = 0.0, seed: int = 0, check_greedy: bool = True,
+                 threads: int = 1) -> dict[int, dict]:
     """For each ``k``: ``speculative_generate`` on every prompt; the summed ``SpeculativeStats`` and seconds.
 
-    ``result[k]`` has ``stats``, ``tokens`` (new tokens, all prompts), ``seconds`` and, greedy
-    with ``check_greedy``, ``identical``: every output equal to ``generate(target, ...)`` alone.
+    ``result[k]`` has ``stats``, ``tokens`` (new tokens, all prompts), ``seconds`` (on ``threads``
+    threads) and, greedy with ``check_greedy``, ``identical``: every output equal to
+    ``generate(target, ...)`` alone.
     """
     out = {}
     alone = [generate(target, p, new_tokens) for p in prompts] if temperature == 0 and check_greedy else None
-    with utils.num_threads(1):
+    with utils.num_threads(threads):
         for k in ks:
             total, seconds, same = SpeculativeStats(), 0.0, True
             for i, p in enumerate(prompts):
@@ -187,16 +202,16 @@ def sweep_drafts(target: GPT, draft: GPT, prompts: Sequence[torch.Tensor], ks: S
     return out
 
 
-def time_target_alone(target: GPT, prompts: Sequence[torch.Tensor], new_tokens: int) -> float:
+def time_target_alone(target: GPT, prompts: Sequence[torch.Tensor], new_tokens: int, threads: int = 1) -> float:
     """Seconds for ``generate(target, p, new_tokens)`` (greedy, dynamic cache) over all prompts."""
-    with utils.num_threads(1):
+    with utils.num_threads(threads):
         start = time.perf_counter()
         for p in prompts:
             generate(target, p, new_tokens)
         return time.perf_counter() - start
 
 
-def call_cost_ratio(target: GPT, draft: GPT, context: int = 16, repeats: int = 20) -> float:
+def call_cost_ratio(target: GPT, draft: GPT, context: int = 16, repeats: int = 20, threads: int = 1) -> float:
     """``c``: the time of one draft decode call over one target decode call (one token, ``context`` cached)."""
     def one_call(model: GPT) -> float:
         cache = model.new_cache("dynamic")
@@ -207,7 +222,7 @@ def call_cost_ratio(target: GPT, draft: GPT, context: int = 16, repeats: int = 2
                 model(x[:, :1], cache)
                 cache.crop(context)
             return utils.best_seconds(step, repeats=repeats)
-    with utils.num_threads(1):
+    with utils.num_threads(threads):
         return one_call(draft) / one_call(target)
 
 
@@ -323,34 +338,53 @@ def draw_draft_and_verify() -> Figure:
 def speculative_comparison(k: int = 4, new_tokens: int = 28, num_prompts: int = 8, context: int = 32,
                            target_steps: int = 200, draft_steps: int = 100, seed: int = 0,
                            device: str | torch.device = "cpu", target: GPTConfig | None = None,
-                           draft: GPTConfig | None = None, progress: bool = False) -> dict:
+                           draft: GPTConfig | None = None, progress: bool = False, target_lr: float = 1e-2,
+                           workers: int = 2, threads: int = 1, prepack: bool = False, repeats: int = 1) -> dict:
     """Train the pair, then decode the same prompts greedily with the target alone and speculatively.
 
-    Returns ``tokens_per_s_target``, ``tokens_per_s_speculative``, ``speedup`` (their ratio, one
-    run), ``identical`` (every speculative output equals the target's own), ``alpha``,
-    ``tokens_per_target_call``, ``target_calls`` and ``target_calls_alone`` (= tokens), ``k``, ``device``.
-    Pass bigger ``target`` configs (with ``context_length = context``) on a GPU, where one call of a
-    large target costs far more than one of the draft.
+    Returns ``tokens_per_s_target``, ``tokens_per_s_speculative``, ``speedup`` (their ratio, each
+    the best of ``repeats`` runs, alternated), ``identical`` (every speculative output equals the
+    target's own), ``alpha``, ``tokens_per_target_call``, ``target_calls`` and
+    ``target_calls_alone`` (= tokens), ``k``, ``device``, ``cost_ratio`` (one draft call over one
+    target call) and ``target_parameters``.
+
+    Speculative decoding pays off when checking k + 1 tokens costs about what one token costs:
+    when the target's weights stream from memory (larger than the processor's caches, or on a
+    GPU). On a CPU, ``prepack=True`` prepacks the target's linear layers (``attn_course.prepack``)
+    so that a few rows at once are still one pass over the weights; the target alone uses the
+    same prepacked model. ``workers``, ``threads``, ``target_lr``: as in ``train_pair``.
     """
+    from attn_course.prepack import prepack_linears
+
     data = bracket_stream(60_000, seed=seed)
     t_model, d_model, _ = train_pair(data, context, target_steps, draft_steps, seed=seed, progress=progress,
-                                     target=target, draft=draft)
+                                     target=target, draft=draft, target_lr=target_lr, workers=workers,
+                                     threads=threads)
     t_model, d_model = t_model.to(device), d_model.to(device)
+    if prepack and torch.device(device).type == "cpu":
+        prepack_linears(t_model, batch_size=k + 1)
     prompts = [p.to(device) for p in stream_prompts(num_prompts, 4, seed=seed + 1)]
-    generate(t_model, prompts[0], 4), speculative_generate(t_model, d_model, prompts[0], 4, k=k)  # warm up
-    alone_s = time_target_alone(t_model, prompts, new_tokens)
-    res = sweep_drafts(t_model, d_model, prompts, [k], new_tokens)[k]
+    with utils.num_threads(threads):
+        generate(t_model, prompts[0], 4), speculative_generate(t_model, d_model, prompts[0], 4, k=k)  # warm up
+    alone_s = spec_s = float("inf")
+    for _ in range(repeats):  # alternated, so a change in the machine's load hits both alike
+        alone_s = min(alone_s, time_target_alone(t_model, prompts, new_tokens, threads=threads))
+        res = sweep_drafts(t_model, d_model, prompts, [k], new_tokens, threads=threads)[k]
+        spec_s = min(spec_s, res["seconds"])
     st, tokens = res["stats"], res["tokens"]
+    cost_ratio = call_cost_ratio(t_model, d_model, context=min(16, context - 1), threads=threads)
     return {
         "k": k,
         "device": str(device),
         "tokens": tokens,
         "tokens_per_s_target": tokens / alone_s,
-        "tokens_per_s_speculative": tokens / res["seconds"],
-        "speedup": alone_s / res["seconds"],
+        "tokens_per_s_speculative": tokens / spec_s,
+        "speedup": alone_s / spec_s,
         "identical": res["identical"],
         "alpha": st.alpha,
         "tokens_per_target_call": tokens / st.target_calls,
         "target_calls": st.target_calls,
         "target_calls_alone": tokens,
+        "cost_ratio": cost_ratio,
+        "target_parameters": sum(p.numel() for p in t_model.parameters()),
     }

@@ -47,3 +47,11 @@ def test_the_serving_benchmarks_headline_is_a_dict_of_numbers():
     assert r["identical"] and r["tokens"] == 16 and r["target_calls"] <= r["target_calls_alone"] == 16
     assert r["tokens_per_s_target"] > 0 and r["tokens_per_s_speculative"] > 0 and r["speedup"] > 0
     assert r["tokens_per_target_call"] == 16 / r["target_calls"]
+
+
+def test_the_benchmarks_prepacked_sequential_path_keeps_greedy_output_identical():
+    # The benchmark's settings: the target trained first on two threads, prepacked for both arms.
+    r = dv.speculative_comparison(k=2, new_tokens=6, num_prompts=2, context=16, target_steps=4, draft_steps=3,
+                                  target_lr=2e-3, workers=1, threads=2, prepack=True, repeats=2)
+    assert r["identical"] and r["tokens"] == 12 and r["cost_ratio"] > 0 and r["target_parameters"] > 0
+    assert r["target_calls"] <= r["target_calls_alone"] == 12
