@@ -39,6 +39,7 @@ from attn_course.diagrams import COLORS, INK, MUTED, arrow, box, canvas, label
 from attn_course.gpt import GPT, GPTConfig
 from attn_course.labs.bracket_language import BOS, VOCAB, BracketTask
 from attn_course.labs.training import TrainHistory, run_steps, train_side_by_side
+from attn_course.prepack import prepack_linears
 from attn_course.speculative import SpeculativeStats, expected_tokens_per_call, speculative_generate
 
 __all__ = [
@@ -102,7 +103,7 @@ def draft_config(context: int = 32) -> GPTConfig:
 
 def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_size: int = 16, lr: float = 1e-2,
                        seed: int = 0, progress: bool = True, desc: str = "GPT", bos_first: bool = False,
-                       threads: int = 1, teacher: GPT | None = None) -> TrainHistory:
+                       threads: int = 1) -> TrainHistory:
     """Train ``model`` in place to predict each next token of random windows of ``data``.
 
     A batch is ``batch_size`` windows of ``context_length + 1`` tokens at random offsets (with
@@ -120,11 +121,7 @@ def train_stream_model(model: GPT, data: torch.Tensor, steps: int = 200, batch_s
         if bos_first:
             x[:, 0] = BOS
         logits = model(x[:, :-1])  # (B, T, V)
-        if teacher is None:
-            return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-        with torch.no_grad():  # distillation: the teacher's next-token distribution is the target
-            soft = F.softmax(teacher(x[:, :-1]), dim=-1)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), soft.flatten(0, 1))
+        return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
 
     begin = time.perf_counter()
     with utils.num_threads(threads):
@@ -354,8 +351,6 @@ def speculative_comparison(k: int = 4, new_tokens: int = 28, num_prompts: int = 
     so that a few rows at once are still one pass over the weights; the target alone uses the
     same prepacked model. ``workers``, ``threads``, ``target_lr``: as in ``train_pair``.
     """
-    from attn_course.prepack import prepack_linears
-
     data = bracket_stream(60_000, seed=seed)
     t_model, d_model, _ = train_pair(data, context, target_steps, draft_steps, seed=seed, progress=progress,
                                      target=target, draft=draft, target_lr=target_lr, workers=workers,
