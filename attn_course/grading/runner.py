@@ -51,7 +51,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from ..utils import num_threads
+from ..utils import best_seconds, num_threads
 from .catalog import load_exercises
 from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, case_generator, clone_inputs, evaluate
@@ -821,12 +821,7 @@ def cpu_seconds(fn, repeats: int = 2) -> float:
     """Best-of CPU time of ``fn()`` in the grader's process on one thread (what a case's CPU budget
     is sized from: the dense computation of its inputs)."""
     with num_threads(1):
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.process_time()
-            fn()
-            best = min(best, time.process_time() - t0)
-        return best
+        return best_seconds(fn, repeats, warmup=False, clock=time.process_time)
 
 
 def _cpu_rule(kernel: _Kernel, task: Task, k: int, call_timeout: float, sources: list[str],
