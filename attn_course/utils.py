@@ -74,6 +74,24 @@ def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: bool = True
     return best
 
 
+def flop_counter():
+    """A ``torch.utils.flop_counter.FlopCounterMode`` (no display) that also counts the in-place
+    matrix products ``baddbmm_`` and ``addmm_``.
+
+    torch's counter knows ``baddbmm`` and ``addmm`` but not their in-place forms, which a kernel
+    that accumulates into a reused buffer uses (``flash.tiled_attention``); counted with the same
+    formulas, the same work counts the same however it is written. Use as ``with flop_counter() as c:``,
+    then ``c.get_total_flops()``; the mode is per thread.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, addmm_flop, baddbmm_flop
+
+    in_place = {  # the formulas as written, before torch wrapped them for its own registry
+        torch.ops.aten.baddbmm_: baddbmm_flop.__wrapped__,
+        torch.ops.aten.addmm_: addmm_flop.__wrapped__,
+    }
+    return FlopCounterMode(display=False, custom_mapping=in_place)
+
+
 def require_package(module: str, pip_name: str, purpose: str):
     """Import an optional dependency or raise an ImportError that names the pip package."""
     try:

@@ -4,8 +4,8 @@ Two kinds, both named in the message of a call that breaks them (the rule, never
 
 **Measured in the call** (``Case.max_numel``, ``Case.max_flops``), by ``watch`` while the
 learner's function runs: the largest tensor any torch op creates (elements), and the
-matrix-multiply FLOPs torch counts (``torch.utils.flop_counter``). This runs in the kernel, in
-the learner's own process: it catches honest mistakes (a "tiled" attention that builds the
+matrix-multiply FLOPs torch counts (``utils.flop_counter``: in-place products included). This
+runs in the kernel, in the learner's own process: it catches honest mistakes (a "tiled" attention that builds the
 whole score matrix, a block-sparse one that multiplies every tile), not a cheat, who can
 switch it off or leave torch for numpy.
 
@@ -25,6 +25,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
+
+from attn_course.utils import flop_counter
 
 __all__ = ["Watch", "watch", "broken_rule", "fmt_count", "CPU_SLACK_SECONDS"]
 
@@ -57,7 +59,7 @@ class Watch(TorchDispatchMode):
 def watch(max_numel: int = 0, max_flops: int = 0):
     """Measure the call inside the ``with``; yields ``(watch, flop_counter)`` (either may be None)."""
     sizes = Watch() if max_numel else None
-    flops = FlopCounterMode(display=False) if max_flops else None
+    flops = flop_counter() if max_flops else None  # in-place products (acc.baddbmm_) count too
     if flops is not None:
         flops.__enter__()
     try:

@@ -40,7 +40,7 @@ from .places import UID_BASE, UID_SPAN, Limits, Place, can_mount_tmpfs, detect_c
 # in-notebook Checker (silent under the grader) and the harness that calls the learner's
 # functions. None of them holds or imports a task's reference (tests/grading/test_sandbox.py checks).
 KERNEL_FILES: tuple[str, ...] = (
-    "__init__.py", "_validation.py", "check.py",
+    "__init__.py", "_validation.py", "check.py", "utils.py",  # utils: the FLOP counter of grading/rules.py
     "grading/__init__.py", "grading/codec.py", "grading/compare.py", "grading/harness.py", "grading/tasks.py",
     "grading/catalog.py",  # check.py imports it; the stripped copy has no exercise to find
     "grading/fixtures.py", "grading/planted_bugs.py",  # objects built in the kernel from plain data (ex05, ex06)

@@ -34,12 +34,11 @@ from matplotlib.axes import Axes
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
 
 from attn_course._validation import require_int
 from attn_course.kv_cache import ModelShape
 from attn_course.plotting import finish_axes, new_axes
-from attn_course.utils import best_seconds, num_threads
+from attn_course.utils import best_seconds, flop_counter, num_threads
 
 __all__ = [
     "count_flops",
@@ -62,9 +61,10 @@ def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of ``fn()`` as torch's ``FlopCounterMode`` counts them (matmuls: 2 per multiply-add).
 
     Only matrix multiplications are counted (softmax, exp, masking are O(N^2) too, but cheap
-    next to the ``O(N^2 d)`` matmuls). The mode is per thread: run multi-threaded code with one.
+    next to the ``O(N^2 d)`` matmuls), in place or not (``utils.flop_counter``). The mode is per
+    thread: run multi-threaded code with one.
     """
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         fn()
     return int(counter.get_total_flops())

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from attn_course._validation import require_int, require_width
 from attn_course.plotting import check_curves, finish_axes, new_axes
 from attn_course.self_attention import SelfAttention
-from attn_course.utils import num_threads
+from attn_course.utils import flop_counter, num_threads
 
 LAYER_KINDS = ("self_attention", "rnn", "gru", "cnn")
 
@@ -401,13 +401,11 @@ def layer_flops(kind: str, T: int, d: int, k: int = 3) -> int:
 
 def count_flops(model: nn.Module, T: int, d_in: int | None = None, *, batch: int = 1) -> int:
     """FLOPs of one forward pass on ``(batch, T, d_in)``, counted by ``FlopCounterMode``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     require_int(T, "T")
     require_int(batch, "batch")
     d_in = _model_width(model, d_in)
     x = torch.randn(batch, T, d_in)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with flop_counter() as counter, torch.no_grad():
         model(x)
     return int(counter.get_total_flops())
 

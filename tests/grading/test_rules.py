@@ -52,6 +52,14 @@ def test_flops_rule():
     result = evaluate(task, lambda cs: [call_local(twice, c, rule=task.rule) for c in cs])
     assert result.points == 0 and "FLOPs" in result.message
 
+    def twice_in_place(q, k):  # the same extra work, accumulated into a buffer: counted all the same
+        acc = torch.zeros(q.shape[0], k.shape[0])
+        acc.addmm_(q, k.transpose(-2, -1))
+        return acc.addmm_(q, k.transpose(-2, -1)).sum(-1) / 2
+
+    result = evaluate(task, lambda cs: [call_local(twice_in_place, c, rule=task.rule) for c in cs])
+    assert result.points == 0 and "FLOPs" in result.message
+
 
 def test_no_rule_costs_nothing_and_measures_nothing():
     with watch(0, 0) as (sizes, flops):

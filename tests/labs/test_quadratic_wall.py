@@ -28,6 +28,18 @@ def test_counted_flops_match_the_formula(B, H, N, d):
     assert count_flops(lambda: naive_attention(q, k, v, causal=True)) == attention_flops(B, H, N, N, d)
 
 
+def test_in_place_matrix_products_are_counted_too():
+    # tiled_attention accumulates with baddbmm_ into reused buffers: the same work as the naive method
+    B, H, N, d = 1, 2, 300, 16  # N not a multiple of the blocks
+    q, k, v = (torch.randn(B, H, N, d) for _ in range(3))
+    tiled = count_flops(lambda: tiled_attention(q, k, v, block_size=(64, 128), threads=1))
+    assert tiled == attention_flops(B, H, N, N, d)
+    causal = count_flops(lambda: tiled_attention(q, k, v, causal=True, block_size=64, threads=1))
+    assert attention_flops(B, H, N, N, d, causal=True) < causal < 0.7 * tiled  # skips the tiles above the diagonal
+    x, w, acc = torch.randn(3, 4), torch.randn(4, 5), torch.zeros(3, 5)
+    assert count_flops(lambda: acc.addmm_(x, w)) == count_flops(lambda: torch.addmm(acc, x, w)) == 2 * 3 * 4 * 5
+
+
 def test_peak_memory_of_naive_attention_is_two_score_matrices_and_the_output():
     B, H, N, d = 1, 2, 64, 8
     q, k, v = (torch.randn(B, H, N, d) for _ in range(3))
