@@ -56,21 +56,24 @@ def num_threads(n: int | None, name: str = "threads") -> Iterator[None]:
 
 
 def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: bool = True,
-                 clock: Callable[[], float] = time.perf_counter) -> float:
+                 clock: Callable[[], float] = time.perf_counter, min_seconds: float = 0.0) -> float:
     """Best time of ``fn()`` over ``repeats`` runs, after one untimed run if ``warmup``.
 
     The best, not the mean: it is the run that the other programs on a shared machine disturbed
     least. Callers that warm up differently (once for many timings) pass ``warmup=False``.
     ``clock``: wall time by default; ``time.process_time`` for this process's CPU time.
+    ``min_seconds``: go on past ``repeats`` runs until the timed runs add up to this much, so a
+    short call is timed as many times as it takes to find an undisturbed run.
     """
     require_int(repeats, "repeats")
     if warmup:
         fn()
-    best = float("inf")
-    for _ in range(repeats):
+    best, total, runs = float("inf"), 0.0, 0
+    while runs < repeats or total < min_seconds:
         start = clock()
         fn()
-        best = min(best, clock() - start)
+        took = clock() - start
+        best, total, runs = min(best, took), total + took, runs + 1
     return best
 
 

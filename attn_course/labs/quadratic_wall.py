@@ -124,13 +124,15 @@ def scaling_table(
     repeats: int = 3,
     threads: int = 1,
     seed: int = 0,
+    min_seconds: float = 0.0,
 ) -> list[dict]:
     """Seconds, peak tensor bytes and counted FLOPs of each method at each ``N`` in ``lengths``.
 
     ``methods = {"naive": lambda q, k, v: naive_attention(q, k, v), ...}``. Runs with
     ``threads`` torch threads (one: steadier timings on a shared machine, and the counting
-    modes see everything). Returns one dict per (method, N): ``method, N, seconds,
-    peak_bytes, flops``.
+    modes see everything). Time: the best of at least ``repeats`` runs, and of as many more as
+    add up to ``min_seconds`` (short calls are the noisiest). Returns one dict per (method, N):
+    ``method, N, seconds, peak_bytes, flops``.
     """
     rows = []
     g = torch.Generator().manual_seed(seed)
@@ -139,13 +141,13 @@ def scaling_table(
             q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))  # (B, H, N, d)
             for name, fn in methods.items():
                 call = (lambda fn=fn, q=q, k=k, v=v: fn(q, k, v))
-                rows.append(dict(method=name, N=N, seconds=best_seconds(call, repeats),
+                rows.append(dict(method=name, N=N, seconds=best_seconds(call, repeats, min_seconds=min_seconds),
                                  peak_bytes=peak_tensor_bytes(call), flops=count_flops(call)))
     return rows
 
 
 def memory_pass_ns(lengths: Sequence[int], B: int = 1, H: int = 2, repeats: int = 5, threads: int = 1,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, min_seconds: float = 0.05) -> list[dict]:
     """Nanoseconds per score of one scaling pass (``x * 0.125``) over a ``(B, H, N, N)`` float32 matrix.
 
     The pass ``naive_attention`` makes before its softmax, and the simplest there is: one multiply
@@ -155,7 +157,9 @@ def memory_pass_ns(lengths: Sequence[int], B: int = 1, H: int = 2, repeats: int 
     streaming the matrix through the memory hierarchy), ``fresh_ns`` returns a new tensor, as
     ``naive_attention`` does for every ``N x N`` intermediate (add the cost of memory the
     allocator must get from the operating system, page by page, when the tensor is large).
-    Best of ``repeats``, ``threads`` torch threads. Rows: ``N, matrix_bytes, reused_ns, fresh_ns``.
+    Best of at least ``repeats`` runs and ``min_seconds`` of them (a pass over a small matrix takes
+    microseconds: one run says little), ``threads`` torch threads. Rows: ``N, matrix_bytes,
+    reused_ns, fresh_ns``.
     """
     rows = []
     g = torch.Generator().manual_seed(seed)
@@ -165,8 +169,10 @@ def memory_pass_ns(lengths: Sequence[int], B: int = 1, H: int = 2, repeats: int 
             buffer = torch.empty_like(x)
             per_score = 1e9 / x.numel()
             rows.append(dict(N=N, matrix_bytes=x.numel() * x.element_size(),
-                             reused_ns=best_seconds(lambda x=x, b=buffer: torch.mul(x, 0.125, out=b), repeats) * per_score,
-                             fresh_ns=best_seconds(lambda x=x: torch.mul(x, 0.125), repeats) * per_score))
+                             reused_ns=best_seconds(lambda x=x, b=buffer: torch.mul(x, 0.125, out=b), repeats,
+                                                    min_seconds=min_seconds) * per_score,
+                             fresh_ns=best_seconds(lambda x=x: torch.mul(x, 0.125), repeats,
+                                                  min_seconds=min_seconds) * per_score))
             del x, buffer
     return rows
 

@@ -36,6 +36,14 @@ def test_best_seconds_runs_warmup_then_repeats_and_keeps_the_best(warmup):
     assert len(calls) == 4 + warmup
 
 
+def test_best_seconds_goes_on_until_min_seconds_and_takes_the_clock():
+    ticks = iter(range(100))  # a clock that advances one unit per reading: every run takes 1
+    calls = []
+    assert best_seconds(lambda: calls.append(1), repeats=2, warmup=False, clock=lambda: next(ticks),
+                        min_seconds=5) == 1
+    assert len(calls) == 5  # past the 2 repeats, until 5 units were timed
+
+
 @pytest.mark.parametrize("bad", [0, -2, 2.0, True])
 def test_best_seconds_rejects_non_positive_repeats(bad):
     with pytest.raises(ValueError, match=r"repeats must be a positive int"):
