@@ -340,6 +340,7 @@ def time_vs_length(
     repeats: int = 3,
     seed: int = 0,
     threads: int | None = 1,
+    min_seconds: float = 0.1,
 ) -> list[dict[str, float]]:
     """Time dense-with-mask vs block-skipping attention for each ``N`` in ``lengths``.
 
@@ -348,22 +349,25 @@ def time_vs_length(
     Returns one dict per N: ``N``, ``dense_ms``, ``sparse_ms``, ``speedup``, ``density`` (fraction
     of tiles computed), ``max_abs_diff`` (the two outputs agree). Both run with ``threads`` torch
     threads (default 1: the small per-block ops of the sparse loop lose most from threading, and
-    timings on a shared machine are steadier); ``None`` keeps the current setting.
+    timings on a shared machine are steadier); ``None`` keeps the current setting. Each time is
+    the best of at least ``repeats`` runs and of ``min_seconds`` of them (short calls are noisy).
     """
     with num_threads(threads, "threads"):
-        return _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed)
+        return _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed, min_seconds)
 
 
-def _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed) -> list[dict[str, float]]:
+def _time_vs_length(lengths, mask_fn, block_size, B, H, d, repeats, seed, min_seconds) -> list[dict[str, float]]:
     rows = []
     g = torch.Generator().manual_seed(seed)
     for N in lengths:
         q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
         mask = mask_fn(N)
         layout = mask_to_layout(mask, block_size)
-        dense = best_seconds(lambda q=q, k=k, v=v, m=mask: dense_masked_attention(q, k, v, m), repeats)
+        dense = best_seconds(lambda q=q, k=k, v=v, m=mask: dense_masked_attention(q, k, v, m), repeats,
+                             min_seconds=min_seconds)
         sparse = best_seconds(
-            lambda q=q, k=k, v=v, m=mask, lay=layout: block_sparse_attention(q, k, v, lay, block_size, m), repeats
+            lambda q=q, k=k, v=v, m=mask, lay=layout: block_sparse_attention(q, k, v, lay, block_size, m), repeats,
+            min_seconds=min_seconds,
         )
         diff = (dense_masked_attention(q, k, v, mask) - block_sparse_attention(q, k, v, layout, block_size, mask))
         rows.append(dict(N=N, dense_ms=dense * 1e3, sparse_ms=sparse * 1e3, speedup=dense / sparse,
