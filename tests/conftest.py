@@ -5,6 +5,8 @@ import matplotlib
 import pytest
 import torch
 
+from attn_course.grading.kernel_polling import poll_in_slices
+
 # Triton reads TRITON_INTERPRET when it is first imported (and when a kernel is decorated):
 # without a GPU, set it before any test module imports triton or attn_course.triton_attention,
 # so that the kernel tests run under the interpreter whatever order the modules load in.
@@ -12,6 +14,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# nbmake's clients wait for kernel messages in half-second slices: a missed ZeroMQ wake-up then
+# costs half a second instead of the whole cell timeout (300 s) (see the module's docstring).
+poll_in_slices()
 
 # Plots made by unit tests never open windows. (Not MPLBACKEND: nbmake's kernels inherit the
 # environment, and with Agg there they would render no figures for the book.)

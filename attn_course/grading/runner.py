@@ -56,6 +56,7 @@ from .catalog import load_exercises
 from .codec import ResultError, load_bounded
 from .compare import Outcome, TaskResult, case_generator, clone_inputs, evaluate
 from .fixtures import resolve as resolve_fixtures
+from .kernel_polling import poll_in_slices
 from .places import (
     UID_BASE,
     UID_BLOCKS,
@@ -430,6 +431,7 @@ class _Kernel:
         self.place = None
         self.place = place = self.run_ctx.new_place()
         self.workdir, self.inputs = place.work, place.inputs
+        poll_in_slices()  # a missed ZeroMQ wake-up must not stall a cell until its timeout
         client = _Client(
             nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")]),
             kernel_name="python3",

@@ -4,7 +4,8 @@ Measurements the chapter makes, measured in the page that prints them:
 
 * ``time_generation``        tokens/s of ``attn_course.decoding.generate`` with and without a cache,
                              against the number of generated tokens (best of ``repeat`` runs).
-* ``time_prefill_decode``    seconds per token of the prompt's one pass vs one decode step.
+* ``time_prefill_decode``    seconds per token of the prompt's one pass vs one decode step;
+                             ``decode_seconds_alternated`` compares decode set-ups taking turns.
 * ``copy_bandwidth``, ``matmul_flops``   what this machine can move (GB/s) and compute (FLOP/s).
 * ``decode_intensity``, ``prefill_intensity``   arithmetic intensity (FLOPs per byte read) of a
                              decode step and of a prefill, from ``generation_macs`` and the bytes
@@ -24,7 +25,7 @@ Shapes: token batches ``(B, T)``; sizes in bytes unless a name says otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +40,7 @@ __all__ = [
     "time_generation",
     "plot_tokens_per_second",
     "time_prefill_decode",
+    "decode_seconds_alternated",
     "copy_bandwidth",
     "read_bandwidth",
     "matmul_flops",
@@ -107,6 +109,21 @@ def time_prefill_decode(model: GPT, prompt_len: int, new_tokens: int = 16, repea
     prefill = best_seconds(lambda: generate(model, prompt, 1, cache="static"), repeat, warmup=False)
     both = best_seconds(lambda: generate(model, prompt, 1 + new_tokens, cache="static"), repeat, warmup=False)
     return prefill / prompt_len, max(both - prefill, 1e-9) / new_tokens
+
+
+def decode_seconds_alternated(arms: Mapping[str, tuple[GPT, int]], prompt_len: int, new_tokens: int = 16,
+                              rounds: int = 3, repeat: int = 2) -> dict[str, float]:
+    """Seconds per decode step of each arm ``{name: (model, threads)}``, best over ``rounds``.
+
+    The arms take turns, round after round (``time_prefill_decode``, best of ``repeat``, with the
+    arm's torch threads), so a change in the machine's load hits all of them; each keeps its best.
+    """
+    best = {name: float("inf") for name in arms}
+    for _ in range(require_int(rounds, "rounds")):
+        for name, (model, threads) in arms.items():
+            with num_threads(threads):
+                best[name] = min(best[name], time_prefill_decode(model, prompt_len, new_tokens, repeat)[1])
+    return best
 
 
 def copy_bandwidth(mbytes: int = 64, repeat: int = 5) -> float:

@@ -26,6 +26,7 @@ from attn_course.labs.kv_cache_costs import (  # noqa: E402
     balance_batch,
     decode_intensity,
     decode_intensity_limit,
+    decode_seconds_alternated,
     plot_roofline,
     prefill_intensity,
     read_bandwidth,
@@ -118,6 +119,23 @@ def test_time_generation_and_plots_return_what_they_measure():
     ax, stats = plot_paging(max_len=256, block_sizes=(8, 32), num_requests=20)
     assert stats[8].paged_waste < stats[32].paged_waste < stats[8].contiguous_waste
     plt.close("all")
+
+
+def test_decode_arms_take_turns_with_their_own_threads(monkeypatch):
+    from attn_course.labs import kv_cache_costs
+
+    seen = []
+
+    def fake(model, prompt_len, new_tokens, repeat):
+        seen.append((model, torch.get_num_threads()))
+        return 0.0, 0.01 * len(seen)  # later runs slower: each arm keeps its first (best) one
+
+    monkeypatch.setattr(kv_cache_costs, "time_prefill_decode", fake)
+    best = decode_seconds_alternated({"a": ("A", 1), "b": ("B", 2)}, prompt_len=4, rounds=2)
+    assert seen == [("A", 1), ("B", 2), ("A", 1), ("B", 2)] and best == {"a": 0.01, "b": 0.02}
+    model = tiny()
+    real = decode_seconds_alternated({"one": (model, 1)}, prompt_len=4, new_tokens=2, rounds=1, repeat=1)
+    assert real["one"] > 0
 
 
 def test_find_and_load_local_weights(tmp_path, monkeypatch):
