@@ -10,6 +10,7 @@ Pieces, in the order a submission meets them:
 ``codec``     the value format that crosses from a grading kernel back to the grader
 ``sandbox``   the OS sandbox (bubblewrap) every grading kernel runs in, and what the kernel may import
 ``runner``    executes a submitted notebook in its own sandboxed kernel and calls its functions there
+``kernel_polling``  waits for a kernel's messages in short slices (a missed wake-up costs half a second)
 ``report``    uploads as data, rows, totals, progress log, JSON/CSV output, shards
 ``build``     turns an exercise source (solution + markers) into the learner notebook
 """
