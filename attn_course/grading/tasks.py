@@ -68,7 +68,8 @@ class Task:
     dense:      for ``Case.cpu_fraction``: the computation the idea avoids (e.g. every tile),
                 called on the case's inputs and timed in the grader
     min_call_seconds: the least time the grader gives the task's calls, whatever its
-                ``--call-timeout`` (cases large on purpose, e.g. a score matrix that must not fit)
+                ``--call-timeout`` (cases large on purpose, e.g. a score matrix that must not fit;
+                a kernel run by the Triton interpreter)
     driver:     a dotted name in ``grading.drivers``: when set, the call is
                 ``driver(learner_object, *args)`` instead of ``learner_object(*args)`` (a class the
                 learner writes, exercised by generating with it), and the expected value is
