@@ -95,17 +95,18 @@ def plot_tokens_per_second(results: dict[str, dict[int, float]], ax=None, title:
 
 
 def time_prefill_decode(model: GPT, prompt_len: int, new_tokens: int = 16, repeat: int = 3,
-                        seed: int = 0) -> tuple[float, float]:
+                        seed: int = 0, warmup: bool = True) -> tuple[float, float]:
     """Seconds per token of prefill (one pass over ``prompt_len`` tokens) and of a decode step.
 
-    Both best of ``repeat``. Decode time = (generate(prompt, 1 + new_tokens) - generate(prompt, 1))
-    / new_tokens: only the extra decode steps.
+    Both best of ``repeat``, after one short untimed generation if ``warmup``. Decode time =
+    (generate(prompt, 1 + new_tokens) - generate(prompt, 1)) / new_tokens: only the extra decode steps.
     """
     require_int(prompt_len, "prompt_len")
     require_int(new_tokens, "new_tokens")
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g)  # (1, T)
-    generate(model, prompt, 2, cache="static")  # warm-up
+    if warmup:
+        generate(model, prompt, 2, cache="static")
     prefill = best_seconds(lambda: generate(model, prompt, 1, cache="static"), repeat, warmup=False)
     both = best_seconds(lambda: generate(model, prompt, 1 + new_tokens, cache="static"), repeat, warmup=False)
     return prefill / prompt_len, max(both - prefill, 1e-9) / new_tokens
@@ -119,10 +120,11 @@ def decode_seconds_alternated(arms: Mapping[str, tuple[GPT, int]], prompt_len: i
     arm's torch threads), so a change in the machine's load hits all of them; each keeps its best.
     """
     best = {name: float("inf") for name in arms}
-    for _ in range(require_int(rounds, "rounds")):
+    for r in range(require_int(rounds, "rounds")):
         for name, (model, threads) in arms.items():
-            with num_threads(threads):
-                best[name] = min(best[name], time_prefill_decode(model, prompt_len, new_tokens, repeat)[1])
+            with num_threads(threads):  # warmed up in the first round only: the arms stay warm
+                decode = time_prefill_decode(model, prompt_len, new_tokens, repeat, warmup=r == 0)[1]
+            best[name] = min(best[name], decode)
     return best
 
 

@@ -124,15 +124,17 @@ def test_time_generation_and_plots_return_what_they_measure():
 def test_decode_arms_take_turns_with_their_own_threads(monkeypatch):
     from attn_course.labs import kv_cache_costs
 
-    seen = []
+    seen, warmups = [], []
 
-    def fake(model, prompt_len, new_tokens, repeat):
+    def fake(model, prompt_len, new_tokens, repeat, warmup):
         seen.append((model, torch.get_num_threads()))
+        warmups.append(warmup)
         return 0.0, 0.01 * len(seen)  # later runs slower: each arm keeps its first (best) one
 
     monkeypatch.setattr(kv_cache_costs, "time_prefill_decode", fake)
     best = decode_seconds_alternated({"a": ("A", 1), "b": ("B", 2)}, prompt_len=4, rounds=2)
     assert seen == [("A", 1), ("B", 2), ("A", 1), ("B", 2)] and best == {"a": 0.01, "b": 0.02}
+    assert warmups == [True, True, False, False]  # each arm warmed up once, in the first round
     model = tiny()
     real = decode_seconds_alternated({"one": (model, 1)}, prompt_len=4, new_tokens=2, rounds=1, repeat=1)
     assert real["one"] > 0
